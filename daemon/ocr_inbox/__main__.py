@@ -1,0 +1,3 @@
+from ocr_inbox.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Atomic publication of output files: temp file in the same dir, fsync, rename.
+
+A reader (or a crash) sees either the old file or the complete new one, never
+a half-written one. Temp names start with ``.ocr-inbox-tmp-`` so leftovers from
+a crash can be recognised and swept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TMP_PREFIX = ".ocr-inbox-tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(dest: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Yield a temp file next to ``dest``; on success it replaces ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dest.parent)
+
+
+def write_bytes(dest: Path, data: bytes) -> None:
+    with atomic_open(dest, "wb") as fh:
+        fh.write(data)
+
+
+def write_json(dest: Path, obj: Any) -> None:
+    data = json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
+    write_bytes(dest, data)
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A unique temp path next to ``dest`` for writers that need a path (PDF save)."""
+    return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{dest.name}.part")
+
+
+def publish(tmp: Path, dest: Path) -> None:
+    """fsync a finished temp file and rename it over ``dest``."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> int:
+    """Remove temp files left by a crash under ``root``; returns how many."""
+    if not root.is_dir():
+        return 0
+    now = time.time()
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(TMP_PREFIX):
+                p = Path(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if now - p.lstat().st_mtime >= older_than_s:
+                        p.unlink()
+                        removed += 1
+    return removed

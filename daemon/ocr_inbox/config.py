@@ -1,0 +1,223 @@
+"""Typed settings: load a TOML file, validate, and report errors as file/key/reason.
+
+Every key has a default, so an empty file (or none) is a valid configuration.
+``configs/ocr-inbox.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ocr_inbox.errors import ConfigError
+
+DEFAULT_IGNORE = (
+    ".*",  # hidden files and dirs: .DS_Store, ._AppleDouble, .Trash, .partial writes
+    "*~",
+    "*.part",
+    "*.partial",
+    "*.crdownload",
+    "*.download",
+    "*.tmp",
+    "*.temp",
+    "*.swp",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",
+    "#recycle",
+    "#snapshot",
+    "__MACOSX",
+    "$RECYCLE.BIN",
+    "System Volume Information",
+    "lost+found",
+)
+
+
+def default_state_dir() -> Path:
+    """systemd's $STATE_DIRECTORY, else the XDG state home."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "ocr-inbox"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PathSettings(_Section):
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    #: ledger, PaddleX cache, logs of failures; systemd's StateDirectory sets $STATE_DIRECTORY
+    state_dir: Path = Field(default_factory=lambda: default_state_dir())
+    #: prepared model directories; empty = <state_dir>/models
+    models_dir: Path | None = None
+
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir else self.state_dir / "models"
+
+
+class OcrSettings(_Section):
+    #: model profile: see `ocr-inbox models list`
+    profile: str = "ppocrv6-tiny"
+    #: e.g. ["cpu"], ["gpu:0"], ["gpu:0", "gpu:1"]
+    devices: list[str] = ["cpu"]
+    #: worker processes per device; 0 = tuned default (2 on CPU, 3 per GPU)
+    workers_per_device: int = Field(default=0, ge=0, le=64)
+    #: CPU threads per worker; 0 = tuned default (cores / workers, at least 1)
+    threads_per_worker: int = Field(default=0, ge=0, le=256)
+    #: recognition batch size; 0 = profile default (1 on CPU, 8 on GPU)
+    rec_batch_size: int = Field(default=0, ge=0, le=256)
+    #: keep word-level boxes (PDF highlights cover words, not whole lines)
+    word_boxes: bool = True
+    #: lines recognised with a lower score are dropped
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: images with more pixels are refused before decoding (decompression bombs)
+    max_image_pixels: int = Field(default=200_000_000, ge=1)
+    #: files larger than this are refused before reading
+    max_file_mb: int = Field(default=512, ge=1)
+    #: pages of a multi-page TIFF beyond this are refused
+    max_pages: int = Field(default=2000, ge=1)
+    #: a Python "module:callable" returning an engine, instead of PaddleX (testing, plug-ins)
+    engine_plugin: str = ""
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        from ocr_inbox.ocr.devices import parse_device
+
+        if not v:
+            raise ValueError("at least one device is needed")
+        for d in v:
+            parse_device(d)
+        return v
+
+
+class PoolSettings(_Section):
+    #: images sent to a worker at once
+    batch_size: int = Field(default=4, ge=1, le=1000)
+    #: recycle a worker after this many images (0 = never): PaddleOCR leaks on long runs
+    max_images_per_worker: int = Field(default=2000, ge=0)
+    #: recycle a worker whose resident memory exceeds this (0 = never)
+    max_worker_rss_mb: int = Field(default=6000, ge=0)
+    #: a worker that makes no progress on one image for this long is killed
+    image_timeout_s: float = Field(default=600.0, gt=0)
+    #: a worker that has not loaded its models after this long is killed
+    boot_timeout_s: float = Field(default=300.0, gt=0)
+    #: how often a failing image is tried before it is recorded as failed
+    max_attempts: int = Field(default=2, ge=1, le=10)
+
+
+class WatchSettings(_Section):
+    #: "auto" (native inotify, falls back to polling), "native" or "polling"
+    observer: Literal["auto", "native", "polling"] = "auto"
+    #: polling interval when the polling observer is used
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    #: a file is taken once its size and mtime were unchanged this long
+    settle_seconds: float = Field(default=3.0, ge=0)
+    #: full rescan of the inbox so no file is missed (0 = only at start-up)
+    rescan_interval_s: float = Field(default=300.0, ge=0)
+    #: glob patterns matched against each path component, added to the defaults
+    ignore: list[str] = []
+    #: replace the default ignore patterns instead of extending them
+    replace_default_ignore: bool = False
+
+    def ignore_patterns(self) -> tuple[str, ...]:
+        base = () if self.replace_default_ignore else DEFAULT_IGNORE
+        return base + tuple(self.ignore)
+
+
+class PdfSettings(_Section):
+    enabled: bool = True
+    #: a folder is quiet when nothing changed for this long and all its images are done
+    quiet_seconds: float = Field(default=60.0, ge=0)
+    #: pages per chunk; memory stays flat whatever the folder size
+    chunk_pages: int = Field(default=50, ge=1, le=10000)
+    #: file-name prefixes that go first, in this order (covers, front matter ...)
+    first_prefixes: list[str] = []
+    #: pixel limit for images embedded in PDFs
+    max_image_pixels: int = Field(default=200_000_000, ge=1)
+
+
+class CacheSettings(_Section):
+    #: purge PaddleX temp files this often (seconds)
+    purge_interval_s: float = Field(default=600.0, gt=0)
+    #: only files older than this are purged
+    purge_older_than_s: float = Field(default=300.0, ge=0)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: "auto": journal when $JOURNAL_STREAM matches stderr, console on a TTY, else key=value
+    format: Literal["auto", "journal", "console", "logfmt", "json"] = "auto"
+
+
+class InboxSettings(_Section):
+    #: delete source images from the inbox once their JSON is written (off: never touch the inbox)
+    delete_processed: bool = False
+
+
+class Settings(_Section):
+    paths: PathSettings = PathSettings()
+    ocr: OcrSettings = OcrSettings()
+    pool: PoolSettings = PoolSettings()
+    watch: WatchSettings = WatchSettings()
+    pdf: PdfSettings = PdfSettings()
+    cache: CacheSettings = CacheSettings()
+    log: LogSettings = LogSettings()
+    inbox: InboxSettings = InboxSettings()
+
+
+def _first_error(file: str, exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    reason = err["msg"]
+    if err["type"] == "extra_forbidden":
+        reason = "unknown key"
+    elif "input" in err and not isinstance(err["input"], dict):
+        reason = f"{reason} (got {err['input']!r})"
+    return ConfigError(file, key, reason)
+
+
+def from_mapping(data: dict[str, Any], file: str = "<settings>") -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(file, exc) from None
+
+
+def load(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    """Read ``path`` (None: defaults only), apply ``overrides`` (section -> key -> value)."""
+    data: dict[str, Any] = {}
+    file = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(file, "(file)", "no such file") from None
+        except PermissionError:
+            raise ConfigError(file, "(file)", "permission denied") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(file, "(syntax)", str(exc)) from None
+    for section, values in (overrides or {}).items():
+        sect = data.setdefault(section, {})
+        if not isinstance(sect, dict):
+            raise ConfigError(file, section, "must be a table")
+        sect.update({k: v for k, v in values.items() if v is not None})
+    return from_mapping(data, file)
+
+
+def diff(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
+    """Changed keys as ``section.key -> (old, new)`` (for logging a reload)."""
+    changed: dict[str, tuple[Any, Any]] = {}
+    a, b = old.model_dump(), new.model_dump()
+    for section in a:
+        for key in a[section]:
+            if a[section][key] != b[section][key]:
+                changed[f"{section}.{key}"] = (a[section][key], b[section][key])
+    return changed

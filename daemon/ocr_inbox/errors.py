@@ -1,0 +1,74 @@
+"""Exit codes and the exceptions that carry them.
+
+Exceptions become exit codes in exactly one place: ``cli.main``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The documented exit statuses of every ``ocr-inbox`` command (see README)."""
+
+    ok = 0
+    #: the run finished but some images failed (see the failures report)
+    some_failed = 1
+    #: bad command line or input paths (missing dir, outbox inside inbox, ...)
+    bad_args = 2
+    #: the configuration file is invalid (file, key and reason are logged)
+    bad_config = 3
+    #: a model profile, model file or device is unavailable
+    engine_unavailable = 4
+    #: the output could not be written (permissions, disk full)
+    output_error = 5
+    #: the state directory / ledger is unusable (locked, corrupt)
+    state_error = 6
+    #: the workers could not start (they crash while loading)
+    worker_boot = 7
+    #: interrupted by a signal before finishing (SIGINT)
+    interrupted = 130
+
+
+class OcrInboxError(Exception):
+    """Base class: every expected failure carries its exit code."""
+
+    exit_code: ExitCode = ExitCode.bad_args
+
+
+class BadArguments(OcrInboxError):
+    exit_code = ExitCode.bad_args
+
+
+class ConfigError(OcrInboxError):
+    """An invalid configuration: names the file, the key and the reason."""
+
+    exit_code = ExitCode.bad_config
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file, self.key, self.reason = file, key, reason
+        super().__init__(f"{file}: {key}: {reason}")
+
+
+class EngineUnavailable(OcrInboxError):
+    exit_code = ExitCode.engine_unavailable
+
+
+class OutputError(OcrInboxError):
+    exit_code = ExitCode.output_error
+
+
+class StateError(OcrInboxError):
+    exit_code = ExitCode.state_error
+
+
+class WorkerBootError(OcrInboxError):
+    exit_code = ExitCode.worker_boot
+
+
+class BadImage(Exception):
+    """An input image that cannot be OCR'd; ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -1,0 +1,118 @@
+"""Walk the inbox safely: which files are images to OCR, which are refused and why.
+
+Never follows a symlink out of the inbox, never descends symlinked directories
+(a loop or a second path to the same files), refuses fifos, sockets and
+devices, and skips OS junk by the ignore patterns. Nothing here opens a file's
+content.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image file to OCR: ``rel`` as named in the inbox, ``real`` its resolved path."""
+
+    rel: str
+    real: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    rel: str
+    reason: str
+    detail: str = ""
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def is_ignored(rel: str, patterns: Sequence[str]) -> bool:
+    """True when any path component matches an ignore pattern."""
+    return any(fnmatch.fnmatchcase(part, pat) for part in rel.split("/") for pat in patterns)
+
+
+def inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_layout(inbox: Path, *others: tuple[str, Path]) -> str | None:
+    """Refuse an outbox/state dir inside the inbox or the reverse; returns the problem."""
+    ib = os.path.realpath(inbox)
+    for name, p in others:
+        rp = os.path.realpath(p)
+        if inside(ib, rp):
+            return f"the {name} ({p}) is inside the inbox ({inbox}); outputs would be read back as inputs"
+        if inside(rp, ib):
+            return f"the inbox ({inbox}) is inside the {name} ({p})"
+    return None
+
+
+def classify(inbox_real: str, rel: str, patterns: Sequence[str] = ()) -> Candidate | Refused | None:
+    """Look at one path relative to the inbox; None means 'not ours' (ignored or no image)."""
+    name = rel.rsplit("/", 1)[-1]
+    if is_ignored(rel, patterns) or not is_image_name(name):
+        return None
+    path = os.path.join(inbox_real, rel)
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Refused(rel, "unreadable", exc.strerror or str(exc))
+    real = path
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            real = os.path.realpath(path, strict=True)
+        except OSError as exc:  # loop or dangling link
+            reason = "symlink_loop" if "loop" in str(exc).lower() else "broken_symlink"
+            return Refused(rel, reason, str(exc.strerror or exc))
+        if not inside(inbox_real, real):
+            return Refused(rel, "symlink_outside_inbox", "the link points outside the inbox; not followed")
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return Refused(rel, "unreadable", exc.strerror or str(exc))
+    if not stat.S_ISREG(st.st_mode):
+        return Refused(rel, "not_a_regular_file", stat.filemode(st.st_mode))
+    if not os.access(real, os.R_OK):
+        return Refused(rel, "unreadable", "permission denied")
+    return Candidate(rel, real, st.st_size, st.st_mtime_ns)
+
+
+def walk(inbox: Path, patterns: Sequence[str] = ()) -> Iterator[Candidate | Refused]:
+    """Every image under ``inbox`` (or the reason it is refused), folders in sorted order."""
+    root = os.path.realpath(inbox)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        reldir = os.path.relpath(dirpath, root)
+        reldir = "" if reldir == "." else reldir.replace(os.sep, "/") + "/"
+        keep = []
+        for d in sorted(dirnames):
+            if is_ignored(reldir + d, patterns):
+                continue
+            if os.path.islink(os.path.join(dirpath, d)):
+                yield Refused(reldir + d, "directory_symlink", "symlinked directories are not followed")
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            got = classify(root, reldir + f, patterns)
+            if got is not None:
+                yield got
+
+
+def folder_of(rel: str) -> str:
+    """The inbox folder an image belongs to ('' for the inbox itself)."""
+    return rel.rsplit("/", 1)[0] if "/" in rel else ""

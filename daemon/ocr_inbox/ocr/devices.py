@@ -1,0 +1,71 @@
+"""Device strings (``cpu``, ``gpu``, ``gpu:N``) and how workers are laid out on them."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+_DEVICE = re.compile(r"^(cpu|gpu)(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" | "gpu"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+def parse_device(text: str) -> Device:
+    m = _DEVICE.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"device must be 'cpu', 'gpu' or 'gpu:N' (got {text!r})")
+    kind, idx = m.group(1), m.group(2)
+    if kind == "cpu" and idx is not None:
+        raise ValueError(f"'cpu' takes no index (got {text!r})")
+    return Device(kind, int(idx) if idx is not None else (0 if kind == "gpu" else None))
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One worker process: its slot number, the device it owns and its CPU threads."""
+
+    slot: int
+    device: Device
+    threads: int
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for the worker: a GPU worker sees only its own card."""
+        if self.device.kind == "gpu":
+            return {"CUDA_VISIBLE_DEVICES": str(self.device.index)}
+        return {"CUDA_VISIBLE_DEVICES": ""}
+
+    @property
+    def local_device(self) -> str:
+        """The device string inside the worker (its only visible GPU is number 0)."""
+        return "gpu:0" if self.device.kind == "gpu" else "cpu"
+
+
+def default_workers(device: Device, cpu_count: int) -> int:
+    # Measured (docs/BENCHMARKS.md): on CPU, 1-thread processes beat fewer fatter ones;
+    # on a GPU several processes overlap decoding and host work with inference.
+    if device.kind == "cpu":
+        return max(1, cpu_count)
+    return 3
+
+
+def plan_slots(
+    devices: list[str], workers_per_device: int, threads_per_worker: int, cpu_count: int | None = None
+) -> list[WorkerSlot]:
+    cpus = cpu_count or len(os.sched_getaffinity(0))
+    parsed = [parse_device(d) for d in devices]
+    counts = [workers_per_device or default_workers(d, cpus) for d in parsed]
+    total = sum(counts)
+    threads = threads_per_worker or max(1, cpus // total)
+    slots: list[WorkerSlot] = []
+    for dev, n in zip(parsed, counts, strict=True):
+        for _ in range(n):
+            slots.append(WorkerSlot(len(slots), dev, threads))
+    return slots

@@ -1,0 +1,220 @@
+"""The engine protocol, and the one adapter that owns PaddleX.
+
+Nothing else in the project imports PaddleX. The adapter sets the environment
+PaddleX reads at import time, keeps its chatter on stderr (never stdout),
+picks detection limits per image, and converts ``OCRResult`` into our
+``document.Line`` values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ocr_inbox.errors import EngineUnavailable
+from ocr_inbox.ocr import models, profiles
+from ocr_inbox.outbox.document import Line, Word
+
+
+class Engine(Protocol):
+    """What a worker needs from an OCR engine."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def recognise(self, bgr: np.ndarray) -> list[Line]: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    profile: str
+    models_dir: Path
+    cache_dir: Path
+    device: str = "cpu"  # as seen inside the worker: "cpu" or "gpu:0"
+    reported_device: str = "cpu"  # as configured: "gpu:3"
+    threads: int = 1
+    rec_batch_size: int = 0
+    word_boxes: bool = True
+    min_score: float = 0.0
+    plugin: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_environment(cache_dir: Path, threads: int) -> None:
+    """Set what PaddleX, Paddle and ONNX Runtime read at import time.
+
+    ONNX Runtime 1.31 sends telemetry unless told not to. PaddleX's model source
+    check is left alone on purpose: setting it at all makes PaddleX try the hubs.
+    """
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    os.environ["PADDLE_PDX_CACHE_HOME"] = str(cache_dir)
+    os.environ["PADDLE_PDX_CPU_NUM_THREADS"] = str(threads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def _quiet_paddlex() -> None:
+    """PaddleX logs with ANSI colours to its own handler; route it through ours."""
+    lg = logging.getLogger("paddlex")
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    lg.propagate = True
+    lg.setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class DetLimits:
+    limit_side_len: int
+    limit_type: str
+
+
+def det_limits_for(width: int, height: int) -> DetLimits:
+    """Pages want their long side capped; lines and small crops must not be squashed.
+
+    Measured on the corpus (docs/BENCHMARKS.md): capping the long side at 960
+    costs nothing on full pages and is ~3x faster, but destroys single-line crops.
+    """
+    short, long = sorted((width, height))
+    if short >= 600 and long / short <= 3.0:
+        return DetLimits(960, "max")
+    return DetLimits(64, "min")
+
+
+def _poly(p: Any) -> tuple[tuple[float, float], ...]:
+    return tuple((float(x), float(y)) for x, y in np.asarray(p).reshape(-1, 2)[:4])
+
+
+def convert_result(res: Any, min_score: float = 0.0) -> list[Line]:
+    """PaddleX ``OCRResult`` (a dict) -> our lines, in PaddleX's reading order."""
+    texts = list(res.get("rec_texts") or [])
+    scores = list(res.get("rec_scores") or [])
+    polys = list(res.get("rec_polys") or [])
+    words_all = list(res.get("text_word") or []) if res.get("return_word_box") else []
+    wboxes_all = list(res.get("text_word_boxes") or []) if res.get("return_word_box") else []
+    lines: list[Line] = []
+    for i, (text, score, poly) in enumerate(zip(texts, scores, polys, strict=False)):
+        if not str(text).strip() or float(score) < min_score:
+            continue
+        words: list[Word] = []
+        if i < len(words_all) and i < len(wboxes_all):
+            for wt, wb in zip(words_all[i], np.asarray(wboxes_all[i]).reshape(-1, 4), strict=False):
+                if str(wt).strip():
+                    words.append(Word(str(wt), tuple(float(v) for v in wb)))  # type: ignore[arg-type]
+        lines.append(Line(text=str(text), score=round(float(score), 4), poly=_poly(poly), words=tuple(words)))  # type: ignore[arg-type]
+    return lines
+
+
+class PaddleXEngine:
+    """PaddleX's OCR pipeline, created once per worker process."""
+
+    def __init__(self, s: EngineSettings) -> None:
+        self.s = s
+        self.profile = profiles.get(s.profile)
+        missing = models.missing_files(s.models_dir, self.profile)
+        if missing:
+            raise EngineUnavailable(
+                f"model files for profile {s.profile!r} are missing, e.g. {missing[0]}; "
+                f"run `ocr-inbox models install --profile {s.profile} --models-dir {s.models_dir}`"
+            )
+        prepare_environment(s.cache_dir, s.threads)
+        if self.profile.engine == "paddle":
+            try:
+                importlib.import_module("paddle")
+            except ImportError:
+                raise EngineUnavailable(
+                    f"profile {s.profile!r} runs on Paddle's engine but paddlepaddle is not installed; "
+                    "`pip install 'ocr-inbox[paddle]'` (CPU) or paddlepaddle-gpu from Paddle's index (see README)"
+                ) from None
+        saved_stdout = sys.stdout
+        sys.stdout = sys.stderr  # PaddleX and Paddle print on import; stdout is for logs only
+        try:
+            import paddlex
+
+            _quiet_paddlex()
+            self.paddlex_version = paddlex.__version__
+            self.pipeline = paddlex.create_pipeline(
+                config=self._pipeline_config(),
+                device=s.device,
+                engine=self.profile.engine,
+                engine_config=self._engine_config(),
+            )
+        except EngineUnavailable:
+            raise
+        except Exception as exc:  # PaddleX raises bare RuntimeError/ValueError for bad devices
+            raise EngineUnavailable(f"PaddleX could not create the OCR pipeline on {s.reported_device}: {exc}") from exc
+        finally:
+            sys.stdout = saved_stdout
+
+    def _rec_batch(self) -> int:
+        if self.s.rec_batch_size:
+            return self.s.rec_batch_size
+        # on CPU oneDNN re-plans every new shape: batch 1 is fastest (models.md)
+        return 1 if self.s.device == "cpu" else 8
+
+    def _pipeline_config(self) -> dict[str, Any]:
+        p = self.profile
+
+        def sub(module: str, src: profiles.ModelSource, role: str, **kw: Any) -> dict[str, Any]:
+            d: dict[str, Any] = {"module_name": module, "model_name": src.model_name, **kw}
+            d["model_dir"] = None if p.from_hub else str(models.model_dir(self.s.models_dir, p, role))
+            return d
+
+        det_params = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, **p.det_params}
+        return {
+            "pipeline_name": "OCR",
+            "text_type": "general",
+            "use_doc_preprocessor": False,
+            "use_textline_orientation": False,
+            "SubModules": {
+                "TextDetection": sub(
+                    "text_detection", p.det, "det", limit_side_len=64, limit_type="min", max_side_limit=4000, **det_params
+                ),
+                "TextRecognition": sub(
+                    "text_recognition", p.rec, "rec", batch_size=self._rec_batch(), score_thresh=0.0
+                ),
+            },
+        }
+
+    def _engine_config(self) -> dict[str, Any]:
+        if self.profile.engine == "onnxruntime":
+            return {"intra_op_num_threads": self.s.threads, "inter_op_num_threads": 1}
+        return {"cpu_threads": self.s.threads}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "engine": self.profile.engine,
+            "models": {"det": self.profile.det.model_name, "rec": self.profile.rec.model_name},
+            "paddlex_version": self.paddlex_version,
+            "device": self.s.reported_device,
+        }
+
+    def recognise(self, bgr: np.ndarray) -> list[Line]:
+        lim = det_limits_for(bgr.shape[1], bgr.shape[0])
+        results = list(
+            self.pipeline.predict(
+                bgr,
+                return_word_box=self.s.word_boxes,
+                text_det_limit_side_len=lim.limit_side_len,
+                text_det_limit_type=lim.limit_type,
+            )
+        )
+        return convert_result(results[0], self.s.min_score) if results else []
+
+
+def create(s: EngineSettings) -> Engine:
+    """The configured engine: PaddleX, or a plug-in named ``module:callable``."""
+    if s.plugin:
+        mod_name, _, attr = s.plugin.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr or "create")
+        except (ImportError, AttributeError) as exc:
+            raise EngineUnavailable(f"engine plug-in {s.plugin!r} cannot be loaded: {exc}") from exc
+        return factory(s)  # type: ignore[no-any-return]
+    return PaddleXEngine(s)

@@ -1,0 +1,157 @@
+"""Decode one image file into upright 8-bit pages, refusing bad input with a reason.
+
+Everything an engine sees passes through here, so the safety limits live here:
+file size, pixel count (checked from the header, before any pixel is decoded),
+page count, and the formats we accept. Reasons are short stable codes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ocr_inbox.errors import BadImage
+
+#: formats PIL may identify; anything else is refused even if PIL could read it
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 200_000_000
+    max_file_bytes: int = 512 << 20
+    max_pages: int = 2000
+
+
+@dataclass(frozen=True)
+class PageImage:
+    index: int
+    bgr: np.ndarray  # H x W x 3, uint8, EXIF orientation applied
+    dpi: tuple[float, float] | None
+
+    @property
+    def width(self) -> int:
+        return int(self.bgr.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.bgr.shape[0])
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    data_size: int
+    mtime_ns: int
+    sha256: str
+    pages: list[PageImage]
+
+
+def read_file(path: str, limits: Limits) -> tuple[bytes, os.stat_result]:
+    """Read a regular file in one go (what we hash is what we decode)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise BadImage("vanished", "the file disappeared before it was read") from None
+    except PermissionError:
+        raise BadImage("unreadable", "permission denied") from None
+    except OSError as exc:
+        raise BadImage("unreadable", exc.strerror or str(exc)) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        import stat as _stat
+
+        if not _stat.S_ISREG(st.st_mode):
+            raise BadImage("not_a_regular_file")
+        if st.st_size == 0:
+            raise BadImage("empty_file", "0 bytes")
+        if st.st_size > limits.max_file_bytes:
+            raise BadImage("file_too_large", f"{st.st_size} bytes > {limits.max_file_bytes}")
+        data = fh.read()
+    return data, st
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparency composited on white like a printed page."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.astype(np.uint8), "L")
+        mode = "L"
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        page = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        page.alpha_composite(rgba)
+        return page.convert("RGB")
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV
+
+
+def _dpi(img: Image.Image) -> tuple[float, float] | None:
+    dpi = img.info.get("dpi")
+    try:
+        x, y = float(dpi[0]), float(dpi[1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (x, y) if x > 1 and y > 1 else None
+
+
+def decode(data: bytes, limits: Limits) -> list[PageImage]:
+    """Decode every page of an image file held in memory."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage("not_an_image", "the content is not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage("too_many_pixels", str(exc)) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadImage("corrupt", str(exc)) from None
+    with img:
+        if img.format not in ACCEPTED_FORMATS:
+            raise BadImage("unsupported_format", str(img.format))
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise BadImage("corrupt", f"size {w}x{h}")
+        if w * h > limits.max_pixels:
+            raise BadImage("too_many_pixels", f"{w}x{h} > {limits.max_pixels} pixels")
+        n = getattr(img, "n_frames", 1) if img.format == "TIFF" else 1
+        if n > limits.max_pages:
+            raise BadImage("too_many_pages", f"{n} > {limits.max_pages}")
+        pages: list[PageImage] = []
+        for i in range(n):
+            try:
+                img.seek(i)
+                fw, fh = img.size
+                if fw * fh > limits.max_pixels:
+                    raise BadImage("too_many_pixels", f"page {i}: {fw}x{fh}")
+                img.load()
+                upright = ImageOps.exif_transpose(img) or img
+                rgb = _to_rgb(upright)
+            except BadImage:
+                raise
+            except (OSError, ValueError, SyntaxError, EOFError) as exc:
+                reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+                raise BadImage(reason, str(exc)) from None
+            bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+            pages.append(PageImage(i, bgr, _dpi(img)))
+        return pages
+
+
+def load(path: str, limits: Limits) -> LoadedImage:
+    import hashlib
+
+    data, st = read_file(path, limits)
+    pages = decode(data, limits)
+    return LoadedImage(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest(), pages)

@@ -1,0 +1,148 @@
+"""The per-image JSON document: the contract between OCR and everything after it.
+
+See docs/JSON.md. One file per source image at
+``OUTBOX/<relative dir>/<image file name>.json``. Coordinates are pixels of the
+image as stored on disk *after* its EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ocr_inbox import atomic
+
+SCHEMA_VERSION = 1
+JSON_SUFFIX = ".json"
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    #: axis-aligned [x0, y0, x1, y1] in page pixels
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str
+    score: float
+    #: four corners, clockwise from the top-left of the text's reading direction
+    poly: tuple[Point, Point, Point, Point]
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Page:
+    index: int
+    width: int
+    height: int
+    lines: tuple[Line, ...] = ()
+    #: (x, y) dots per inch from the file, or None when it has none
+    dpi: tuple[float, float] | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str  # relative to the inbox, POSIX separators
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Document:
+    source: SourceInfo
+    engine: dict[str, Any]
+    pages: tuple[Page, ...]
+    elapsed_ms: int
+    schema: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(p.text for p in self.pages)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.update(extra)
+        return d
+
+
+def json_path_for(outbox: Path, rel_image: str) -> Path:
+    """``scan 7.jpg`` -> ``OUTBOX/<dir>/scan 7.jpg.json`` (a.jpg and a.png never collide)."""
+    return outbox / (rel_image + JSON_SUFFIX)
+
+
+def file_sha256(path: Path, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_info(path: Path, rel: str, st: os.stat_result | None = None) -> SourceInfo:
+    st = st or path.stat()
+    return SourceInfo(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=file_sha256(path))
+
+
+def write(dest: Path, doc: Document) -> None:
+    atomic.write_json(dest, doc.to_json())
+
+
+def _line(d: dict[str, Any]) -> Line:
+    poly = tuple((float(x), float(y)) for x, y in d["poly"])
+    if len(poly) != 4:
+        raise ValueError("poly must have 4 points")
+    words = tuple(Word(w["text"], tuple(float(v) for v in w["box"])) for w in d.get("words", ()))  # type: ignore[misc]
+    return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words)  # type: ignore[arg-type]
+
+
+def from_json(obj: dict[str, Any]) -> Document:
+    src = obj["source"]
+    pages = tuple(
+        Page(
+            index=int(p["index"]),
+            width=int(p["width"]),
+            height=int(p["height"]),
+            lines=tuple(_line(ln) for ln in p.get("lines", ())),
+            dpi=tuple(p["dpi"]) if p.get("dpi") else None,  # type: ignore[arg-type]
+        )
+        for p in obj["pages"]
+    )
+    known = {"source", "engine", "pages", "elapsed_ms", "schema"}
+    return Document(
+        source=SourceInfo(src["path"], int(src["size"]), int(src["mtime_ns"]), src["sha256"]),
+        engine=dict(obj["engine"]),
+        pages=pages,
+        elapsed_ms=int(obj["elapsed_ms"]),
+        schema=int(obj.get("schema", SCHEMA_VERSION)),
+        extra={k: v for k, v in obj.items() if k not in known},
+    )
+
+
+def read(path: Path) -> Document:
+    with open(path, encoding="utf-8") as fh:
+        return from_json(json.load(fh))
+
+
+def is_current(json_file: Path, st: os.stat_result) -> bool:
+    """True when ``json_file`` is a valid document for a source with this size and mtime."""
+    try:
+        with open(json_file, encoding="utf-8") as fh:
+            src = json.load(fh)["source"]
+        return bool(src["size"] == st.st_size and src["mtime_ns"] == st.st_mtime_ns)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -1,0 +1,278 @@
+"""The worker pool, supervised the way gunicorn's arbiter does it.
+
+One owner (the supervisor's loop) calls ``poll()``; it returns worker messages
+and ``WorkerLost`` events, kills workers that stop making progress, respawns
+lost ones in the same slot, and recycles workers after N images or past a
+memory limit. A worker that cannot boot (missing models, bad device) halts the
+pool with ``WorkerBootError`` instead of being restarted forever.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import structlog
+
+from ocr_inbox.config import PoolSettings
+from ocr_inbox.errors import WorkerBootError
+from ocr_inbox.ocr.devices import WorkerSlot
+from ocr_inbox.pool import messages as m
+from ocr_inbox.pool.worker import WorkerConfig
+from ocr_inbox.pool.worker import main as worker_main
+
+log = structlog.get_logger(__name__)
+
+_CTX = multiprocessing.get_context("spawn")
+#: consecutive boot failures of one slot before the pool gives up
+MAX_BOOT_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """A worker died or was killed with work in hand."""
+
+    slot: int
+    cause: str
+    #: the image it was working on when it died (the suspect), if any
+    in_flight: m.Job | None
+    #: images of its batch it had not started: not their fault
+    unstarted: tuple[m.Job, ...]
+
+
+PoolEvent = m.WorkerMessage | WorkerLost
+
+
+@dataclass
+class _Worker:
+    slot: WorkerSlot
+    process: Any
+    conn: Connection
+    started: float
+    state: str = "booting"  # booting | idle | busy | retiring
+    last_beat: float = 0.0
+    batch: m.Batch | None = None
+    current: int | None = None
+    finished: set[int] = field(default_factory=set)
+    images: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (perhaps out of memory)" if -code == signal.SIGKILL else ""
+        return f"killed by {sig}{hint}"
+    return f"exited with status {code}"
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        slots: list[WorkerSlot],
+        make_config: Callable[[WorkerSlot], WorkerConfig],
+        settings: PoolSettings,
+    ) -> None:
+        self.slots = slots
+        self.make_config = make_config
+        self.settings = settings
+        self.workers: dict[int, _Worker] = {}
+        self.boot_failures: dict[int, int] = {}
+        self.stopping = False
+        self.respawns = 0
+
+    # lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        parent, child = _CTX.Pipe(duplex=True)
+        proc = _CTX.Process(
+            target=worker_main, args=(child, self.make_config(slot)), name=f"ocr-inbox-worker-{slot.slot}", daemon=True
+        )
+        proc.start()
+        child.close()
+        now = time.monotonic()
+        self.workers[slot.slot] = _Worker(slot, proc, parent, started=now, last_beat=now)
+        log.info("worker_spawned", slot=slot.slot, pid=proc.pid, device=str(slot.device), threads=slot.threads)
+
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state != "booting")
+
+    def all_ready(self) -> bool:
+        return self.ready_count() == len(self.slots)
+
+    def idle_slots(self) -> list[int]:
+        return [s for s, w in self.workers.items() if w.state == "idle"]
+
+    def busy(self) -> bool:
+        return any(w.state == "busy" for w in self.workers.values())
+
+    def in_flight_jobs(self) -> list[m.Job]:
+        jobs: list[m.Job] = []
+        for w in self.workers.values():
+            if w.batch is not None:
+                jobs += [j for j in w.batch.jobs if j.job_id not in w.finished]
+        return jobs
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self.workers.values() if w.process.pid]
+
+    def engine_info(self) -> dict[str, Any]:
+        for w in self.workers.values():
+            if w.info:
+                return w.info
+        return {}
+
+    def submit(self, slot: int, batch: m.Batch) -> None:
+        w = self.workers[slot]
+        assert w.state == "idle", f"worker {slot} is {w.state}"
+        w.conn.send(batch)
+        w.state, w.batch, w.finished, w.current = "busy", batch, set(), None
+        w.last_beat = time.monotonic()
+
+    # the loop's step -------------------------------------------------------
+
+    def poll(self, timeout: float, extra: Iterable[Any] = ()) -> list[PoolEvent]:
+        """Wait up to ``timeout`` for worker traffic (or any ``extra`` waitable)."""
+        waitables: list[Any] = [w.conn for w in self.workers.values()]
+        waitables += [w.process.sentinel for w in self.workers.values()]
+        wait([*waitables, *extra], timeout)
+        events: list[PoolEvent] = []
+        for slot, w in list(self.workers.items()):
+            events += self._drain(w)
+            if not w.process.is_alive():
+                events += self._reap(slot, w)
+        events += self._check_stale()
+        return events
+
+    def _drain(self, w: _Worker) -> list[PoolEvent]:
+        out: list[PoolEvent] = []
+        try:
+            while w.conn.poll():
+                msg = w.conn.recv()
+                out += self._handle(w, msg)
+        except (EOFError, OSError):
+            pass
+        return out
+
+    def _handle(self, w: _Worker, msg: m.WorkerMessage) -> list[PoolEvent]:
+        w.last_beat = time.monotonic()
+        if isinstance(msg, m.Ready):
+            w.state, w.info = "idle", msg.info
+            self.boot_failures[w.slot.slot] = 0
+            log.info("worker_ready", slot=msg.slot, pid=msg.pid, load_s=msg.load_s, **msg.info)
+        elif isinstance(msg, m.Started):
+            w.current = msg.job_id
+        elif isinstance(msg, m.Done | m.Failed):
+            w.finished.add(msg.job.job_id)
+            w.current = None
+            w.images += 1
+        elif isinstance(msg, m.BatchDone):
+            w.batch, w.current = None, None
+            w.state = "idle"
+            self._maybe_recycle(w, msg.rss_bytes)
+        elif isinstance(msg, m.BootFailed):
+            if msg.fatal:
+                raise WorkerBootError(msg.error)
+            log.error("worker_boot_failed", slot=msg.slot, error=msg.error)
+        return [msg]
+
+    def _maybe_recycle(self, w: _Worker, rss: int) -> None:
+        s = self.settings
+        reason = None
+        if s.max_images_per_worker and w.images >= s.max_images_per_worker:
+            reason = "max_images"
+        elif s.max_worker_rss_mb and rss > s.max_worker_rss_mb * 1024 * 1024:
+            reason = "max_rss"
+        if reason and not self.stopping:
+            log.info("worker_recycle", slot=w.slot.slot, reason=reason, images=w.images, rss_mb=rss >> 20)
+            w.state = "retiring"
+            try:
+                w.conn.send(m.Stop())
+            except OSError:
+                pass
+
+    def _reap(self, slot: int, w: _Worker) -> list[PoolEvent]:
+        w.process.join(timeout=0)
+        cause = describe_exit(w.process.exitcode)
+        w.conn.close()
+        del self.workers[slot]
+        events: list[PoolEvent] = []
+        if w.state == "retiring" and w.batch is None:
+            log.info("worker_retired", slot=slot, pid=w.process.pid)
+        elif w.state == "booting":
+            n = self.boot_failures.get(slot, 0) + 1
+            self.boot_failures[slot] = n
+            log.error("worker_died_booting", slot=slot, pid=w.process.pid, cause=cause, failures=n)
+            if n >= MAX_BOOT_FAILURES:
+                raise WorkerBootError(f"worker {slot} could not start {n} times in a row ({cause})")
+        elif w.batch is not None:
+            pending = [j for j in w.batch.jobs if j.job_id not in w.finished]
+            suspect = next((j for j in pending if j.job_id == w.current), None)
+            unstarted = tuple(j for j in pending if j is not suspect)
+            log.error(
+                "worker_lost",
+                slot=slot,
+                pid=w.process.pid,
+                cause=cause,
+                image=suspect.rel if suspect else None,
+                unstarted=len(unstarted),
+            )
+            events.append(WorkerLost(slot, cause, suspect, unstarted))
+        elif not self.stopping:
+            log.warning("worker_exited", slot=slot, pid=w.process.pid, cause=cause)
+        if not self.stopping:
+            self.respawns += 1
+            self._spawn(w.slot)
+        return events
+
+    def _check_stale(self) -> list[PoolEvent]:
+        now = time.monotonic()
+        for slot, w in self.workers.items():
+            limit = self.settings.boot_timeout_s if w.state == "booting" else self.settings.image_timeout_s
+            if w.state in ("booting", "busy") and now - w.last_beat > limit and w.process.is_alive():
+                log.error("worker_stuck", slot=slot, pid=w.process.pid, state=w.state, silent_s=round(now - w.last_beat))
+                self._kill(w)
+        return []
+
+    def _kill(self, w: _Worker) -> None:
+        try:
+            os.kill(w.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, deadline_s: float = 10.0) -> None:
+        """Ask every worker to exit after its current image; kill the ones that don't."""
+        self.stopping = True
+        for w in self.workers.values():
+            try:
+                w.conn.send(m.Stop())
+            except OSError:
+                pass
+        end = time.monotonic() + deadline_s
+        for w in self.workers.values():
+            w.process.join(timeout=max(0.0, end - time.monotonic()))
+        for w in self.workers.values():
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(timeout=2)
+            if w.process.is_alive():
+                self._kill(w)
+                w.process.join(timeout=2)
+            w.conn.close()
+        self.workers.clear()
