@@ -24,7 +24,7 @@ from ocr_inbox.inbox import scan
 from ocr_inbox.ocr.devices import plan_slots
 from ocr_inbox.outbox import document
 from ocr_inbox.pool import messages as m
-from ocr_inbox.pool.factory import worker_config_factory
+from ocr_inbox.pool.factory import preflight, worker_config_factory
 from ocr_inbox.pool.pool import WorkerLost, WorkerPool
 from ocr_inbox.progress import Progress
 
@@ -89,6 +89,7 @@ def _batches(jobs: deque[m.Job], size: int, ids: itertools.count[int]) -> m.Batc
 
 def run(settings: Settings, inbox: Path, outbox: Path, progress: bool | None = None) -> RunSummary:
     validate_paths(inbox, outbox)
+    preflight(settings)
     t0 = time.monotonic()
     outbox.mkdir(parents=True, exist_ok=True)
     atomic.sweep_temp_files(outbox, older_than_s=60)

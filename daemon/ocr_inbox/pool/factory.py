@@ -23,6 +23,23 @@ def paddlex_cache_dir(settings: Settings) -> Path:
     return settings.paths.state_dir / "paddlex"
 
 
+def preflight(settings: Settings) -> None:
+    """Fail before spawning anything when the profile or its model files are missing."""
+    from ocr_inbox.errors import EngineUnavailable
+    from ocr_inbox.ocr import models, profiles
+
+    if settings.ocr.engine_plugin:
+        return
+    prof = profiles.get(settings.ocr.profile)
+    mdir = settings.paths.resolved_models_dir()
+    missing = models.missing_files(mdir, prof)
+    if missing:
+        raise EngineUnavailable(
+            f"model files for profile {prof.name!r} are missing, e.g. {missing[0]}; "
+            f"run `ocr-inbox models install --profile {prof.name} --models-dir {mdir}`"
+        )
+
+
 def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSlot], WorkerConfig]:
     import sys
 

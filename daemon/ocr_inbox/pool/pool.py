@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from ocr_inbox.config import PoolSettings
-from ocr_inbox.errors import WorkerBootError
+from ocr_inbox.errors import EngineUnavailable, WorkerBootError
 from ocr_inbox.ocr.devices import WorkerSlot
 from ocr_inbox.pool import messages as m
 from ocr_inbox.pool.worker import WorkerConfig
@@ -187,8 +187,8 @@ class WorkerPool:
             w.state = "idle"
             self._maybe_recycle(w, msg.rss_bytes)
         elif isinstance(msg, m.BootFailed):
-            if msg.fatal:
-                raise WorkerBootError(msg.error)
+            if msg.fatal:  # missing models, no such device: respawning cannot help
+                raise EngineUnavailable(msg.error)
             log.error("worker_boot_failed", slot=msg.slot, error=msg.error)
         return [msg]
 

@@ -1,0 +1,91 @@
+"""Shared fixtures: the real corpus, the real models, the real CLI."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+FAKES = Path(__file__).resolve().parent / "fakes"
+MODELS = Path(os.environ.get("OCR_INBOX_MODELS_DIR", REPO / ".models"))
+
+#: corpus pages every real-inference test may use (English and Chinese)
+PAGES = ("tesseract_test/phototest.tif", "xfund_zh/zh_val_0.jpg", "funsd/82092117.png")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not CORPUS.is_dir():
+        raise pytest.UsageError(f"the corpus is missing: {CORPUS} (../shared/corpus beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """Offline model dirs (``make test`` prepares them; install here if run directly)."""
+    from ocr_inbox.ocr import models, profiles
+
+    prof = profiles.get("ppocrv6-tiny")
+    if models.missing_files(MODELS, prof):
+        models.install(MODELS, prof)
+    return MODELS
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("JOURNAL_STREAM", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(FAKES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str | Path, state_dir: Path, models: Path, env: dict[str, str] | None = None, timeout: float = 600):
+    """Run the real ``ocr-inbox`` command in a subprocess."""
+    cmd = [sys.executable, "-m", "ocr_inbox", *map(str, args)]
+    if args and args[0] not in ("pdf",):
+        cmd += ["--state-dir", str(state_dir), "--models-dir", str(models), "--log-format", "logfmt"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or cli_env(), timeout=timeout)
+
+
+def copy_pages(dest: Path, pages: tuple[str, ...] = PAGES) -> Path:
+    for rel in pages:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(CORPUS / rel, dest / rel)
+    return dest
+
+
+def ground_truth(rel: str) -> str:
+    stem = os.path.splitext(rel)[0]
+    return (CORPUS / f"{stem}.gt.txt").read_text(encoding="utf-8")
+
+
+def char_f1(gt: str, pred: str) -> float:
+    """Order-insensitive F1 over non-whitespace characters after NFKC (the corpus README's metric)."""
+
+    def chars(s: str) -> collections.Counter[str]:
+        return collections.Counter(c for c in unicodedata.normalize("NFKC", s) if not c.isspace())
+
+    g, p = chars(gt), chars(pred)
+    common = sum((g & p).values())
+    if not common:
+        return 0.0
+    prec, rec = common / sum(p.values()), common / sum(g.values())
+    return 2 * prec * rec / (prec + rec)
+
+
+@pytest.fixture(scope="session")
+def corpus_ocr(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> tuple[Path, Path]:
+    """Chosen corpus pages copied to ``inbox/<set>/<file>`` and OCR'd for real into ``outbox``."""
+    root = tmp_path_factory.mktemp("corpus_ocr")
+    inbox = copy_pages(root / "inbox")
+    outbox = root / "outbox"
+    res = run_cli("ocr", inbox, outbox, "--no-progress", state_dir=root / "state", models=models_dir)
+    assert res.returncode == 0, res.stderr
+    return inbox, outbox

@@ -1,0 +1,46 @@
+"""A test engine plug-in (``ocr.engine_plugin = "fake_engine:create"``).
+
+Fast and deterministic, for scheduling and fault tests: every image yields one
+line naming its size. An image whose top-left pixel has the BGR value
+(N, N, N) with N in 1..4 misbehaves (see ``tests/imagemaker.py``): 1 kills the
+worker with SIGKILL (like the OOM killer), 2 crashes it with SIGSEGV, 3 calls
+``os._exit(3)``, 4 raises inside the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import numpy as np
+
+from ocr_inbox.outbox.document import Line
+
+class FakeEngine:
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        if os.environ.get("FAKE_ENGINE_BOOT_FAIL"):
+            raise RuntimeError("fake boot failure")
+
+    def info(self) -> dict[str, Any]:
+        return {"profile": "fake", "engine": "fake", "models": {}, "paddlex_version": "-", "device": self.settings.reported_device}
+
+    def recognise(self, bgr: np.ndarray) -> list[Line]:
+        h, w = bgr.shape[:2]
+        marker = int(bgr[0, 0, 0])
+        # The fault triggers are encoded in the top-left pixel by the tests' image maker.
+        if marker == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if marker == 2:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if marker == 3:
+            os._exit(3)
+        if marker == 4:
+            raise RuntimeError("boom")
+        text = f"fake {w}x{h}"
+        return [Line(text=text, score=1.0, poly=((0.0, 0.0), (float(w), 0.0), (float(w), float(h)), (0.0, float(h))))]
+
+
+def create(settings: Any) -> FakeEngine:
+    return FakeEngine(settings)

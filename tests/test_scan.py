@@ -1,0 +1,61 @@
+"""The inbox walk: what is an image, what is refused and why; nothing escapes the inbox."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from imagemaker import plain
+from ocr_inbox.config import DEFAULT_IGNORE
+from ocr_inbox.inbox import scan
+
+
+def _walk(inbox: Path) -> tuple[set[str], dict[str, str]]:
+    ok, refused = set(), {}
+    for item in scan.walk(inbox, DEFAULT_IGNORE):
+        if isinstance(item, scan.Candidate):
+            ok.add(item.rel)
+        else:
+            refused[item.rel] = item.reason
+    return ok, refused
+
+
+def test_images_junk_links_and_special_files(tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    plain(inbox / "book" / "p1.JPG", fmt="JPEG")
+    plain(inbox / "book" / "p 2 ünï.png")
+    plain(outside / "secret.png")
+    (inbox / "book" / "notes.txt").write_text("x")
+    plain(inbox / "book" / ".hidden.png")
+    plain(inbox / "book" / "upload.png.part", fmt="PNG")
+    plain(inbox / "__MACOSX" / "p1.png")
+    plain(inbox / "@eaDir" / "thumb.jpg", fmt="JPEG")
+    (inbox / "book" / "Thumbs.db").write_bytes(b"x")
+    os.symlink(outside / "secret.png", inbox / "book" / "escape.png")
+    os.symlink(inbox / "book" / "p1.JPG", inbox / "book" / "alias.jpg")
+    os.symlink("loop.png", inbox / "book" / "loop.png")
+    os.symlink(outside, inbox / "linked_dir")
+    os.mkfifo(inbox / "book" / "fifo.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(inbox / "book" / "sock.png"))
+    ok, refused = _walk(inbox)
+    sock.close()
+    assert ok == {"book/p1.JPG", "book/p 2 ünï.png", "book/alias.jpg"}
+    assert refused == {
+        "book/escape.png": "symlink_outside_inbox",
+        "book/loop.png": "symlink_loop",
+        "linked_dir": "directory_symlink",
+        "book/fifo.png": "not_a_regular_file",
+        "book/sock.png": "not_a_regular_file",
+    }
+
+
+def test_layout_checks(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    assert scan.check_layout(inbox, ("outbox", inbox / "out"))
+    assert scan.check_layout(inbox / "sub", ("outbox", inbox))
+    assert scan.check_layout(inbox, ("outbox", inbox))
+    assert scan.check_layout(inbox, ("outbox", tmp_path / "out")) is None
+    assert scan.folder_of("a/b/c.png") == "a/b" and scan.folder_of("c.png") == ""
