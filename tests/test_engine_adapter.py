@@ -76,15 +76,26 @@ def test_v4_yml_is_written_with_the_full_dictionary(tmp_path: Path, models_dir: 
     assert det["PostProcess"]["name"] == "DBPostProcess"
 
 
-def test_real_engine_reads_a_line(models_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", ["ppocrv6-tiny", "ppocrv6-small", "ppocrv4-mobile-onnx", "ppocrv4-mobile"])
+def test_every_offline_profile_reads_real_pages(profile: str, models_dir: Path, tmp_path: Path) -> None:
+    import importlib.util
+
     from PIL import Image
 
     from conftest import CORPUS
 
-    s = engine.EngineSettings(profile="ppocrv6-tiny", models_dir=models_dir, cache_dir=tmp_path / "pdx")
+    prof = profiles.get(profile)
+    if prof.engine == "paddle" and importlib.util.find_spec("paddle") is None:
+        pytest.skip("paddlepaddle is not installed (make test installs it: pip install '.[paddle]')")
+    models.install(models_dir, prof)  # a no-op when `make test` prepared them
+    s = engine.EngineSettings(profile=profile, models_dir=models_dir, cache_dir=tmp_path / "pdx", threads=2)
     eng = engine.create(s)
-    assert eng.info()["paddlex_version"].startswith("3.7")
-    with Image.open(CORPUS / "cnocr/helloworld.jpg") as img:
-        bgr = np.asarray(img.convert("RGB"))[:, :, ::-1].copy()
-    text = " ".join(ln.text for ln in eng.recognise(bgr)).lower()
-    assert "hello" in text
+    info = eng.info()
+    assert info["paddlex_version"].startswith("3.7") and info["engine"] == prof.engine
+    texts = {}
+    for rel in ("tesseract_test/phototest.tif", "cnocr/multi-line_cn1.png"):
+        with Image.open(CORPUS / rel) as img:
+            bgr = np.asarray(img.convert("RGB"))[:, :, ::-1].copy()
+        texts[rel] = "".join(ln.text for ln in eng.recognise(bgr))
+    assert "quick brown dog" in texts["tesseract_test/phototest.tif"]
+    assert "网络支付并无本质的区别" in texts["cnocr/multi-line_cn1.png"]

@@ -155,7 +155,7 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
 def _cmd_run(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox import supervisor
 
-    return supervisor.run(s, config_path=args.config)
+    return supervisor.run(s, reload=lambda: load_settings(args))
 
 
 def _cmd_status(args: argparse.Namespace, s: config.Settings) -> int:

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,6 +132,8 @@ class PaddleXEngine:
                     f"profile {s.profile!r} runs on Paddle's engine but paddlepaddle is not installed; "
                     "`pip install 'ocr-inbox[paddle]'` (CPU) or paddlepaddle-gpu from Paddle's index (see README)"
                 ) from None
+        # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
+        warnings.filterwarnings("ignore", message=".*ccache.*")
         saved_stdout = sys.stdout
         sys.stdout = sys.stderr  # PaddleX and Paddle print on import; stdout is for logs only
         try:

@@ -1,0 +1,229 @@
+"""Watch the inbox tree; only note which paths were touched and wake the main loop.
+
+The handler runs in watchdog's thread and does nothing else: the supervisor
+drains the touched paths, stats them, and decides (settle, scan, mark gone).
+Directories are reported with a trailing ``/`` (created, moved in or out,
+deleted) so the supervisor can rescan or reconcile that subtree: a folder moved
+into the inbox arrives as one event for the folder.
+
+Wake-up: a byte on a ``socketpair``; ``InboxWatcher`` has ``fileno()``, so it
+can be passed to ``multiprocessing.connection.wait`` next to the pool's pipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer as NativeObserver
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from ocr_inbox.inbox.scan import is_ignored
+
+log = structlog.get_logger(__name__)
+
+ObserverMode = Literal["auto", "native", "polling"]
+
+# Opens and reads (our own workers reading images) must not wake anything up,
+# and a directory's "modified" only repeats what its entries' events say.
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+
+
+class _Recorder(FileSystemEventHandler):
+    def __init__(self, watcher: InboxWatcher) -> None:
+        super().__init__()
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if type(event) not in _EVENTS:
+            return
+        w = self._watcher
+        suffix = "/" if event.is_directory else ""
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if not path:
+                continue
+            path = os.fsdecode(path)
+            if path == w.root and isinstance(event, (DirDeletedEvent, DirMovedEvent)):
+                w._inbox_lost()
+                continue
+            rel = w.relative(path)
+            if rel is not None:
+                w._touch(rel + suffix)
+
+
+class InboxWatcher:
+    def __init__(
+        self,
+        inbox: Path,
+        *,
+        observer: ObserverMode = "auto",
+        poll_interval_s: float = 5.0,
+        ignore: Sequence[str] = (),
+    ) -> None:
+        self.root = os.path.realpath(inbox)
+        self._mode: ObserverMode = observer
+        self._poll_interval_s = poll_interval_s
+        self._ignore = tuple(ignore)
+        self._lock = threading.Lock()
+        self._touched: set[str] = set()
+        self._observer: BaseObserver | None = None
+        self._kind = "none"
+        self._lost = False
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching; "auto" falls back to polling when the native observer cannot start.
+
+        Raises OSError when no observer can start (the inbox is missing, ...).
+        """
+        if self._mode in ("auto", "native"):
+            try:
+                self._observer = self._start(NativeObserver())
+                self._kind = _kind_of(self._observer)
+            except OSError as exc:
+                if self._mode == "native":
+                    raise
+                log.warning(
+                    "watch_fallback_polling",
+                    inbox=self.root,
+                    reason=exc.strerror or str(exc),
+                    errno=exc.errno,
+                    poll_interval_s=self._poll_interval_s,
+                )
+        if self._observer is None:
+            self._observer = self._start(PollingObserver(timeout=self._poll_interval_s))
+            self._kind = "polling"
+        self._lost = False
+        log.info("watch_started", inbox=self.root, kind=self._kind)
+
+    def _start(self, obs: BaseObserver) -> BaseObserver:
+        obs.daemon = True
+        obs.schedule(_Recorder(self), self.root, recursive=True, event_filter=_EVENTS)
+        try:
+            obs.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                obs.stop()
+            raise
+        return obs
+
+    def stop(self) -> None:
+        """Stop the observer thread (idempotent); the wake socket stays usable."""
+        obs, self._observer = self._observer, None
+        if obs is not None:
+            obs.stop()
+            if obs.is_alive():
+                obs.join(timeout=5.0)
+
+    def close(self) -> None:
+        self.stop()
+        self._rsock.close()
+        self._wsock.close()
+
+    def restart(self) -> bool:
+        """Start watching again (after the inbox was removed and came back).
+
+        Logs instead of raising: the periodic rescan covers the gap. Returns
+        whether watching works again.
+        """
+        self.stop()
+        try:
+            self.start()
+        except OSError as exc:
+            log.warning("watch_restart_failed", inbox=self.root, reason=exc.strerror or str(exc))
+            return False
+        return True
+
+    @property
+    def kind(self) -> str:
+        """"inotify" (or the platform's native kind), "polling", or "none" before start."""
+        return self._kind
+
+    @property
+    def healthy(self) -> bool:
+        """False when the inbox was removed or the observer died: call ``restart``."""
+        obs = self._observer
+        return obs is not None and obs.is_alive() and not self._lost
+
+    # -- the supervisor's side -----------------------------------------------
+
+    def fileno(self) -> int:
+        """Readable when paths were touched since the last ``drain``."""
+        return self._rsock.fileno()
+
+    def drain(self) -> set[str]:
+        """The touched paths (relative, '/'-separated; directories end in '/'), cleared."""
+        with self._lock:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while self._rsock.recv(4096):
+                    pass
+            touched, self._touched = self._touched, set()
+        return touched
+
+    # -- the observer thread's side ------------------------------------------
+
+    def relative(self, path: str) -> str | None:
+        """``path`` relative to the inbox, '/'-separated; None outside it or ignored."""
+        rel = os.path.relpath(path, self.root)
+        if rel == "." or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return None
+        rel = rel.replace(os.sep, "/")
+        if self._ignore and is_ignored(rel, self._ignore):
+            return None
+        return rel
+
+    def _touch(self, rel: str) -> None:
+        with self._lock:
+            wake = not self._touched
+            self._touched.add(rel)
+            if wake:  # one byte per batch of touches is enough to wake the loop
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    self._wsock.send(b"\0")
+
+    def _inbox_lost(self) -> None:
+        if not self._lost:
+            self._lost = True
+            log.error("watch_inbox_removed", inbox=self.root)
+        with self._lock:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                self._wsock.send(b"\0")
+
+
+def _kind_of(obs: BaseObserver) -> str:
+    name = type(obs).__name__.lower()
+    for kind in ("inotify", "fsevents", "kqueue", "polling"):
+        if kind in name:
+            return kind
+    return name.removesuffix("observer") or "native"

@@ -1,0 +1,679 @@
+"""The ledger: every accepted image and every folder's PDF state, in SQLite.
+
+The only SQL in the project. One writer (the supervisor's thread) owns the
+database; every transition is one short transaction, so a ``kill -9`` at any
+moment leaves either the old or the new state, never half of one.
+
+Durability: WAL with ``synchronous=NORMAL``. A committed transaction is in the
+WAL file before ``commit()`` returns, so a killed *process* loses nothing (the
+OS still holds the pages). Only a power loss or kernel crash can lose the last
+few transactions; the database stays consistent and the worst outcome is an
+image done again or a file re-found by the start-up scan. ``FULL`` would fsync
+every commit (one per finished image) for no gain worth that cost.
+
+Times are float unix seconds passed in by the caller, so tests own the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import fcntl
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import structlog
+
+from ocr_inbox.errors import StateError
+from ocr_inbox.inbox.scan import folder_of
+
+log = structlog.get_logger(__name__)
+
+DB_NAME = "ledger.sqlite3"
+LOCK_NAME = "ocr-inbox.lock"
+SCHEMA_VERSION = 1
+#: a second writer waits this long before the open fails with "locked"
+BUSY_TIMEOUT_MS = 1000
+#: size and mtime stored for a refused path (never equal to a real file's)
+NO_STAT = -1
+
+_SCHEMA = """
+CREATE TABLE folders (
+    folder        TEXT PRIMARY KEY,
+    first_seen    REAL NOT NULL,
+    last_activity REAL NOT NULL,
+    pdf_state     TEXT NOT NULL DEFAULT 'none'
+                  CHECK (pdf_state IN ('none', 'needed', 'building', 'done', 'failed')),
+    pdf_pages     INTEGER,
+    pdf_at        REAL,
+    pdf_error     TEXT
+);
+CREATE TABLE images (
+    rel          TEXT PRIMARY KEY,
+    folder       TEXT NOT NULL REFERENCES folders (folder),
+    -- natural-order key of the file name, so claim() can ORDER BY it in SQL
+    natkey       TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    mtime_ns     INTEGER NOT NULL,
+    status       TEXT NOT NULL
+                 CHECK (status IN ('pending', 'running', 'done', 'failed', 'gone')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    error_reason TEXT,
+    error_detail TEXT,
+    output       TEXT,
+    first_seen   REAL NOT NULL,
+    updated      REAL NOT NULL,
+    done_at      REAL,
+    elapsed_ms   INTEGER
+);
+CREATE INDEX images_by_status ON images (status, folder, natkey);
+CREATE INDEX images_by_folder ON images (folder, status);
+CREATE INDEX images_by_done_at ON images (done_at) WHERE done_at IS NOT NULL;
+"""
+
+#: user_version -> statements that bring the schema from that version to the next
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA}
+
+_IMAGE_COLUMNS = (
+    "rel, folder, size, mtime_ns, status, attempts, error_reason, error_detail, "
+    "output, first_seen, updated, done_at, elapsed_ms"
+)
+_FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
+_DIGITS = re.compile(r"\d+")
+
+
+class Observation(enum.Enum):
+    """What ``Ledger.observe`` did with a file."""
+
+    new = "new"  # first seen: queued
+    changed = "changed"  # size or mtime differ from the record: queued again
+    returned = "returned"  # was gone, is back: queued again
+    unchanged = "unchanged"  # nothing to do
+
+    @property
+    def queued(self) -> bool:
+        return self is not Observation.unchanged
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    rel: str
+    folder: str
+    size: int
+    mtime_ns: int
+    status: str
+    attempts: int
+    error_reason: str | None
+    error_detail: str | None
+    output: str | None
+    first_seen: float
+    updated: float
+    done_at: float | None
+    elapsed_ms: int | None
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    folder: str
+    first_seen: float
+    last_activity: float
+    pdf_state: str
+    pdf_pages: int | None
+    pdf_at: float | None
+    pdf_error: str | None
+
+
+@dataclass(frozen=True)
+class FolderSummary:
+    folder: str
+    done: int
+    pending: int  # queued, not yet claimed
+    running: int
+    failed: int
+    last_activity: float
+    pdf_state: str
+    pdf_pages: int | None
+    pdf_at: float | None
+    pdf_error: str | None
+
+
+@dataclass(frozen=True)
+class Stats:
+    queued: int
+    running: int
+    done: int
+    failed: int
+    gone: int
+    #: images finished in the last ``window_s`` seconds, per second
+    images_per_s: float
+    #: folders with a PDF needed or being built (and something to put in it)
+    folders_waiting_pdf: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    rel: str
+    reason: str
+    detail: str
+    attempts: int
+    updated: float
+
+
+class Known(NamedTuple):
+    rel: str
+    size: int
+    mtime_ns: int
+    status: str
+
+
+def natural_key(rel: str) -> str:
+    """A text key that sorts file names naturally (p2 before p10), case-insensitively.
+
+    Digit runs are zero-padded so plain text comparison orders them by value;
+    close to ``outbox.order``'s natsort order, which decides the PDF's pages.
+    """
+    name = rel.rsplit("/", 1)[-1].casefold()
+    return _DIGITS.sub(lambda m: m.group().zfill(20), name)
+
+
+def _image(row: tuple[Any, ...]) -> ImageRow:
+    return ImageRow(*row)
+
+
+def _folder(row: tuple[Any, ...]) -> FolderRow:
+    return FolderRow(*row)
+
+
+class Ledger:
+    """State transitions of images and folders. Use ``Ledger.open``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int | None) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock_fd = lock_fd
+
+    # -- opening and closing -------------------------------------------------
+
+    @classmethod
+    def open(cls, state_dir: Path, *, readonly: bool = False) -> Ledger:
+        """Open (creating if needed) the ledger in ``state_dir`` for the one daemon.
+
+        Takes an exclusive lock on ``state_dir/ocr-inbox.lock`` first, so a second
+        daemon on the same state dir fails here. ``readonly`` (for ``ocr-inbox
+        status`` beside a running daemon) takes no lock and creates nothing.
+        Raises StateError naming the file and the fix; never resets anything.
+        """
+        path = state_dir / DB_NAME
+        if readonly:
+            if not path.is_file():
+                raise StateError(f"no ledger at {path}: has the daemon run with this state_dir?")
+            conn = _connect(path, f"file:{path}?mode=ro")
+            try:
+                _check(conn, path)
+            except BaseException:
+                conn.close()
+                raise
+            return cls(conn, path, None)
+
+        lock_fd = _lock_state_dir(state_dir)
+        try:
+            conn = _connect(path, str(path))
+            try:
+                _prepare(conn, path)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        log.debug("ledger_opened", path=str(path))
+        return cls(conn, path, lock_fd)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE: take the write lock up front, so a transaction never fails half-way
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- folders -------------------------------------------------------------
+
+    @staticmethod
+    def _touch_folder(c: sqlite3.Connection, folder: str, now: float, *, rearm: bool) -> None:
+        """Create the folder row or mark activity; ``rearm``: its PDF must be (re)built."""
+        state = "needed" if rearm else "none"
+        c.execute(
+            "INSERT INTO folders (folder, first_seen, last_activity, pdf_state) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (folder) DO UPDATE SET last_activity = excluded.last_activity,"
+            "  pdf_state = CASE WHEN ? THEN 'needed' ELSE pdf_state END",
+            (folder, now, now, state, rearm),
+        )
+
+    # -- images: what the inbox shows ----------------------------------------
+
+    def observe(self, rel: str, size: int, mtime_ns: int, now: float) -> Observation:
+        """Record a settled image file seen in the inbox; queue it when new or changed."""
+        folder = folder_of(rel)
+        with self._tx() as c:
+            row = c.execute("SELECT size, mtime_ns, status FROM images WHERE rel = ?", (rel,)).fetchone()
+            if row is None:
+                self._touch_folder(c, folder, now, rearm=True)
+                c.execute(
+                    "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, first_seen, updated)"
+                    " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (rel, folder, natural_key(rel), size, mtime_ns, now, now),
+                )
+                return Observation.new
+            old_size, old_mtime, status = row
+            if (old_size, old_mtime) == (size, mtime_ns) and status != "gone":
+                return Observation.unchanged
+            what = Observation.returned if status == "gone" else Observation.changed
+            # A new version deserves fresh attempts; a running worker's result for
+            # the old version is refused by done() (status no longer 'running').
+            c.execute(
+                "UPDATE images SET size = ?, mtime_ns = ?, status = 'pending', attempts = 0,"
+                " error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
+                (size, mtime_ns, now, rel),
+            )
+            self._touch_folder(c, folder, now, rearm=True)
+            return what
+
+    def refuse(self, rel: str, reason: str, detail: str, now: float) -> bool:
+        """Quarantine a path that is not processed (symlink out of the inbox, fifo ...).
+
+        Recorded as failed, never retried; if it later becomes a good file,
+        ``observe`` sees a different size and queues it. Returns False when the
+        same refusal was already recorded (rescans call this again and again).
+        """
+        folder = folder_of(rel)
+        with self._tx() as c:
+            row = c.execute("SELECT status, error_reason FROM images WHERE rel = ?", (rel,)).fetchone()
+            if row is not None and tuple(row) == ("failed", reason):
+                return False
+            was_done = row is not None and row[0] == "done"
+            self._touch_folder(c, folder, now, rearm=was_done)
+            c.execute(
+                "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, error_reason, error_detail,"
+                "  first_seen, updated) VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?, ?)"
+                " ON CONFLICT (rel) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                "  status = 'failed', error_reason = excluded.error_reason,"
+                "  error_detail = excluded.error_detail, done_at = NULL, updated = excluded.updated",
+                (rel, folder, natural_key(rel), NO_STAT, NO_STAT, reason, detail, now, now),
+            )
+            return True
+
+    def gone(self, rel: str, now: float) -> bool:
+        """The file left the inbox before it was done: not a failure, just gone.
+
+        A done image stays done (its JSON is still right, and ``delete_processed``
+        removes done sources on purpose). Returns whether anything changed.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE images SET status = 'gone', updated = ?"
+                " WHERE rel = ? AND status IN ('pending', 'running', 'failed')",
+                (now, rel),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._touch_folder(c, folder_of(rel), now, rearm=False)
+            return True
+
+    # -- images: the work ----------------------------------------------------
+
+    def claim(self, limit: int, now: float) -> list[ImageRow]:
+        """Up to ``limit`` pending images, oldest folder first, natural name order; now running."""
+        if limit <= 0:
+            return []
+        claimed: list[ImageRow] = []
+        with self._tx() as c:
+            folders = c.execute(
+                "SELECT folder FROM folders f WHERE EXISTS"
+                " (SELECT 1 FROM images i WHERE i.status = 'pending' AND i.folder = f.folder)"
+                " ORDER BY first_seen, folder"
+            )
+            for (folder,) in folders.fetchall():
+                rows = c.execute(
+                    f"SELECT {_IMAGE_COLUMNS} FROM images WHERE status = 'pending' AND folder = ?"
+                    " ORDER BY natkey, rel LIMIT ?",
+                    (folder, limit - len(claimed)),
+                ).fetchall()
+                claimed.extend(_image(r) for r in rows)
+                if len(claimed) >= limit:
+                    break
+            c.executemany(
+                "UPDATE images SET status = 'running', updated = ? WHERE rel = ?",
+                [(now, r.rel) for r in claimed],
+            )
+        return [_replace_status(r, "running", now) for r in claimed]
+
+    def done(self, rel: str, size: int, mtime_ns: int, output: str, elapsed_ms: int, now: float) -> bool:
+        """running -> done, if the file OCR'd (``size``, ``mtime_ns``) is the one recorded.
+
+        Otherwise the result is for an older version of the file: the image stays
+        (or goes back to) pending to be done again. Returns whether it was taken.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE images SET status = 'done', output = ?, elapsed_ms = ?, done_at = ?, updated = ?,"
+                " error_reason = NULL, error_detail = NULL"
+                " WHERE rel = ? AND status = 'running' AND size = ? AND mtime_ns = ?",
+                (output, elapsed_ms, now, now, rel, size, mtime_ns),
+            )
+            if cur.rowcount:
+                return True
+            c.execute(
+                "UPDATE images SET status = 'pending', updated = ? WHERE rel = ? AND status = 'running'",
+                (now, rel),
+            )
+            return False
+
+    def failed(self, rel: str, reason: str, detail: str, now: float, *, retry: bool) -> bool:
+        """A running image failed: count the attempt; ``retry`` queues it again, else quarantine."""
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE images SET attempts = attempts + 1, status = ?, error_reason = ?,"
+                " error_detail = ?, updated = ? WHERE rel = ? AND status = 'running'",
+                ("pending" if retry else "failed", reason, detail, now, rel),
+            )
+            return cur.rowcount > 0
+
+    def release(self, rels: Iterable[str], now: float) -> int:
+        """running -> pending without counting an attempt (never started, or shutdown)."""
+        with self._tx() as c:
+            cur = c.executemany(
+                "UPDATE images SET status = 'pending', updated = ? WHERE rel = ? AND status = 'running'",
+                [(now, rel) for rel in rels],
+            )
+            return cur.rowcount
+
+    def recover(self, now: float) -> int:
+        """At start-up: work cut off by a crash goes back to the queue; returns images requeued."""
+        with self._tx() as c:
+            images = c.execute(
+                "UPDATE images SET status = 'pending', updated = ? WHERE status = 'running'", (now,)
+            ).rowcount
+            folders = c.execute(
+                "UPDATE folders SET pdf_state = 'needed' WHERE pdf_state = 'building'"
+            ).rowcount
+        if images or folders:
+            log.info("ledger_recovered", images=images, pdfs=folders)
+        return images
+
+    def get(self, rel: str) -> ImageRow | None:
+        row = self._conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE rel = ?", (rel,)).fetchone()
+        return _image(row) if row else None
+
+    def known_paths(self, chunk: int = 1000) -> Iterator[Known]:
+        """Every recorded image, in ``rel`` order, for the start-up reconciliation.
+
+        Read in chunks by key, so the caller may write to the ledger while iterating.
+        """
+        after = None
+        while True:
+            if after is None:
+                rows = self._conn.execute(
+                    "SELECT rel, size, mtime_ns, status FROM images ORDER BY rel LIMIT ?", (chunk,)
+                ).fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT rel, size, mtime_ns, status FROM images WHERE rel > ? ORDER BY rel LIMIT ?",
+                    (after, chunk),
+                ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield Known(*r)
+            after = rows[-1][0]
+
+    # -- folder PDFs ---------------------------------------------------------
+
+    def quiet_folders(self, now: float, quiet_seconds: float) -> list[FolderRow]:
+        """Folders whose PDF is needed, quiet long enough, with nothing queued and a page done.
+
+        "Quiet" counts from the last change seen in the inbox, not from the last
+        image finished: OCR time does not delay the PDF.
+        """
+        rows = self._conn.execute(
+            f"SELECT {_FOLDER_COLUMNS} FROM folders f WHERE pdf_state = 'needed' AND last_activity <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder"
+            "  AND i.status IN ('pending', 'running'))"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+            " ORDER BY first_seen, folder",
+            (now - quiet_seconds,),
+        ).fetchall()
+        return [_folder(r) for r in rows]
+
+    def pdf_started(self, folder: str, now: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE folders SET pdf_state = 'building', pdf_error = NULL WHERE folder = ?", (folder,)
+            )
+
+    def pdf_done(self, folder: str, pages: int, now: float) -> bool:
+        """building -> done. False when a page arrived meanwhile: it stays needed."""
+        with self._tx() as c:
+            c.execute("UPDATE folders SET pdf_pages = ?, pdf_at = ? WHERE folder = ?", (pages, now, folder))
+            return (
+                c.execute(
+                    "UPDATE folders SET pdf_state = 'done' WHERE folder = ? AND pdf_state = 'building'",
+                    (folder,),
+                ).rowcount
+                > 0
+            )
+
+    def pdf_failed(self, folder: str, error: str, now: float) -> bool:
+        """building -> failed (until the folder changes again); False when re-armed meanwhile."""
+        with self._tx() as c:
+            c.execute("UPDATE folders SET pdf_error = ?, pdf_at = ? WHERE folder = ?", (error, now, folder))
+            return (
+                c.execute(
+                    "UPDATE folders SET pdf_state = 'failed' WHERE folder = ? AND pdf_state = 'building'",
+                    (folder,),
+                ).rowcount
+                > 0
+            )
+
+    def folder(self, folder: str) -> FolderRow | None:
+        row = self._conn.execute(
+            f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE folder = ?", (folder,)
+        ).fetchone()
+        return _folder(row) if row else None
+
+    def folder_images(self, folder: str, status: str = "done") -> list[ImageRow]:
+        """The images of one folder with ``status`` (the PDF builder's pages), any order."""
+        rows = self._conn.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status = ?", (folder, status)
+        ).fetchall()
+        return [_image(r) for r in rows]
+
+    # -- reports -------------------------------------------------------------
+
+    def stats(self, now: float, window_s: float = 60.0) -> Stats:
+        counts = dict(
+            self._conn.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall()
+        )
+        recent = self._conn.execute(
+            "SELECT count(*) FROM images WHERE done_at > ?", (now - window_s,)
+        ).fetchone()[0]
+        waiting = self._conn.execute(
+            "SELECT count(*) FROM folders f WHERE pdf_state IN ('needed', 'building')"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+        ).fetchone()[0]
+        return Stats(
+            queued=counts.get("pending", 0),
+            running=counts.get("running", 0),
+            done=counts.get("done", 0),
+            failed=counts.get("failed", 0),
+            gone=counts.get("gone", 0),
+            images_per_s=recent / window_s if window_s > 0 else 0.0,
+            folders_waiting_pdf=waiting,
+        )
+
+    def folders(self) -> list[FolderSummary]:
+        """Every folder with its image counts and PDF state, oldest first."""
+        rows = self._conn.execute(
+            "SELECT f.folder,"
+            " count(CASE WHEN i.status = 'done' THEN 1 END),"
+            " count(CASE WHEN i.status = 'pending' THEN 1 END),"
+            " count(CASE WHEN i.status = 'running' THEN 1 END),"
+            " count(CASE WHEN i.status = 'failed' THEN 1 END),"
+            " f.last_activity, f.pdf_state, f.pdf_pages, f.pdf_at, f.pdf_error"
+            " FROM folders f LEFT JOIN images i ON i.folder = f.folder"
+            " GROUP BY f.folder ORDER BY f.first_seen, f.folder"
+        ).fetchall()
+        return [FolderSummary(*r) for r in rows]
+
+    def failures(self, limit: int = 100) -> list[Failure]:
+        """Quarantined images, most recent first."""
+        rows = self._conn.execute(
+            "SELECT rel, coalesce(error_reason, ''), coalesce(error_detail, ''), attempts, updated"
+            " FROM images WHERE status = 'failed' ORDER BY updated DESC, rel LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Failure(*r) for r in rows]
+
+
+def _replace_status(row: ImageRow, status: str, now: float) -> ImageRow:
+    return replace(row, status=status, updated=now)
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """Exclusive flock on the lock file: one daemon per state dir. Returns the held fd."""
+    lock = state_dir / LOCK_NAME
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise StateError(
+            f"cannot use the state directory {state_dir}: {exc.strerror or exc}; "
+            "make it writable by the daemon's user or set paths.state_dir"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = os.pread(fd, 32, 0).decode().strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            pid = f" (pid {holder})" if holder else ""
+            raise StateError(
+                f"{lock} is locked: another ocr-inbox daemon{pid} uses the state directory "
+                f"{state_dir}; stop it, or give this one its own paths.state_dir"
+            ) from None
+        raise StateError(f"cannot lock {lock}: {exc.strerror or exc}") from None
+    # Who holds it, for the message above; purely informative.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _connect(path: Path, target: str) -> sqlite3.Connection:
+    try:
+        # autocommit mode: transactions are explicit (see Ledger._tx)
+        conn = sqlite3.connect(
+            target, uri=target.startswith("file:"), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+    except sqlite3.Error as exc:
+        raise _state_error(path, exc) from None
+    return conn
+
+
+def _state_error(path: Path, exc: sqlite3.Error) -> StateError:
+    msg = str(exc)
+    if "locked" in msg or "busy" in msg:
+        return StateError(
+            f"the ledger {path} is locked by another process ({msg}); "
+            "stop the other ocr-inbox daemon or sqlite3 session using it"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and ("unable to open" in msg or "readonly" in msg):
+        return StateError(
+            f"cannot write the ledger {path} ({msg}); "
+            "make the state directory writable by the daemon's user or set paths.state_dir"
+        )
+    return StateError(
+        f"the ledger {path} is damaged ({msg}); nothing was changed. Stop the daemon, move the file "
+        f"aside (mv {path} {path}.broken, and its -wal/-shm files) and start again: "
+        "a new ledger is built from a full scan of the inbox"
+    )
+
+
+def _check(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise _state_error(path, exc) from None
+    if problems != ["ok"]:
+        raise _state_error(path, sqlite3.DatabaseError("quick_check: " + "; ".join(problems[:3])))
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"the ledger {path} has schema version {version}, newer than this ocr-inbox "
+            f"understands ({SCHEMA_VERSION}); upgrade ocr-inbox or use another paths.state_dir"
+        )
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Pragmas, integrity check, schema creation/migration, in that order."""
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StateError(
+                f"the ledger {path} cannot use WAL mode (got {mode}); "
+                "put paths.state_dir on a local file system"
+            )
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise _state_error(path, exc) from None
+    _check(conn, path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            while version < SCHEMA_VERSION:
+                for stmt in _statements(_MIGRATIONS[version]):
+                    conn.execute(stmt)
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise _state_error(path, exc) from None
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT first; split so a migration is one transaction.
+    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
