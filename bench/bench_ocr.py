@@ -33,6 +33,7 @@ def seed_style(inbox: Path, outbox: Path, profile: str, cache: Path) -> float:
     p = profiles.get(profile)
     cfg = {
         "pipeline_name": "OCR",
+        "text_type": "general",
         "use_doc_preprocessor": False,
         "use_textline_orientation": False,
         "SubModules": {

@@ -5,7 +5,10 @@ streams are alike) with a JSON per image adapted from a real engine result,
 then builds PDFs of 200 / 1,000 / 2,000 pages, each in a fresh child process,
 and prints the child's peak RSS, wall time and pages/s.
 
-    python bench/bench_pdf.py [--pages 200 1000 2000] [--distinct 250] [--work DIR]
+    python bench/bench_pdf.py [--pages 200 1000 2000] [--distinct 250] [--work DIR] [--naive]
+
+``--naive`` swaps in the old merge (``insert_pdf`` of every chunk into one
+document, then one ``save``) for comparison.
 
 Pages beyond ``--distinct`` reuse a generated image under a new name (a hard
 link): the builder never de-duplicates streams, so each page still carries
@@ -68,9 +71,26 @@ def prepare(folder: Path, json_dir: Path, pages: int, distinct: int, sample: dic
         (json_dir / f"{name}.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
 
 
-def child(folder: Path, json_dir: Path, out: Path) -> None:
+def naive_merge(chunks, dest, title, toc) -> None:
+    """The old builder's merge, for comparison: everything in one document until save."""
+    import pymupdf
+
+    with pymupdf.open() as out:
+        for chunk in chunks:
+            with pymupdf.open(chunk) as src:
+                out.insert_pdf(src)
+        out.set_metadata({"title": title})
+        out.set_toc(toc)
+        out.save(dest)
+
+
+def child(folder: Path, json_dir: Path, out: Path, naive: bool) -> None:
     """Runs in a fresh process: build, then report this process's own peak RSS."""
+    from ocr_inbox.outbox import pdf
     from ocr_inbox.outbox.pdf import build_folder_pdf
+
+    if naive:
+        pdf._merge = naive_merge
 
     t0 = time.perf_counter()
     report = build_folder_pdf(folder, json_dir, out, log=_Quiet())
@@ -92,22 +112,24 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("/tmp/proto/json/zh_val_0.jpg.json"),
                     help="a real engine JSON for a 2480x3508 page, used as every page's text")
     ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    ap.add_argument("--naive", action="store_true", help="use the old all-in-memory merge, for comparison")
     ap.add_argument("--child", nargs=3, metavar=("IMAGES", "JSON", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*map(Path, args.child))
+        child(*map(Path, args.child), naive=args.naive)
         return
 
     sample = sample_document(args.json)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-pdf-"))
-    print(f"# work dir {work}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    print(f"# work dir {work}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}"
+          f"; merge: {'naive insert_pdf + save' if args.naive else 'incremental append'}")
     print(f"{'pages':>6} {'wall s':>8} {'pages/s':>8} {'peak RSS MB':>12} {'PDF MB':>8}")
     for n in args.pages:
         folder, json_dir = work / f"images-{n}", work / f"json-{n}"
         prepare(folder, json_dir, n, args.distinct, sample)
         out = work / f"out-{n}.pdf"
-        res = subprocess.run([sys.executable, __file__, "--child", str(folder), str(json_dir), str(out)],
-                             capture_output=True, text=True, check=True)
+        cmd = [sys.executable, __file__, "--child", str(folder), str(json_dir), str(out)]
+        res = subprocess.run(cmd + (["--naive"] if args.naive else []), capture_output=True, text=True, check=True)
         r = json.loads(res.stdout.strip().splitlines()[-1])
         print(f"{r['pages']:>6} {r['wall_s']:>8.1f} {r['pages'] / r['wall_s']:>8.1f} "
               f"{r['peak_rss_mb']:>12.0f} {r['pdf_mb']:>8.0f}", flush=True)

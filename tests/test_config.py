@@ -79,6 +79,11 @@ def test_devices_and_worker_layout() -> None:
     assert [str(s.device) for s in slots] == ["gpu:0"] * 4 + ["gpu:1"] * 4
     assert {s.threads for s in slots} == {2}
     # each GPU worker sees only its own card, as device 0
-    assert slots[5].child_env() == {"CUDA_VISIBLE_DEVICES": "1"} and slots[5].local_device == "gpu:0"
+    assert slots[5].child_env("") == {"CUDA_VISIBLE_DEVICES": "1"} and slots[5].local_device == "gpu:0"
+    # gpu:N counts within the daemon's own CUDA_VISIBLE_DEVICES, as CUDA does
+    assert slots[5].child_env("2,3") == {"CUDA_VISIBLE_DEVICES": "3"}
+    assert slots[0].child_env("GPU-abc,GPU-def") == {"CUDA_VISIBLE_DEVICES": "GPU-abc"}
+    with pytest.raises(ValueError, match="not among"):
+        slots[5].child_env("2")
     cpu = plan_slots(["cpu"], 0, 0, cpu_count=2)
     assert len(cpu) == 2 and cpu[0].threads == 1 and cpu[0].local_device == "cpu"

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,7 +132,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_readonly_open_beside_the_daemon(tmp_path: Path) -> None:
     with Ledger.open(tmp_path) as led:
         led.observe("a.jpg", 1, 1, now=1.0)
-        with Ledger.open(tmp_path, readonly=True) as ro:
+        with Ledger.open_readonly(tmp_path) as ro:
             assert ro.stats(now=2.0).queued == 1
             with pytest.raises(sqlite3.OperationalError):
                 ro.observe("b.jpg", 1, 1, now=2.0)
@@ -309,6 +313,42 @@ def test_work_survives_an_abandoned_connection(tmp_path: Path) -> None:
     led.close()
 
 
+def test_kill_9_loses_nothing_committed(tmp_path: Path) -> None:
+    """A real SIGKILL mid-flight: committed work stays, the lock dies with the process."""
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from ocr_inbox.ledger import Ledger
+        led = Ledger.open(Path({str(tmp_path)!r}))
+        for i in range(500):
+            led.observe(f"a/{{i}}.jpg", i, i, now=1.0)
+        rows = led.claim(10, now=2.0)
+        for r in rows[:4]:
+            led.done(r.rel, r.size, r.mtime_ns, r.rel + ".json", 5, now=3.0)
+        print("ready", flush=True)
+        import time
+        while True:
+            led.observe("b/busy.jpg", int(time.time_ns()), 1, now=4.0)  # writing when killed
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # structlog's default output shares stdout
+        if line.strip() == "ready":
+            break
+    else:
+        pytest.fail("the child died before it was ready")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    with Ledger.open(tmp_path) as led:  # the flock went with the process
+        assert led.recover(now=10.0) == 6
+        s = led.stats(now=10.0)
+        assert (s.done, s.running) == (4, 0)
+        assert s.queued == 496 + (1 if led.get("b/busy.jpg") else 0)
+
+
 # -- gone / refuse -----------------------------------------------------------
 
 
@@ -338,6 +378,28 @@ def test_gone_while_running_refuses_the_result(ledger: Ledger) -> None:
     assert ledger.gone("a/1.jpg", now=3.0)
     assert not ledger.done("a/1.jpg", 1, 1, "a/1.json", 5, now=4.0)
     assert status(ledger, "a/1.jpg") == "gone"
+
+
+def test_gone_tree(ledger: Ledger) -> None:
+    for rel in ("book/1.jpg", "book/ch1/2.jpg", "bookend/3.jpg", "other/4.jpg"):
+        ledger.observe(rel, 1, 1, now=1.0)
+    ledger.claim(1, now=2.0)  # book/1.jpg running
+    assert ledger.gone_tree("book", now=5.0) == 2
+    assert [status(ledger, r) for r in ("book/1.jpg", "book/ch1/2.jpg", "bookend/3.jpg", "other/4.jpg")] == [
+        "gone",
+        "gone",
+        "pending",
+        "pending",
+    ]
+    assert ledger.folder("book/ch1").last_activity == 5.0  # type: ignore[union-attr]
+    assert ledger.gone_tree("book/", now=6.0) == 0
+
+
+def test_as_dict(ledger: Ledger) -> None:
+    ledger.refuse("a/x.jpg", "not_a_regular_file", "p", now=1.0)
+    assert ledger.failures(1)[0].as_dict()["reason"] == "not_a_regular_file"
+    assert ledger.folders()[0].as_dict()["folder"] == "a"
+    assert ledger.stats(now=1.0).as_dict()["failed"] == 1
 
 
 def test_refuse_quarantines_without_retry(ledger: Ledger) -> None:
@@ -376,12 +438,12 @@ def test_quiet_folder_needs_time_and_all_images_done(ledger: Ledger) -> None:
 
     ledger.pdf_started("a", now=162.0)
     assert ledger.quiet_folders(now=163.0, quiet_seconds=60) == []
-    assert ledger.stats(now=163.0).folders_waiting_pdf == 1
+    assert ledger.stats(now=163.0).folders_waiting == 1
     assert ledger.pdf_done("a", pages=1, now=164.0)
     row = ledger.folder("a")
     assert row is not None and (row.pdf_state, row.pdf_pages, row.pdf_at) == ("done", 1, 164.0)
     assert ledger.quiet_folders(now=1000.0, quiet_seconds=60) == []
-    assert ledger.stats(now=1000.0).folders_waiting_pdf == 0
+    assert ledger.stats(now=1000.0).folders_waiting == 0
 
 
 def test_folder_without_a_done_image_gets_no_pdf(ledger: Ledger) -> None:
@@ -441,8 +503,8 @@ def test_stats_and_throughput(ledger: Ledger) -> None:
     ledger.failed(rows[6].rel, "decode_error", "", now=100.0, retry=False)
     s = ledger.stats(now=100.0, window_s=60)
     assert (s.queued, s.running, s.done, s.failed, s.gone) == (2, 1, 6, 1, 0)
-    assert s.images_per_s == pytest.approx(3 / 60)  # 3 done within the window
-    assert s.folders_waiting_pdf == 1
+    assert s.rate == pytest.approx(3 / 60)  # 3 done within the window
+    assert s.folders_waiting == 1
 
 
 def test_folders_summary(ledger: Ledger) -> None:

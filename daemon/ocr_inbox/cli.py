@@ -131,9 +131,10 @@ def _cmd_pdf(args: argparse.Namespace, s: config.Settings) -> int:
         out,
         chunk_pages=s.pdf.chunk_pages,
         first_prefixes=tuple(s.pdf.first_prefixes),
-        max_image_pixels=s.pdf.max_image_pixels,
+        max_pixels=s.pdf.max_image_pixels,
+        root=args.inbox,
     )
-    return ExitCode.some_failed if report.problems else ExitCode.ok
+    return ExitCode.some_failed if report.image_only or report.left_out else ExitCode.ok
 
 
 def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:

@@ -24,7 +24,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -143,6 +143,9 @@ class FolderSummary:
     pdf_at: float | None
     pdf_error: str | None
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -151,10 +154,13 @@ class Stats:
     done: int
     failed: int
     gone: int
-    #: images finished in the last ``window_s`` seconds, per second
-    images_per_s: float
+    #: images per second finished over the last ``window_s`` seconds
+    rate: float
     #: folders with a PDF needed or being built (and something to put in it)
-    folders_waiting_pdf: int
+    folders_waiting: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,9 @@ class Failure:
     detail: str
     attempts: int
     updated: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Known(NamedTuple):
@@ -192,7 +201,10 @@ def _folder(row: tuple[Any, ...]) -> FolderRow:
 
 
 class Ledger:
-    """State transitions of images and folders. Use ``Ledger.open``."""
+    """State transitions of images and folders. Use ``Ledger.open``.
+
+    Not thread-safe: use it from the thread that opened it (sqlite3 checks).
+    """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int | None) -> None:
         self._conn = conn
@@ -214,7 +226,7 @@ class Ledger:
         if readonly:
             if not path.is_file():
                 raise StateError(f"no ledger at {path}: has the daemon run with this state_dir?")
-            conn = _connect(path, f"file:{path}?mode=ro")
+            conn = _connect(path, path.resolve().as_uri() + "?mode=ro")
             try:
                 _check(conn, path)
             except BaseException:
@@ -235,6 +247,11 @@ class Ledger:
             raise
         log.debug("ledger_opened", path=str(path))
         return cls(conn, path, lock_fd)
+
+    @classmethod
+    def open_readonly(cls, state_dir: Path) -> Ledger:
+        """``open(state_dir, readonly=True)``: for ``ocr-inbox status`` beside the daemon."""
+        return cls.open(state_dir, readonly=True)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -344,6 +361,27 @@ class Ledger:
                 return False
             self._touch_folder(c, folder_of(rel), now, rearm=False)
             return True
+
+    def gone_tree(self, rel_dir: str, now: float) -> int:
+        """``gone`` for every image under the directory ``rel_dir`` (moved out or deleted whole)."""
+        prefix = rel_dir.rstrip("/") + "/"
+        with self._tx() as c:
+            folders = [
+                f
+                for (f,) in c.execute(
+                    "SELECT DISTINCT folder FROM images WHERE substr(rel, 1, ?) = ?"
+                    " AND status IN ('pending', 'running', 'failed')",
+                    (len(prefix), prefix),
+                )
+            ]
+            n = c.execute(
+                "UPDATE images SET status = 'gone', updated = ? WHERE substr(rel, 1, ?) = ?"
+                " AND status IN ('pending', 'running', 'failed')",
+                (now, len(prefix), prefix),
+            ).rowcount
+            for folder in folders:
+                self._touch_folder(c, folder, now, rearm=False)
+        return n
 
     # -- images: the work ----------------------------------------------------
 
@@ -516,9 +554,7 @@ class Ledger:
     # -- reports -------------------------------------------------------------
 
     def stats(self, now: float, window_s: float = 60.0) -> Stats:
-        counts = dict(
-            self._conn.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall()
-        )
+        counts = dict(self._conn.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall())
         recent = self._conn.execute(
             "SELECT count(*) FROM images WHERE done_at > ?", (now - window_s,)
         ).fetchone()[0]
@@ -532,8 +568,8 @@ class Ledger:
             done=counts.get("done", 0),
             failed=counts.get("failed", 0),
             gone=counts.get("gone", 0),
-            images_per_s=recent / window_s if window_s > 0 else 0.0,
-            folders_waiting_pdf=waiting,
+            rate=recent / window_s if window_s > 0 else 0.0,
+            folders_waiting=waiting,
         )
 
     def folders(self) -> list[FolderSummary]:

@@ -7,13 +7,17 @@ Sending never raises: losing a status line must not stop the daemon; a missed
 Built on the ``sdnotify`` package, which maps an ``@`` address to the abstract
 namespace itself; addresses it cannot handle (``vsock:``, systemd >= 254) are
 refused here, where they would otherwise fail silently inside it.
+
+Use the module functions (``notify.ready()``: one notifier per process, made on
+first use) or a ``Notifier`` of your own (tests).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-import sdnotify
+import sdnotify  # type: ignore[import-untyped]
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -108,3 +112,39 @@ class Notifier:
 def _status(text: str) -> str:
     # a newline would start a new assignment: file names must not forge READY=1
     return "STATUS=" + " ".join(text.splitlines())
+
+
+# -- the process's notifier, made on first use (importing has no side effects) --
+
+
+@functools.cache
+def default() -> Notifier:
+    return Notifier()
+
+
+def ready(status: str | None = None) -> bool:
+    return default().ready(status)
+
+
+def status(text: str) -> bool:
+    return default().status(text)
+
+
+def watchdog() -> bool:
+    return default().watchdog()
+
+
+def reloading() -> bool:
+    return default().reloading()
+
+
+def stopping() -> bool:
+    return default().stopping()
+
+
+def extend_timeout(seconds: float) -> bool:
+    return default().extend_timeout(seconds)
+
+
+def watchdog_interval() -> float | None:
+    return default().watchdog_interval()

@@ -174,9 +174,8 @@ class Supervisor:
         for rel in self.watcher.drain():
             path = os.path.join(root, rel)
             if os.path.isdir(path) and not os.path.islink(path):
-                for item in scan.walk(Path(path), self.s.watch.ignore_patterns()):
-                    sub = f"{rel}/{item.rel}" if rel else item.rel
-                    self._track(sub)
+                for item in scan.walk(self.inbox, self.s.watch.ignore_patterns(), subdir=rel):
+                    self._track(item.rel)
                 continue
             self._track(rel)
 
@@ -185,8 +184,10 @@ class Supervisor:
         item = scan.classify(os.path.realpath(self.inbox), rel, self.s.watch.ignore_patterns())
         if item is None:
             if not os.path.lexists(os.path.join(self.inbox, rel)):
+                # a file or a whole folder moved away / deleted
                 self.tracker.forget(rel)
                 self.ledger.gone(rel, time.time())
+                self.ledger.gone_tree(rel, time.time())
             return
         if isinstance(item, scan.Refused):
             self.tracker.forget(rel)
@@ -320,6 +321,7 @@ class Supervisor:
                 chunk_pages=self.s.pdf.chunk_pages,
                 first_prefixes=tuple(self.s.pdf.first_prefixes),
                 max_image_pixels=self.s.pdf.max_image_pixels,
+                inbox=str(self.inbox),
                 log_level=self.s.log.level,
                 log_format=logs.resolve_format(self.s.log.format, sys.stderr),
             )

@@ -92,10 +92,15 @@ def classify(inbox_real: str, rel: str, patterns: Sequence[str] = ()) -> Candida
     return Candidate(rel, real, st.st_size, st.st_mtime_ns)
 
 
-def walk(inbox: Path, patterns: Sequence[str] = ()) -> Iterator[Candidate | Refused]:
-    """Every image under ``inbox`` (or the reason it is refused), folders in sorted order."""
+def walk(inbox: Path, patterns: Sequence[str] = (), subdir: str = "") -> Iterator[Candidate | Refused]:
+    """Every image under ``inbox`` (or the reason it is refused), folders in sorted order.
+
+    ``subdir`` limits the walk to one folder of the inbox; paths stay relative
+    to (and links are judged against) the inbox itself.
+    """
     root = os.path.realpath(inbox)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    start = os.path.join(root, subdir) if subdir else root
+    for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
         reldir = os.path.relpath(dirpath, root)
         reldir = "" if reldir == "." else reldir.replace(os.sep, "/") + "/"
         keep = []

@@ -2,21 +2,21 @@
 
 The handler runs in watchdog's thread and does nothing else: the supervisor
 drains the touched paths, stats them, and decides (settle, scan, mark gone).
-Directories are reported with a trailing ``/`` (created, moved in or out,
-deleted) so the supervisor can rescan or reconcile that subtree: a folder moved
-into the inbox arrives as one event for the folder.
+Directories are reported too (created, moved in or out, deleted), so the
+supervisor can walk a folder moved into the inbox (``scan.walk``) or mark
+everything under a vanished one gone (``Ledger.gone_tree``).
 
-Wake-up: a byte on a ``socketpair``; ``InboxWatcher`` has ``fileno()``, so it
-can be passed to ``multiprocessing.connection.wait`` next to the pool's pipes.
+Wake-up: a byte on a ``socketpair``; pass ``watcher.waitable`` (the read end)
+to ``multiprocessing.connection.wait`` next to the pool's pipes, then ``drain()``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +37,7 @@ from watchdog.observers import Observer as NativeObserver
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from ocr_inbox.config import WatchSettings
 from ocr_inbox.inbox.scan import is_ignored
 
 log = structlog.get_logger(__name__)
@@ -66,7 +67,6 @@ class _Recorder(FileSystemEventHandler):
         if type(event) not in _EVENTS:
             return
         w = self._watcher
-        suffix = "/" if event.is_directory else ""
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if not path:
                 continue
@@ -76,22 +76,17 @@ class _Recorder(FileSystemEventHandler):
                 continue
             rel = w.relative(path)
             if rel is not None:
-                w._touch(rel + suffix)
+                w._touch(rel)
 
 
 class InboxWatcher:
-    def __init__(
-        self,
-        inbox: Path,
-        *,
-        observer: ObserverMode = "auto",
-        poll_interval_s: float = 5.0,
-        ignore: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, inbox: Path, settings: WatchSettings | None = None) -> None:
+        """Uses ``settings``' observer, poll_interval_s and ignore patterns."""
+        s = settings if settings is not None else WatchSettings()
         self.root = os.path.realpath(inbox)
-        self._mode: ObserverMode = observer
-        self._poll_interval_s = poll_interval_s
-        self._ignore = tuple(ignore)
+        self._mode: ObserverMode = s.observer
+        self._poll_interval_s = s.poll_interval_s
+        self._ignore = s.ignore_patterns()
         self._lock = threading.Lock()
         self._touched: set[str] = set()
         self._observer: BaseObserver | None = None
@@ -108,6 +103,8 @@ class InboxWatcher:
 
         Raises OSError when no observer can start (the inbox is missing, ...).
         """
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(errno.ENOENT, "the inbox is not a directory", self.root)
         if self._mode in ("auto", "native"):
             try:
                 self._observer = self._start(NativeObserver())
@@ -168,7 +165,7 @@ class InboxWatcher:
 
     @property
     def kind(self) -> str:
-        """"inotify" (or the platform's native kind), "polling", or "none" before start."""
+        """The observer in use: "inotify" (or the platform's native kind), "polling", "none"."""
         return self._kind
 
     @property
@@ -183,8 +180,13 @@ class InboxWatcher:
         """Readable when paths were touched since the last ``drain``."""
         return self._rsock.fileno()
 
+    @property
+    def waitable(self) -> socket.socket:
+        """The wake socket itself, for ``multiprocessing.connection.wait`` (typed for it)."""
+        return self._rsock
+
     def drain(self) -> set[str]:
-        """The touched paths (relative, '/'-separated; directories end in '/'), cleared."""
+        """The touched paths (files and directories, relative, '/'-separated), cleared."""
         with self._lock:
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 while self._rsock.recv(4096):
@@ -216,9 +218,8 @@ class InboxWatcher:
         if not self._lost:
             self._lost = True
             log.error("watch_inbox_removed", inbox=self.root)
-        with self._lock:
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                self._wsock.send(b"\0")
+        with self._lock, contextlib.suppress(BlockingIOError, InterruptedError):
+            self._wsock.send(b"\0")
 
 
 def _kind_of(obs: BaseObserver) -> str:

@@ -36,11 +36,23 @@ class WorkerSlot:
     device: Device
     threads: int
 
-    def child_env(self) -> dict[str, str]:
-        """Environment for the worker: a GPU worker sees only its own card."""
-        if self.device.kind == "gpu":
-            return {"CUDA_VISIBLE_DEVICES": str(self.device.index)}
-        return {"CUDA_VISIBLE_DEVICES": ""}
+    def child_env(self, parent_visible: str | None = None) -> dict[str, str]:
+        """Environment for the worker: a GPU worker sees only its own card.
+
+        ``gpu:N`` counts within the daemon's own ``CUDA_VISIBLE_DEVICES`` (the
+        env file may restrict it to "2,3"), exactly as CUDA itself would.
+        """
+        if self.device.kind != "gpu":
+            return {"CUDA_VISIBLE_DEVICES": ""}
+        if parent_visible is None:
+            parent_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        index = self.device.index or 0
+        if parent_visible:
+            visible = [v.strip() for v in parent_visible.split(",") if v.strip()]
+            if index >= len(visible):
+                raise ValueError(f"{self.device} is not among CUDA_VISIBLE_DEVICES={parent_visible}")
+            return {"CUDA_VISIBLE_DEVICES": visible[index]}
+        return {"CUDA_VISIBLE_DEVICES": str(index)}
 
     @property
     def local_device(self) -> str:

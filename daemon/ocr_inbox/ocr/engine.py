@@ -124,6 +124,8 @@ class PaddleXEngine:
                 f"run `ocr-inbox models install --profile {s.profile} --models-dir {s.models_dir}`"
             )
         prepare_environment(s.cache_dir, s.threads)
+        # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
+        warnings.filterwarnings("ignore", message=".*ccache.*")
         if self.profile.engine == "paddle":
             try:
                 importlib.import_module("paddle")
@@ -132,8 +134,6 @@ class PaddleXEngine:
                     f"profile {s.profile!r} runs on Paddle's engine but paddlepaddle is not installed; "
                     "`pip install 'ocr-inbox[paddle]'` (CPU) or paddlepaddle-gpu from Paddle's index (see README)"
                 ) from None
-        # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
-        warnings.filterwarnings("ignore", message=".*ccache.*")
         saved_stdout = sys.stdout
         sys.stdout = sys.stderr  # PaddleX and Paddle print on import; stdout is for logs only
         try:

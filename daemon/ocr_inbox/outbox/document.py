@@ -33,7 +33,7 @@ class Word:
 class Line:
     text: str
     score: float
-    #: four corners, clockwise from the top-left of the text's reading direction
+    #: four corners, clockwise from the one nearest the image top-left (docs/JSON.md)
     poly: tuple[Point, Point, Point, Point]
     words: tuple[Word, ...] = ()
 

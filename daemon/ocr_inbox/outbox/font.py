@@ -115,7 +115,7 @@ def glyph_count(text: str) -> int:
 
 
 def _new_stream(doc: pymupdf.Document, obj: str, data: bytes) -> int:
-    xref = doc.get_new_xref()
+    xref: int = doc.get_new_xref()
     doc.update_object(xref, obj)
     doc.update_stream(xref, data)  # Flate-compressed by PyMuPDF
     return xref
@@ -144,7 +144,7 @@ def add_font(doc: pymupdf.Document) -> int:
         "/CIDSystemInfo<</Registry(Adobe)/Ordering(Identity)/Supplement 0>>"
         f"/FontDescriptor {descriptor} 0 R/DW {GLYPH_ADVANCE}/CIDToGIDMap {gid_map} 0 R>>",
     )
-    type0 = doc.get_new_xref()
+    type0: int = doc.get_new_xref()
     doc.update_object(
         type0,
         f"<</Type/Font/Subtype/Type0/BaseFont/{FONT_NAME}/Encoding/Identity-H"

@@ -16,6 +16,9 @@ Recipe (:func:`build_folder_pdf`):
 5. add title, producer and one outline entry per page, then publish the temp
    file atomically over the output.
 
+Each chunk carries its own copy of the glyphless font (about 3 KB), shared by
+that chunk's pages: the price of merging without holding earlier chunks.
+
 Nothing is dropped silently: an image without usable OCR becomes an image-only
 page, an image that cannot be decoded is left out, and both are logged and
 listed in the returned :class:`PdfReport`.
@@ -31,7 +34,7 @@ import re
 import shutil
 import struct
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -51,6 +54,8 @@ DEFAULT_MAX_PIXELS = 200_000_000
 #: PDF viewers limit a page side to 14,400 pt (200 inches)
 MAX_PAGE_PT = 14_400.0
 WORK_PREFIX = ".ocr-inbox-pdf-"
+#: what a failed PDF write raises (MuPDF's errors are not OSErrors)
+_WRITE_ERRORS = (OSError, RuntimeError, pymupdf.mupdf.FzErrorBase)
 
 _log = structlog.get_logger(__name__)
 
@@ -148,7 +153,7 @@ class PageImage:
         return (ax - e, ay - f, cx - e, cy - f, e, f)
 
 
-def _dpi(info: dict[str, Any]) -> tuple[float, float]:
+def _dpi(info: Mapping[Any, Any]) -> tuple[float, float]:
     try:
         dx, dy = (float(v) for v in info["dpi"])
     except (KeyError, TypeError, ValueError):
@@ -161,7 +166,7 @@ def _dpi(info: dict[str, Any]) -> tuple[float, float]:
 def _orientation(im: Image.Image) -> int:
     try:
         value = int(im.getexif().get(0x0112, 1))
-    except Exception:  # a broken EXIF block must not lose the page
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the page
         return 1
     return value if 1 <= value <= 8 else 1
 
@@ -272,7 +277,7 @@ def load_images(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[PageIm
                         pages.append(_lossless_page(_flatten(im), orientation, dpi))
                 except _Undecodable as exc:
                     pages.append(exc)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - PIL raises any type for corrupt data
                     pages.append(_Undecodable("undecodable", f"{type(exc).__name__}: {exc}"))
     return pages
 
@@ -299,7 +304,7 @@ def _json_pages(json_file: Path, image: Path) -> tuple[tuple[document.Page, ...]
 
 def _new_stream(doc: pymupdf.Document, obj: str, data: bytes, filters: Sequence[tuple[str, str]] = ()) -> int:
     """A new stream object; without ``filters`` MuPDF Flate-compresses ``data``."""
-    xref = doc.get_new_xref()
+    xref: int = doc.get_new_xref()
     doc.update_object(xref, obj)
     doc.update_stream(xref, data, compress=not filters)
     # Storing encoded data makes MuPDF drop /Filter and /DecodeParms: set them after.
@@ -356,9 +361,12 @@ class _ChunkWriter:
         if self.doc is None:
             return
         path = self.work_dir / f"chunk-{len(self.chunks):05d}.pdf"
-        self.doc.save(path)
-        self.doc.close()
-        self.doc = None
+        try:
+            self.doc.save(path)
+        except _WRITE_ERRORS as exc:
+            raise OutputError(f"cannot write the PDF chunk {path}: {exc}") from exc
+        finally:
+            self.close()
         self.chunks.append(path)
 
     def close(self) -> None:
@@ -437,12 +445,28 @@ def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
 # --- the builder --------------------------------------------------------------
 
 
-def list_images(image_dir: Path, first_prefixes: Sequence[str] = ()) -> list[str]:
-    """Image file names directly in ``image_dir`` in page order; hidden files ignored."""
+def _escapes(entry: os.DirEntry[str], root: str) -> bool:
+    """A symlink that resolves outside ``root`` (or nowhere): never embedded."""
+    if not entry.is_symlink():
+        return False
+    real = os.path.realpath(entry.path)
+    return not (real == root or real.startswith(root.rstrip(os.sep) + os.sep))
+
+
+def list_images(image_dir: Path, first_prefixes: Sequence[str] = (), root: Path | None = None) -> list[str]:
+    """Image file names directly in ``image_dir`` in page order.
+
+    Hidden files are ignored, and so are symlinks leading outside ``root``
+    (default: ``image_dir``), so a link can't smuggle an outside file into a PDF.
+    """
+    real_root = os.path.realpath(root or image_dir)
     names = sorted(
         e.name
         for e in os.scandir(image_dir)
-        if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
+        if not e.name.startswith(".")
+        and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+        and e.is_file()
+        and not _escapes(e, real_root)
     )
     return order.page_order(names, first_prefixes)
 
@@ -456,6 +480,7 @@ def build_folder_pdf(
     first_prefixes: Sequence[str] = (),
     work_dir: Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    root: Path | None = None,
     log: Any = None,
 ) -> PdfReport:
     """Build one searchable PDF from the images directly in ``image_dir``.
@@ -464,6 +489,8 @@ def build_folder_pdf(
     Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-pdf-<out name>-work``,
     which is removed afterwards. ``max_pixels`` caps an image's pixel count
     (checked before decoding; PIL's own process-wide limit applies as well).
+    Symlinks resolving outside ``root`` (default ``image_dir``; the daemon
+    passes the inbox) are never followed.
     ``out_pdf`` is replaced atomically, and only by a complete PDF.
 
     Raises ``BadArguments`` for missing directories, a folder without
@@ -480,7 +507,10 @@ def build_folder_pdf(
         raise BadArguments(f"output is a directory: {out_pdf}")
     if chunk_pages < 1:
         raise BadArguments(f"chunk_pages must be at least 1, not {chunk_pages}")
-    names = list_images(image_dir, first_prefixes)
+    try:
+        names = list_images(image_dir, first_prefixes, root)
+    except OSError as exc:
+        raise BadArguments(f"cannot list {image_dir}: {exc}") from exc
     if not names:
         raise BadArguments(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {image_dir}")
     try:
@@ -500,17 +530,15 @@ def build_folder_pdf(
                 _add_image(writer, image_dir / name, json_dir / (name + document.JSON_SUFFIX),
                            max_pixels, toc, image_only, left_out, log)
             writer.flush()
-        except OSError as exc:
-            raise OutputError(f"cannot write the PDF chunks in {work}: {exc}") from exc
         finally:
             writer.close()
         if not toc:
             raise BadArguments(f"no decodable images in {image_dir}")
         tmp = atomic.temp_path_for(out_pdf)
         try:
-            _merge(writer.chunks, tmp, image_dir.name, toc)
+            _merge(writer.chunks, tmp, image_dir.resolve().name, toc)
             atomic.publish(tmp, out_pdf)
-        except (OSError, RuntimeError) as exc:  # MuPDF reports write errors as RuntimeError
+        except _WRITE_ERRORS as exc:
             raise OutputError(f"cannot write {out_pdf}: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)

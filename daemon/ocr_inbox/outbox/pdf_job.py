@@ -27,6 +27,7 @@ class PdfRequest:
     chunk_pages: int
     first_prefixes: tuple[str, ...]
     max_image_pixels: int
+    inbox: str
     log_level: str
     log_format: str
 
@@ -58,9 +59,11 @@ def _main(conn: Connection, req: PdfRequest) -> None:
             Path(req.out_pdf),
             chunk_pages=req.chunk_pages,
             first_prefixes=req.first_prefixes,
-            max_image_pixels=req.max_image_pixels,
+            max_pixels=req.max_image_pixels,
+            root=Path(req.inbox),
         )
-        conn.send(PdfResult(req.folder, True, pages=report.pages, problems=len(report.problems)))
+        problems = len(report.image_only) + len(report.left_out)
+        conn.send(PdfResult(req.folder, True, pages=report.pages, problems=problems))
     except Exception as exc:  # reported to the supervisor, which records it in the ledger
         conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}"))
 

@@ -19,6 +19,7 @@ extraction follow it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -133,12 +134,26 @@ def _frame_of(corners: Sequence[Vec]) -> LineFrame | None:
     return LineFrame(bl, along, up, height, length)
 
 
+#: PaddleX reads a text box at least this much taller than long as vertical
+#: text (it turns the crop by 90 degrees before recognition)
+_VERTICAL_RATIO = 1.5
+
+
 def line_frame(line: Line, tf: PixelToPoint) -> LineFrame | None:
-    """The line's frame from its polygon; its bounding box when the polygon is degenerate."""
-    frame = _frame_of([tf(p) for p in line.poly])
+    """The line's frame from its polygon; its bounding box when the polygon is degenerate.
+
+    A polygon much taller than long holds vertical text running top to bottom
+    (how PaddleX recognised it): its corners are turned by one so the
+    baseline runs down the long side instead of squeezing the text across.
+    """
+    corners = [tf(p) for p in line.poly]
+    frame = _frame_of(corners)
     if frame is None:
         x0, y0, x1, y1 = _aabb(line.poly)
-        frame = _frame_of([tf((x0, y0)), tf((x1, y0)), tf((x1, y1)), tf((x0, y1))])
+        corners = [tf((x0, y0)), tf((x1, y0)), tf((x1, y1)), tf((x0, y1))]
+        frame = _frame_of(corners)
+    if frame is not None and frame.height >= _VERTICAL_RATIO * frame.length:
+        frame = _frame_of(corners[1:] + corners[:1]) or frame
     return frame
 
 
@@ -177,7 +192,7 @@ def _separators(text: str, words: Sequence[str]) -> list[str] | None:
 
 def _guessed_separators(words: Sequence[str]) -> list[str]:
     """Fallback when the words don't spell the line text: a space between Latin words only."""
-    gaps = ["" if _no_space(a[-1]) or _no_space(b[0]) else " " for a, b in zip(words, words[1:])]
+    gaps = ["" if _no_space(a[-1]) or _no_space(b[0]) else " " for a, b in itertools.pairwise(words)]
     return ["", *gaps, ""]
 
 
@@ -277,7 +292,7 @@ def _cut(items: list[int], boxes: Sequence[Box], axis: int, min_gap: float) -> l
     order = sorted(items, key=lambda i: boxes[i][axis])
     cuts = [k for width, k in _gaps(items, boxes, axis) if width >= min_gap]
     bounds = [0, *cuts, len(order)]
-    return [order[s:e] for s, e in zip(bounds, bounds[1:])]
+    return [order[s:e] for s, e in itertools.pairwise(bounds)]
 
 
 def _looks_like_columns(items: list[int], boxes: Sequence[Box], gap: float) -> bool:
@@ -289,18 +304,19 @@ def _looks_like_columns(items: list[int], boxes: Sequence[Box], gap: float) -> b
 def _split(items: list[int], boxes: Sequence[Box]) -> list[list[int]] | None:
     """One step of a recursive XY cut; None when the items cannot be separated.
 
-    The widest empty band decides: a gutter (vertical band) wider than every
-    row gap splits columns, else the rows/blocks are split top to bottom.
+    Cuts at the widest empty band only (and any as wide, within a pixel), so
+    big separations (title, footer, gutter) are cut before line spacing: a
+    gutter wider than every row gap splits columns, else blocks split top to
+    bottom. Like quicksort, this takes about n log n steps on real pages.
     """
     y_gaps = _gaps(items, boxes, 1)
     x_gaps = _gaps(items, boxes, 0)
     widest_y = max((w for w, _ in y_gaps), default=0.0)
     widest_x = max((w for w, _ in x_gaps), default=0.0)
-    columns = bool(x_gaps) and (not y_gaps or _looks_like_columns(items, boxes, widest_x))
-    if columns and widest_x > widest_y:
-        return _cut(items, boxes, 0, widest_y + 1e-9)
+    if x_gaps and widest_x > widest_y and (not y_gaps or _looks_like_columns(items, boxes, widest_x)):
+        return _cut(items, boxes, 0, widest_x - 1.0)
     if y_gaps:
-        return _cut(items, boxes, 1, widest_x if columns else 0.0)
+        return _cut(items, boxes, 1, widest_y - 1.0)
     return None
 
 

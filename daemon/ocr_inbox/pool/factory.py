@@ -28,6 +28,14 @@ def preflight(settings: Settings) -> None:
     from ocr_inbox.errors import EngineUnavailable
     from ocr_inbox.ocr import models, profiles
 
+    from ocr_inbox.ocr.devices import plan_slots
+
+    o = settings.ocr
+    for slot in plan_slots(o.devices, o.workers_per_device, o.threads_per_worker):
+        try:
+            slot.child_env()
+        except ValueError as exc:
+            raise EngineUnavailable(f"ocr.devices: {exc}") from None
     if settings.ocr.engine_plugin:
         return
     prof = profiles.get(settings.ocr.profile)
