@@ -247,7 +247,7 @@ class Supervisor:
                 continue
             if isinstance(ev, m.Done):
                 self.ledger.done(ev.job.rel, ev.size, ev.mtime_ns, ev.job.dest, ev.elapsed_ms, now)
-                log.info("image_done", path=ev.job.rel, pages=ev.pages, lines=ev.lines, ms=ev.elapsed_ms)
+                log.info("image_done", path=ev.job.rel, slot=ev.slot, pages=ev.pages, lines=ev.lines, ms=ev.elapsed_ms)
                 if self.s.inbox.delete_processed:
                     self._delete_source(ev.job)
             elif isinstance(ev, m.Failed):

@@ -1,0 +1,192 @@
+"""Run the real ``ocr-inbox run`` process for tests, with a real NOTIFY_SOCKET.
+
+Waiting is always on a condition (a notify message, a log event, a file, the
+ledger's state) with a generous deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import cli_env
+
+DEADLINE_S = 240.0
+
+
+class Daemon:
+    def __init__(self, root: Path, models: Path, config: str = "", watchdog_usec: int = 0, name: str = "daemon") -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.outbox = root / "outbox"
+        self.state = root / "state"
+        self.models = models
+        self.config_path = root / "ocr-inbox.toml"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists() or config:
+            self.config_path.write_text(config)
+        self.log_path = root / f"{name}.log"
+        self.watchdog_usec = watchdog_usec
+        self.messages: list[str] = []
+        self._cond = threading.Condition()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # ------------------------------------------------------------------ process
+
+    def start(self, *extra: str) -> Daemon:
+        sock_path = self.root / f"notify-{time.monotonic_ns()}.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(sock_path))
+        self._sock.settimeout(0.2)
+        env = cli_env(NOTIFY_SOCKET=str(sock_path))
+        if self.watchdog_usec:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
+        cmd = [
+            sys.executable, "-m", "ocr_inbox", "run",
+            "--config", str(self.config_path),
+            "--inbox", str(self.inbox), "--outbox", str(self.outbox),
+            "--state-dir", str(self.state), "--models-dir", str(self.models),
+            "--log-format", "logfmt", *extra,
+        ]
+        self._log = open(self.log_path, "ab")
+        self.stdout_path = self.root / "stdout.txt"
+        self._stdout = open(self.stdout_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._stdout, stderr=self._log, env=env)
+        self._reader = threading.Thread(target=self._read_notify, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read_notify(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                if self.proc is None or self.proc.poll() is not None:
+                    return
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages.append(data.decode())
+                self._cond.notify_all()
+
+    def wait_exit(self, timeout: float = DEADLINE_S) -> int:
+        assert self.proc is not None
+        rc = self.proc.wait(timeout)
+        self._reader.join(timeout=5)
+        self._sock.close()
+        self._log.close()
+        self._stdout.close()
+        return rc
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        self.signal(signal.SIGTERM)
+        return self.wait_exit()
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait_exit()
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_notify(self, pred: Callable[[str], bool], timeout: float = DEADLINE_S, start: int = 0) -> int:
+        """Index of the first notify message from ``start`` that satisfies ``pred``."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(start, len(self.messages)):
+                    if pred(self.messages[i]):
+                        return i
+                left = end - time.monotonic()
+                if left <= 0 or (self.proc is not None and self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no such notify message; got {self.messages[-10:]}\n{self.log()[-3000:]}")
+                self._cond.wait(min(left, 0.5))
+
+    def ready(self, timeout: float = DEADLINE_S) -> int:
+        return self.wait_notify(lambda msg: "READY=1" in msg.split("\n"), timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict[str, str]]:
+        out = []
+        for line in self.log().splitlines():
+            if f"event={name} " in line + " ":
+                out.append(dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)))
+        return out
+
+    def until(self, cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+        """Re-check ``cond`` whenever the daemon reports (a notify message) until it holds."""
+        end = time.monotonic() + timeout
+        while True:
+            got = cond()
+            if got:
+                return got
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"the daemon exited ({self.proc.returncode}) before: {what}\n{self.log()[-4000:]}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out waiting for: {what}\n{self.log()[-4000:]}")
+            with self._cond:
+                self._cond.wait(0.2)
+
+    def status(self) -> dict[str, Any]:
+        res = subprocess.run(
+            [sys.executable, "-m", "ocr_inbox", "status", "--json", "--state-dir", str(self.state), "--config", str(self.config_path)],
+            capture_output=True, text=True, env=cli_env(), timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def pids(self, event: str = "worker_spawned") -> list[int]:
+        return [int(e["pid"]) for e in self.events(event)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def json_files(outbox: Path) -> dict[str, dict[str, Any]]:
+    """Every per-image JSON in the outbox, parsed (a half-written one fails here)."""
+    out = {}
+    for p in outbox.rglob("*.json"):
+        if ".ocr-inbox" in p.parts:
+            continue
+        out[p.relative_to(outbox).as_posix()[: -len(".json")]] = json.loads(p.read_text(encoding="utf-8"))
+    return out
+
+
+def temp_files(*roots: Path) -> list[Path]:
+    return [p for r in roots for p in r.rglob(".ocr-inbox-tmp-*")]
+
+
+def slow_copy(src: Path, dest: Path, chunk: int = 8192, pause_s: float = 0.02) -> None:
+    """Write ``dest`` the way a slow network copy does: small chunks with pauses."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    data = src.read_bytes()
+    with open(dest, "wb") as fh:
+        for i in range(0, len(data), chunk):
+            fh.write(data[i : i + chunk])
+            fh.flush()
+            time.sleep(pause_s)  # the writer's pace, not synchronisation
