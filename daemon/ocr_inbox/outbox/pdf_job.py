@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox import logs
+from ocr_inbox.errors import OutputError
 
 _CTX = multiprocessing.get_context("spawn")
 
@@ -39,6 +40,8 @@ class PdfResult:
     pages: int = 0
     problems: int = 0
     error: str = ""
+    #: the failure was the output's (disk full, unwritable), not the folder's: try again later
+    transient: bool = False
 
 
 def pdf_path_for(outbox: Path, inbox: Path, folder: str) -> Path:
@@ -64,6 +67,8 @@ def _main(conn: Connection, req: PdfRequest) -> None:
         )
         problems = len(report.image_only) + len(report.left_out)
         conn.send(PdfResult(req.folder, True, pages=report.pages, problems=problems))
+    except (OutputError, OSError) as exc:
+        conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}", transient=True))
     except Exception as exc:  # reported to the supervisor, which records it in the ledger
         conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}"))
 
