@@ -189,6 +189,10 @@ class DaemonRun:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def event(self, name: str, timeout: float = 60) -> dict[str, str]:
+        """The first ``name`` event, waiting for it to reach the log."""
+        return self.until(lambda: (self.events(name) or [None])[0], name, timeout)
+
     def events(self, name: str) -> list[dict[str, str]]:
         out = []
         for line in self.log().splitlines():
@@ -390,7 +394,7 @@ def main() -> int:
         runs.append(d)
         d.start()
         ready_s = d.ready()
-        scan = d.events("scan_done")[0]
+        scan = d.event("scan_done")
         print(f"READY after {ready_s:.2f} s; start-up scan {scan['seconds']} s (files={scan['files']}, new={scan['new_or_changed']})")
         print(f"load average {loadavg()}")
         t_ready = time.monotonic()
@@ -449,7 +453,7 @@ def main() -> int:
         runs.append(d)
         d.start()
         ready_s = d.ready()
-        scan = d.events("scan_done")[0]
+        scan = d.event("scan_done")
         time.sleep(8)  # longer than settle_seconds: anything queued by the scan would run now
         redone = len(d.events("image_done"))
         st = d.status_json()["totals"]
@@ -467,7 +471,7 @@ def main() -> int:
             d.start()
             ready_s = d.ready()
             time.sleep(args.poll_interval * 2)
-            print(f"READY after {ready_s:.2f} s; watcher {d.events('ready')[0].get('watcher')}")
+            print(f"READY after {ready_s:.2f} s; watcher {d.event('ready').get('watcher')}")
             print("  " + fmt_latency(new_file_latency(d, data, "folder0501", "polling", timeout=args.poll_interval * 6 + 30)))
             print(f"idle CPU of the main process (polling {args.files} files every {args.poll_interval} s): {idle_cpu(d, 20) * 100:.1f} % of a core")
             peak, _ = summary_rss(d.samples, 0, time.monotonic() - d.t_start)
@@ -491,7 +495,7 @@ def main() -> int:
                 # the limit is back to normal here: a watcher that started on too few watches stays so
                 ready_s = d.ready()
                 fb = d.events("watch_fallback_polling")
-                print(f"  READY after {ready_s:.2f} s; watcher kind: {d.events('ready')[0].get('watcher')}; "
+                print(f"  READY after {ready_s:.2f} s; watcher kind: {d.event('ready').get('watcher')}; "
                       f"watch_fallback_polling logged: {len(fb)} {fb[0] if fb else ''}")
                 watched = watched_inodes(d.proc.pid)
                 dirs = sorted(p for p in d.inbox.iterdir() if p.is_dir())

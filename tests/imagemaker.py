@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -121,9 +122,8 @@ def g4_tiff(img: Image.Image, path: Path) -> Path:
     return save(img.convert("1"), path, "TIFF", compression="group4", dpi=(200, 200))
 
 
-def truncated_copy(src: Path, dest: Path, keep: float = 0.6) -> Path:
-    """``src`` cut off after ``keep`` of its bytes (an interrupted copy)."""
-    data = src.read_bytes()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(data[: int(len(data) * keep)])
-    return dest
+def truncate(path: Path, keep: float = 0.6) -> Path:
+    """Cut ``path`` off after ``keep`` of its bytes, in place (an interrupted copy)."""
+    with open(path, "r+b") as fh:
+        fh.truncate(int(os.path.getsize(path) * keep))
+    return path

@@ -59,3 +59,32 @@ def test_layout_checks(tmp_path: Path) -> None:
     assert scan.check_layout(inbox, ("outbox", inbox))
     assert scan.check_layout(inbox, ("outbox", tmp_path / "out")) is None
     assert scan.folder_of("a/b/c.png") == "a/b" and scan.folder_of("c.png") == ""
+
+
+def test_names_the_outbox_cannot_hold_are_refused(tmp_path: Path) -> None:
+    """``<name>.json`` must fit in NAME_MAX (255 bytes); the ledger and JSON hold UTF-8 text only."""
+    inbox = tmp_path / "inbox"
+    fits = "é" * 123 + ".png"  # 250 bytes: its JSON name is exactly 255
+    too_long = "L" * 251 + ".png"  # 255 bytes: a legal name whose JSON name is not
+    plain(inbox / fits)
+    plain(inbox / too_long)
+    plain(Path(os.fsdecode(os.fsencode(inbox) + b"/bad-\xff.png")), fmt="PNG")
+    ok, refused = _walk(inbox)
+    assert ok == {fits}
+    assert refused == {too_long: "name_too_long", "bad-\\xff.png": "name_not_utf8"}
+    for rel in refused:
+        rel.encode("utf-8")  # storable and loggable
+
+
+def test_classify_refuses_a_directory_symlink_by_any_name(tmp_path: Path) -> None:
+    """The watcher hands single paths to ``classify``: a linked directory must be refused there too."""
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    plain(outside / "secret.png")
+    inbox.mkdir()
+    os.symlink(outside, inbox / "linked")
+    os.symlink(outside, inbox / "linked.png")
+    root = os.path.realpath(inbox)
+    for rel in ("linked", "linked.png"):
+        got = scan.classify(root, rel)
+        assert isinstance(got, scan.Refused) and got.reason == "directory_symlink", rel
+    assert scan.classify(root, "missing.png") is None

@@ -110,6 +110,8 @@ class PoolSettings(_Section):
     boot_timeout_s: float = Field(default=300.0, gt=0)
     #: how often a failing image is tried before it is recorded as failed
     max_attempts: int = Field(default=2, ge=1, le=10)
+    #: after a full disk or an unwritable outbox/state dir, wait this long before trying again
+    output_retry_s: float = Field(default=15.0, gt=0)
 
 
 class WatchSettings(_Section):

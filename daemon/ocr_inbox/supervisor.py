@@ -44,8 +44,6 @@ log = structlog.get_logger(__name__)
 IDLE_TICK_S = 1.0
 #: while files are settling they are re-examined this often
 SETTLE_TICK_S = 0.25
-#: a full disk / unwritable outbox pauses dispatching this long before trying again
-OUTPUT_PAUSE_S = 15.0
 #: how long a drain (SIGTERM, reload) waits for in-flight batches
 DRAIN_S = 120.0
 
@@ -146,8 +144,8 @@ class Supervisor:
         now = time.time()
         if not self.inbox.is_dir():
             # unmounted or removed: keep everything as it is and look again soon
-            log.error("inbox_missing", inbox=str(self.inbox), retry_in_s=OUTPUT_PAUSE_S)
-            self.next_rescan = time.monotonic() + OUTPUT_PAUSE_S
+            log.error("inbox_missing", inbox=str(self.inbox), retry_in_s=self.s.pool.output_retry_s)
+            self.next_rescan = time.monotonic() + self.s.pool.output_retry_s
             return
         if self.watcher is not None and not self.watcher.healthy:
             log.info("watch_restart", inbox=str(self.inbox))
@@ -266,8 +264,8 @@ class Supervisor:
 
     def _state_write_failed(self, exc: Exception) -> None:
         if time.monotonic() >= self.paused_until:
-            log.error("ledger_write_failed", error=str(exc), state_dir=str(self.state_dir), retry_in_s=OUTPUT_PAUSE_S)
-        self.paused_until = time.monotonic() + OUTPUT_PAUSE_S
+            log.error("ledger_write_failed", error=str(exc), state_dir=str(self.state_dir), retry_in_s=self.s.pool.output_retry_s)
+        self.paused_until = time.monotonic() + self.s.pool.output_retry_s
 
     def _record(self, ev: Any) -> None:
         assert self.ledger is not None
@@ -298,8 +296,8 @@ class Supervisor:
             # not the image's fault: put it back and pause until the outbox can take writes again
             self.ledger.release([rel], now)
             if time.monotonic() >= self.paused_until:
-                log.error("output_paused", reason=ev.reason, detail=ev.detail, retry_in_s=OUTPUT_PAUSE_S)
-            self.paused_until = time.monotonic() + OUTPUT_PAUSE_S
+                log.error("output_paused", reason=ev.reason, detail=ev.detail, retry_in_s=self.s.pool.output_retry_s)
+            self.paused_until = time.monotonic() + self.s.pool.output_retry_s
         elif ev.transient:
             self.ledger.release([rel], now)  # changed while read: it will settle and be observed again
             self._track(rel)
@@ -329,7 +327,7 @@ class Supervisor:
                 self.ledger.pdf_failed(res.folder, res.error, now)
                 log.error("pdf_failed", folder=res.folder, error=res.error, retry=res.transient)
                 if res.transient:
-                    self.pdf_retry[res.folder] = time.monotonic() + OUTPUT_PAUSE_S
+                    self.pdf_retry[res.folder] = time.monotonic() + self.s.pool.output_retry_s
             self.pdf = self.pdf_result = None
             purge_paddlex_temp(paddlex_cache_dir(self.s), self.s.cache.purge_older_than_s)
         for folder, due in list(self.pdf_retry.items()):

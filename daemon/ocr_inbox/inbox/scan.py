@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+#: the longest file name (bytes) Linux file systems take; an image's JSON is ``<name>.json``
+NAME_MAX = 255
+JSON_SUFFIX = ".json"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,20 @@ class Refused:
     rel: str
     reason: str
     detail: str = ""
+
+
+def utf8_ok(rel: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (``os`` gives them as lone surrogates)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_rel(rel: str) -> str:
+    """``rel`` as text that can be stored and logged: undecodable bytes become ``\\xNN``."""
+    return rel if utf8_ok(rel) else os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def is_image_name(name: str) -> bool:
@@ -61,17 +78,32 @@ def check_layout(inbox: Path, *others: tuple[str, Path]) -> str | None:
 
 
 def classify(inbox_real: str, rel: str, patterns: Sequence[str] = ()) -> Candidate | Refused | None:
-    """Look at one path relative to the inbox; None means 'not ours' (ignored or no image)."""
+    """Look at one path relative to the inbox; None means 'not ours' (ignored or no image).
+
+    A symlink to a directory is refused whatever its name (the watcher reports
+    it like a file; the walk never descends it).
+    """
     name = rel.rsplit("/", 1)[-1]
-    if is_ignored(rel, patterns) or not is_image_name(name):
+    if is_ignored(rel, patterns):
         return None
     path = os.path.join(inbox_real, rel)
+    image = is_image_name(name)
     try:
         lst = os.lstat(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return Refused(rel, "unreadable", exc.strerror or str(exc))
+        return Refused(printable_rel(rel), "unreadable", exc.strerror or str(exc)) if image else None
+    if stat.S_ISLNK(lst.st_mode) and os.path.isdir(path):
+        return Refused(printable_rel(rel), "directory_symlink", "symlinked directories are not followed")
+    if not image:
+        return None
+    if not utf8_ok(rel):
+        # The ledger, the logs and the JSON (source.path) hold text: such a name has no place there.
+        return Refused(printable_rel(rel), "name_not_utf8", "the path has bytes that are not UTF-8; rename it")
+    json_name = len(os.fsencode(name)) + len(JSON_SUFFIX)
+    if json_name > NAME_MAX:
+        return Refused(rel, "name_too_long", f"its JSON name would be {json_name} bytes > {NAME_MAX}; shorten it")
     real = path
     if stat.S_ISLNK(lst.st_mode):
         try:
@@ -108,7 +140,7 @@ def walk(inbox: Path, patterns: Sequence[str] = (), subdir: str = "") -> Iterato
             if is_ignored(reldir + d, patterns):
                 continue
             if os.path.islink(os.path.join(dirpath, d)):
-                yield Refused(reldir + d, "directory_symlink", "symlinked directories are not followed")
+                yield Refused(printable_rel(reldir + d), "directory_symlink", "symlinked directories are not followed")
                 continue
             keep.append(d)
         dirnames[:] = keep
