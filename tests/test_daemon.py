@@ -46,6 +46,8 @@ def test_lifecycle_notify_and_clean_stop(tmp_path: Path, models_dir: Path) -> No
     d.wait_notify(lambda m: m.startswith("STATUS=queued 0, running 0, done 0"), start=ready)
     shutil.copy(CORPUS / "cnocr/helloworld.jpg", d.inbox / "hello.jpg")
     d.wait_notify(lambda m: m.startswith("STATUS=") and "done 1," in m, start=ready)
+    human = run_cli("status", state_dir=d.state, models=models_dir)
+    assert human.returncode == 0 and "done 1" in human.stdout and "folders" in human.stdout
     assert d.stop() == 0
     assert any(m == "STOPPING=1" for m in d.messages)
     assert d.events("stopped")

@@ -115,14 +115,16 @@ def _cmd_pdf(args: argparse.Namespace, s: config.Settings) -> int:
     if len(args.paths) == 2:
         json_dir, out = args.paths
     elif len(args.paths) == 1:
+        # JSON_DIR mirrors IMAGE_DIR: inbox/outbox from the flags, else from the configuration
         out = args.paths[0]
-        if not (args.inbox and args.outbox):
-            raise BadArguments("give JSON_DIR, or --inbox and --outbox so it can be found")
+        inbox, outbox = args.inbox or s.paths.inbox, args.outbox or s.paths.outbox
         try:
-            rel = args.image_dir.resolve().relative_to(args.inbox.resolve())
+            rel = args.image_dir.resolve().relative_to(inbox.resolve())
         except ValueError:
-            raise BadArguments(f"{args.image_dir} is not inside the inbox {args.inbox}") from None
-        json_dir = args.outbox / rel
+            raise BadArguments(
+                f"{args.image_dir} is not inside the inbox {inbox}: give JSON_DIR, or --inbox and --outbox"
+            ) from None
+        json_dir = outbox / rel
     else:
         raise BadArguments("usage: ocr-inbox pdf IMAGE_DIR [JSON_DIR] OUT.pdf")
     report = pdf.build_folder_pdf(
@@ -132,7 +134,7 @@ def _cmd_pdf(args: argparse.Namespace, s: config.Settings) -> int:
         chunk_pages=s.pdf.chunk_pages,
         first_prefixes=tuple(s.pdf.first_prefixes),
         max_pixels=s.pdf.max_image_pixels,
-        root=args.inbox,
+        root=args.inbox or (s.paths.inbox if len(args.paths) == 1 else None),
     )
     return ExitCode.some_failed if report.image_only or report.left_out else ExitCode.ok
 

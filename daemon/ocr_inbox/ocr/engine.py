@@ -134,6 +134,8 @@ class PaddleXEngine:
                     f"profile {s.profile!r} runs on Paddle's engine but paddlepaddle is not installed; "
                     "`pip install 'ocr-inbox[paddle]'` (CPU) or paddlepaddle-gpu from Paddle's index (see README)"
                 ) from None
+        if s.device.startswith("gpu"):
+            self._check_gpu()
         saved_stdout = sys.stdout
         sys.stdout = sys.stderr  # PaddleX and Paddle print on import; stdout is for logs only
         try:
@@ -153,6 +155,26 @@ class PaddleXEngine:
             raise EngineUnavailable(f"PaddleX could not create the OCR pipeline on {s.reported_device}: {exc}") from exc
         finally:
             sys.stdout = saved_stdout
+
+    def _check_gpu(self) -> None:
+        """PaddleX quietly falls back to the CPU when Paddle has no GPU: refuse instead."""
+        where = f"ocr.devices contains {self.s.reported_device!r}"
+        if self.profile.engine == "onnxruntime":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise EngineUnavailable(
+                    f"{where}, but ONNX Runtime has no CUDA provider; `pip uninstall onnxruntime && "
+                    "pip install onnxruntime-gpu`, or set devices = [\"cpu\"]"
+                )
+            return
+        import paddle
+
+        if not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() < 1:
+            raise EngineUnavailable(
+                f"{where}, but this Paddle build sees no CUDA GPU; install paddlepaddle-gpu from Paddle's "
+                "index (README, GPUs), check CUDA_VISIBLE_DEVICES and /dev/nvidia*, or set devices = [\"cpu\"]"
+            )
 
     def _rec_batch(self) -> int:
         if self.s.rec_batch_size:

@@ -1,0 +1,90 @@
+"""The command line surface: pdf, models, devices, log formats."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pymupdf
+import pytest
+import structlog
+
+from conftest import CORPUS, run_cli
+from ocr_inbox import logs
+
+
+def test_pdf_command_with_json_dir_and_mirrored(corpus_ocr: tuple[Path, Path], tmp_path: Path, models_dir: Path) -> None:
+    inbox, outbox = corpus_ocr
+    out = tmp_path / "zh.pdf"
+    res = run_cli("pdf", inbox / "xfund_zh", outbox / "xfund_zh", out, state_dir=tmp_path, models=models_dir)
+    assert res.returncode == 0, res.stderr
+    with pymupdf.open(out) as doc:
+        assert doc.page_count == 1 and "纾困申请表" in doc[0].get_text().replace(" ", "")
+        assert doc.metadata["title"] == "xfund_zh" and doc.metadata["producer"].startswith("ocr-inbox ")
+    out2 = tmp_path / "en.pdf"
+    res = run_cli("pdf", inbox / "tesseract_test", out2, "--inbox", inbox, "--outbox", outbox, state_dir=tmp_path, models=models_dir)
+    assert res.returncode == 0, res.stderr
+    with pymupdf.open(out2) as doc:
+        assert "quick brown dog" in doc[0].get_text()
+    res = run_cli("pdf", tmp_path / "nowhere", out2, "--inbox", inbox, "--outbox", outbox, state_dir=tmp_path, models=models_dir)
+    assert res.returncode == 2 and "not inside the inbox" in res.stderr
+
+
+def test_models_list_and_version(tmp_path: Path, models_dir: Path) -> None:
+    res = run_cli("models", "list", state_dir=tmp_path, models=models_dir)
+    assert res.returncode == 0
+    rows = {line.split()[0]: line for line in res.stdout.splitlines()}
+    assert "installed" in rows["ppocrv6-tiny"] and "(configured)" in rows["ppocrv6-tiny"]
+    assert "hub" in rows["paddlex-ppocrv5-server"]
+    res = run_cli("--version", state_dir=tmp_path, models=models_dir)
+    assert res.stdout.startswith("ocr-inbox ")
+
+
+def _cuda_present() -> bool:
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+@pytest.mark.skipif(_cuda_present(), reason="this machine has a GPU")
+@pytest.mark.parametrize("profile", ["ppocrv6-tiny", "ppocrv4-mobile"])
+def test_unavailable_gpu_is_a_clear_error(profile: str, tmp_path: Path, models_dir: Path) -> None:
+    if profile == "ppocrv4-mobile" and importlib.util.find_spec("paddle") is None:
+        pytest.skip("paddlepaddle is not installed")
+    (tmp_path / "in").mkdir()
+    shutil.copy(CORPUS / "cnocr/helloworld.jpg", tmp_path / "in")
+    args = ("ocr", tmp_path / "in", tmp_path / "out", "--device", "gpu:0", "--profile", profile)
+    res = run_cli(*args, state_dir=tmp_path / "s", models=models_dir)
+    assert res.returncode == 4, res.stderr  # not a silent fall-back to the CPU
+    assert "ocr.devices contains 'gpu:0'" in res.stderr and 'devices = [\\"cpu\\"]' in res.stderr
+    assert not (tmp_path / "out" / "helloworld.jpg.json").exists()
+
+
+def test_journal_lines_carry_priorities_and_escape_names() -> None:
+    buf = io.StringIO()
+    logs.configure("info", "journal", stream=buf)
+    structlog.get_logger("t").warning("image_failed", path="evil\nevent=forged \x1b[31mred")
+    structlog.get_logger("t").info("image_done", path="a b.png")
+    logging.getLogger("paddlex").error("library says %s", "hi")
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("<4>event=image_failed ") and "\\n" in lines[0] and "\x1b" not in lines[0]
+    assert lines[1].startswith("<6>event=image_done ") and 'path="a b.png"' in lines[1]
+    assert lines[2].startswith("<3>")
+    assert "timestamp=" not in lines[1]  # journald stamps lines itself
+
+
+def test_auto_format_detects_the_journal(tmp_path: Path) -> None:
+    f = open(tmp_path / "stream", "w")
+    st = os.fstat(f.fileno())
+    os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    try:
+        assert logs.resolve_format("auto", f) == "journal"
+        assert logs.resolve_format("auto", sys.__stderr__) != "journal"
+    finally:
+        del os.environ["JOURNAL_STREAM"]
+        f.close()
+    assert logs.resolve_format("auto", io.StringIO()) == "logfmt"
