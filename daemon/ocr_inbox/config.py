@@ -56,9 +56,18 @@ class PathSettings(_Section):
     state_dir: Path = Field(default_factory=lambda: default_state_dir())
     #: prepared model directories; empty = <state_dir>/models
     models_dir: Path | None = None
+    #: PaddleX's cache and temp files; empty = $CACHE_DIRECTORY (systemd) or <state_dir>/cache
+    cache_dir: Path | None = None
 
     def resolved_models_dir(self) -> Path:
         return self.models_dir if self.models_dir else self.state_dir / "models"
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return self.cache_dir
+        if os.environ.get("CACHE_DIRECTORY"):
+            return Path(os.environ["CACHE_DIRECTORY"].split(":")[0])
+        return self.state_dir / "cache"
 
 
 class OcrSettings(_Section):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -17,14 +16,14 @@ from pathlib import Path
 import natsort
 import structlog
 
-from ocr_inbox import atomic
+from ocr_inbox import atomic, cache
 from ocr_inbox.config import Settings
 from ocr_inbox.errors import BadArguments, ExitCode
 from ocr_inbox.inbox import scan
 from ocr_inbox.ocr.devices import plan_slots
 from ocr_inbox.outbox import document
 from ocr_inbox.pool import messages as m
-from ocr_inbox.pool.factory import preflight, worker_config_factory
+from ocr_inbox.pool.factory import paddlex_cache_dir, preflight, worker_config_factory
 from ocr_inbox.pool.pool import WorkerLost, WorkerPool
 from ocr_inbox.progress import Progress
 
@@ -60,26 +59,6 @@ def validate_paths(inbox: Path, outbox: Path) -> None:
     problem = scan.check_layout(inbox, ("outbox", outbox))
     if problem:
         raise BadArguments(problem)
-
-
-def purge_paddlex_temp(cache_dir: Path, older_than_s: float) -> int:
-    """PaddleX removes its temp files only at exit: purge old ones (never models)."""
-    temp = cache_dir / "temp"
-    if not temp.is_dir():
-        return 0
-    now, n = time.time(), 0
-    for entry in temp.iterdir():
-        try:
-            if now - entry.lstat().st_mtime < older_than_s:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink()
-            n += 1
-        except FileNotFoundError:
-            continue
-    return n
 
 
 def _batches(jobs: deque[m.Job], size: int, ids: itertools.count[int]) -> m.Batch:
@@ -179,5 +158,5 @@ def _ocr(
     finally:
         bar.close()
         pool.stop()
-        purge_paddlex_temp(settings.paths.state_dir / "paddlex", 0)
+        cache.purge_temp(paddlex_cache_dir(settings), 0)
     return done

@@ -23,14 +23,13 @@ from typing import Any
 
 import structlog
 
-from ocr_inbox import atomic, config, logs, notify
+from ocr_inbox import atomic, cache, config, logs, notify
 from ocr_inbox.errors import BadArguments, ConfigError, ExitCode, OcrInboxError
 from ocr_inbox.inbox import scan
 from ocr_inbox.inbox.stability import StabilityTracker
 from ocr_inbox.inbox.watcher import InboxWatcher
 from ocr_inbox.ledger import Ledger
 from ocr_inbox.ocr.devices import plan_slots
-from ocr_inbox.oneshot import purge_paddlex_temp
 from ocr_inbox.outbox import document
 from ocr_inbox.outbox.pdf_job import PdfBuild, PdfRequest, pdf_path_for
 from ocr_inbox.pool import messages as m
@@ -329,7 +328,7 @@ class Supervisor:
                 if res.transient:
                     self.pdf_retry[res.folder] = time.monotonic() + self.s.pool.output_retry_s
             self.pdf = self.pdf_result = None
-            purge_paddlex_temp(paddlex_cache_dir(self.s), self.s.cache.purge_older_than_s)
+            cache.purge_temp(paddlex_cache_dir(self.s), self.s.cache.purge_older_than_s)
         for folder, due in list(self.pdf_retry.items()):
             if time.monotonic() >= due:
                 del self.pdf_retry[folder]
@@ -417,7 +416,7 @@ class Supervisor:
         if now_m >= self.next_rescan:
             self._full_scan()
         if now_m >= self.next_purge:
-            n = purge_paddlex_temp(paddlex_cache_dir(self.s), self.s.cache.purge_older_than_s)
+            n = cache.purge_temp(paddlex_cache_dir(self.s), self.s.cache.purge_older_than_s)
             if n:
                 log.info("cache_purged", files=n)
             self.next_purge = now_m + self.s.cache.purge_interval_s

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +79,10 @@ class _Recorder(FileSystemEventHandler):
             rel = w.relative(path)
             if rel is not None:
                 w._touch(rel)
+        if isinstance(event, (DirCreatedEvent, DirMovedEvent)):
+            # inotify only: watchdog silently skips a new folder it cannot watch
+            # (fs.inotify.max_user_watches reached); notice it here.
+            w._check_new_dir(os.fsdecode(getattr(event, "dest_path", "") or event.src_path))
 
 
 class InboxWatcher:
@@ -92,6 +98,8 @@ class InboxWatcher:
         self._observer: BaseObserver | None = None
         self._kind = "none"
         self._lost = False
+        #: why the native observer no longer covers the whole tree (set by the observer thread)
+        self._incomplete: str | None = None
         self._rsock, self._wsock = socket.socketpair()
         self._rsock.setblocking(False)
         self._wsock.setblocking(False)
@@ -105,10 +113,17 @@ class InboxWatcher:
         """
         if not os.path.isdir(self.root):
             raise FileNotFoundError(errno.ENOENT, "the inbox is not a directory", self.root)
+        self._incomplete = None
         if self._mode in ("auto", "native"):
             try:
                 self._observer = self._start(NativeObserver())
                 self._kind = _kind_of(self._observer)
+                # watchdog watches the root or raises, but skips sub-folders it
+                # cannot watch without a word: check that the limit did not bite.
+                problem = self._coverage_problem()
+                if problem is not None:
+                    self.stop()
+                    raise OSError(errno.ENOSPC, problem)
             except OSError as exc:
                 if self._mode == "native":
                     raise
@@ -120,10 +135,31 @@ class InboxWatcher:
                     poll_interval_s=self._poll_interval_s,
                 )
         if self._observer is None:
-            self._observer = self._start(PollingObserver(timeout=self._poll_interval_s))
-            self._kind = "polling"
+            self._start_polling()
         self._lost = False
         log.info("watch_started", inbox=self.root, kind=self._kind)
+
+    def _start_polling(self) -> None:
+        self._observer = self._start(PollingObserver(timeout=self._poll_interval_s))
+        self._kind = "polling"
+
+    def _coverage_problem(self) -> str | None:
+        """After an inotify start: the sub-folders left without a watch, as a reason; None if all are watched.
+
+        Uses ``/proc/self/fdinfo`` (Linux); where that cannot be read, assumes all is well.
+        """
+        if self._kind != "inotify":
+            return None
+        missing, total = _unwatched_dirs(self.root)
+        if missing:
+            time.sleep(0.2)  # a folder created during the start may be getting its watch right now
+            missing, total = _unwatched_dirs(self.root)
+        if not missing:
+            return None
+        return (
+            f"inotify watch limit reached: {len(missing)} of {total} folders could not be watched "
+            f"(fs.inotify.max_user_watches = {_max_user_watches()})"
+        )
 
     def _start(self, obs: BaseObserver) -> BaseObserver:
         obs.daemon = True
@@ -186,13 +222,43 @@ class InboxWatcher:
         return self._rsock
 
     def drain(self) -> set[str]:
-        """The touched paths (files and directories, relative, '/'-separated), cleared."""
+        """The touched paths (files and directories, relative, '/'-separated), cleared.
+
+        Also where a native watcher that lost coverage (a new folder over the
+        inotify watch limit) is replaced by polling, in "auto" mode.
+        """
+        if self._incomplete is not None and self._kind == "inotify":
+            self._fall_back_at_runtime()
         with self._lock:
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 while self._rsock.recv(4096):
                     pass
             touched, self._touched = self._touched, set()
         return touched
+
+    def _fall_back_at_runtime(self) -> None:
+        reason, self._incomplete = self._incomplete, None
+        if self._mode != "auto":
+            log.error("watch_incomplete", inbox=self.root, reason=reason, note="observer is native; only the periodic rescan sees those folders")
+            return
+        log.warning(
+            "watch_fallback_polling", inbox=self.root, reason=reason, errno=errno.ENOSPC, poll_interval_s=self._poll_interval_s
+        )
+        self.stop()
+        # The supervisor walks every touched folder: files that arrived in the
+        # unwatched ones before polling took its first snapshot are found that way.
+        missing, _ = _unwatched_dirs(self.root, watched=set())
+        try:
+            self._start_polling()
+        except OSError as exc:
+            self._kind = "none"
+            log.error("watch_restart_failed", inbox=self.root, reason=exc.strerror or str(exc))
+            return
+        log.info("watch_started", inbox=self.root, kind=self._kind)
+        for path in missing:
+            rel = self.relative(path)
+            if rel is not None:
+                self._touch(rel)
 
     # -- the observer thread's side ------------------------------------------
 
@@ -214,12 +280,88 @@ class InboxWatcher:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     self._wsock.send(b"\0")
 
+    def _check_new_dir(self, path: str) -> None:
+        """Observer thread: a folder appeared; flag the watcher if inotify could not watch it."""
+        if self._kind != "inotify" or self._incomplete is not None:
+            return
+        try:
+            ino = os.stat(path, follow_symlinks=False).st_ino
+        except OSError:
+            return  # gone again
+        watched = _watched_inodes()
+        if watched is None or ino in watched or not os.path.isdir(path) or os.path.islink(path):
+            return
+        if not os.access(path, os.R_OK | os.X_OK):
+            return  # unreadable: not a watch problem, and its files are refused anyway
+        self._incomplete = (
+            f"inotify watch limit reached: the new folder {self.relative(path) or path} could not be watched "
+            f"(fs.inotify.max_user_watches = {_max_user_watches()})"
+        )
+        with self._lock, contextlib.suppress(BlockingIOError, InterruptedError):
+            self._wsock.send(b"\0")
+
     def _inbox_lost(self) -> None:
         if not self._lost:
             self._lost = True
             log.error("watch_inbox_removed", inbox=self.root)
         with self._lock, contextlib.suppress(BlockingIOError, InterruptedError):
             self._wsock.send(b"\0")
+
+
+_WATCH_LINE = re.compile(r"^inotify wd:\S+ ino:([0-9a-f]+)", re.MULTILINE)
+
+
+def _watched_inodes() -> set[int] | None:
+    """Inodes watched by this process's inotify instances (``/proc/self/fdinfo``); None if unknown."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    found: set[int] | None = None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        found = found if found is not None else set()
+        found.update(int(h, 16) for h in _WATCH_LINE.findall(text))
+    return found
+
+
+def _unwatched_dirs(root: str, watched: set[int] | None = None) -> tuple[list[str], int]:
+    """Readable folders under ``root`` (itself included, no symlinks) that have no inotify watch,
+    and how many folders there are. ``watched=set()``: every folder."""
+    if watched is None:
+        watched = _watched_inodes()
+        if watched is None:
+            return [], 0
+    missing: list[str] = []
+    total = 0
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            ino = os.stat(d, follow_symlinks=False).st_ino
+            with os.scandir(d) as it:
+                subdirs = [e.path for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # vanished or unreadable: nothing to watch there
+        total += 1
+        if ino not in watched:
+            missing.append(d)
+        stack.extend(subdirs)
+    return missing, total
+
+
+def _max_user_watches() -> str:
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "?"
 
 
 def _kind_of(obs: BaseObserver) -> str:

@@ -20,7 +20,7 @@ def limits_from(settings: Settings) -> images.Limits:
 
 
 def paddlex_cache_dir(settings: Settings) -> Path:
-    return settings.paths.state_dir / "paddlex"
+    return settings.paths.resolved_cache_dir() / "paddlex"
 
 
 def preflight(settings: Settings) -> None:
