@@ -38,6 +38,7 @@ run: setup models
 
 test: setup-test models
 	OCR_INBOX_MODELS_DIR=$(MODELS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m mypy
 
 bench: setup models
 	OCR_INBOX_MODELS_DIR=$(MODELS) $(BIN)/python bench/bench_ocr.py

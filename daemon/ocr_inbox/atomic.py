@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 TMP_PREFIX = ".ocr-inbox-tmp-"
 
@@ -28,12 +28,12 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(dest: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Yield a temp file next to ``dest``; on success it replaces ``dest``."""
+def atomic_open(dest: Path) -> Iterator[BinaryIO]:
+    """Yield a binary temp file next to ``dest``; on success it replaces ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+        with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -46,7 +46,7 @@ def atomic_open(dest: Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 def write_bytes(dest: Path, data: bytes) -> None:
-    with atomic_open(dest, "wb") as fh:
+    with atomic_open(dest) as fh:
         fh.write(data)
 
 

@@ -102,11 +102,16 @@ def write(dest: Path, doc: Document) -> None:
     atomic.write_json(dest, doc.to_json())
 
 
+def _box(b: Any) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in b)
+    return (x0, y0, x1, y1)
+
+
 def _line(d: dict[str, Any]) -> Line:
     poly = tuple((float(x), float(y)) for x, y in d["poly"])
     if len(poly) != 4:
         raise ValueError("poly must have 4 points")
-    words = tuple(Word(w["text"], tuple(float(v) for v in w["box"])) for w in d.get("words", ()))  # type: ignore[misc]
+    words = tuple(Word(w["text"], _box(w["box"])) for w in d.get("words", ()))
     return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words)  # type: ignore[arg-type]
 
 
