@@ -121,7 +121,7 @@ level = "info"
         while True:
             done = d.done()
             # next wave once the previous one is mostly done: the queue never runs dry, the watcher keeps working
-            if fed < args.pages and done >= fed - per_wave // 4:
+            if fed < args.pages and done >= fed - per_wave // 2:
                 n = min(per_wave, args.pages - fed)
                 feed_wave(d.inbox, sources, wave, fed, n)
                 fed += n

@@ -482,7 +482,7 @@ def main() -> int:
         if not args.skip_limit:
             used = root_watches()
             print(f"\n## 5. inotify watch limit (this user holds {used} watches now; max_user_watches {WATCHES.read_text().strip()})")
-            for label, limit in (("no watch left", max(1, used)), ("too few for the tree", used + args.folders // 2)):
+            for label, limit in (("no watch left", max(1, used)), ("too few watches for the tree", used + args.folders // 2)):
                 print(f"### {label}: max_user_watches = {limit} ({args.folders + 1} folders to watch)")
                 tag = "exhausted" if label.startswith("no") else "partial"
                 d = DaemonRun(root, config(poll_interval_s=args.poll_interval), f"run4-limit-{tag}")
@@ -505,6 +505,23 @@ def main() -> int:
                 print(f"  new file in {target}{' (no inotify watch)' if unwatched else ''}: " + fmt_latency(
                     new_file_latency(d, data, target, tag, trials=1, timeout=args.poll_interval * 6 + 30)))
                 d.stop()
+            print("### watches run out while running: a new folder cannot be watched")
+            d = DaemonRun(root, config(poll_interval_s=args.poll_interval), "run4-limit-runtime")
+            runs.append(d)
+            d.start()
+            ready_s = d.ready()
+            print(f"  READY after {ready_s:.2f} s; watcher kind: {d.event('ready').get('watcher')}")
+            used = root_watches()
+            with watch_limit(used) as old:
+                if old is not None:
+                    print(f"  max_user_watches = {used} (all in use)")
+                    t0 = time.monotonic()
+                    (d.inbox / "late-folder").mkdir()
+                    fb = d.event("watch_fallback_polling", timeout=60)
+                    print(f"  watch_fallback_polling after {time.monotonic() - t0:.2f} s: {fb.get('reason')}")
+            print("  new file in late-folder, created after the fallback: " + fmt_latency(
+                new_file_latency(d, data, "late-folder", "runtime", trials=1, timeout=args.poll_interval * 6 + 30)))
+            d.stop()
         return 0
     finally:
         for d in runs:

@@ -90,12 +90,9 @@ def test_kill9_at_random_moments_50_times(tmp_path: Path, models_dir: Path) -> N
     rng = random.Random(20261122)
     rels = _small_pages(tmp_path / "inbox", folders=4, per_folder=4)
     kills = 50
+    moments: dict[str, int] = {}
     for i in range(kills):
-        d = Daemon(tmp_path, models_dir, FAST, name=f"run{i}").start()
-        time.sleep(rng.uniform(0.3, 4.0))  # the random moment of the kill, not a synchronisation
-        d.kill9()
-        _check_consistent(tmp_path, final=False)
-        if i % 7 == 3:  # keep new work coming: a new page, or a page changed on disk
+        if rng.random() < 0.6:  # keep new work coming: a new page, or a page changed on disk
             if rng.random() < 0.5:
                 rel = f"box{rng.randrange(4)}/late{i}.png"
                 shutil.copy(tmp_path / "inbox" / rels[rng.randrange(len(rels))], tmp_path / "inbox" / rel)
@@ -103,6 +100,21 @@ def test_kill9_at_random_moments_50_times(tmp_path: Path, models_dir: Path) -> N
             else:
                 p = tmp_path / "inbox" / rels[rng.randrange(len(rels))]
                 os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+        d = Daemon(tmp_path, models_dir, FAST, name=f"run{i}").start()
+        # Kill at a random moment of a random phase: loading models, idle or scanning, mid-OCR or mid-PDF.
+        phase = rng.choice(["loading", "ready", "working", "working"])
+        if phase == "loading":
+            d.wait_notify(lambda m: m.startswith("STATUS=loading models"))
+        elif phase == "ready":
+            d.ready()
+        else:
+            d.ready()
+            d.until(lambda: d.events("image_done") or d.events("pdf_start") or d.status()["totals"]["queued"] == 0,
+                    "work under way (or none left)")
+        time.sleep(rng.uniform(0.0, 0.6))  # the random moment within the phase, not a synchronisation
+        d.kill9()
+        moments[phase] = moments.get(phase, 0) + 1
+        _check_consistent(tmp_path, final=False)
     d = Daemon(tmp_path, models_dir, FAST, name="final").start()
     d.ready()
 
@@ -122,7 +134,7 @@ def test_kill9_at_random_moments_50_times(tmp_path: Path, models_dir: Path) -> N
     assert sorted(json_files(tmp_path / "outbox")) == sorted(rels)
     assert temp_files(tmp_path / "outbox", tmp_path / "state") == []
     killed_while_working = sum(1 for i in range(kills) if "event=image_done" in (tmp_path / f"run{i}.log").read_text())
-    assert killed_while_working > 0  # some kills really hit a busy daemon
+    assert killed_while_working > 0 and moments["loading"] > 0  # kills really hit a busy and a booting daemon
 
 
 def _workers_alive(pid: int) -> int:

@@ -56,8 +56,13 @@ def write_json(dest: Path, obj: Any) -> None:
 
 
 def temp_path_for(dest: Path) -> Path:
-    """A unique temp path next to ``dest`` for writers that need a path (PDF save)."""
-    return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{dest.name}.part")
+    """A unique temp path next to ``dest`` for writers that need a path (PDF save).
+
+    Only a short, valid prefix of the name is kept: a long ``dest`` name must
+    not push the temp name past the file system's 255-byte limit.
+    """
+    stem = os.fsencode(dest.name)[:64].decode("utf-8", "ignore")
+    return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{stem}.part")
 
 
 def publish(tmp: Path, dest: Path) -> None:

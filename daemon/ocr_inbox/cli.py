@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted", command=args.command)
         return int(ExitCode.interrupted)
+    except Exception:  # a bug: one log record with the traceback, a distinct status for systemd
+        log.exception("internal_error", command=args.command)
+        return int(ExitCode.internal_error)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ class ExitCode(IntEnum):
     state_error = 6
     #: the workers could not start (they crash while loading)
     worker_boot = 7
+    #: an unexpected internal error (a bug: the log has the traceback as one record)
+    internal_error = 70
     #: interrupted by a signal before finishing (SIGINT)
     interrupted = 130
 

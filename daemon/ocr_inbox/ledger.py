@@ -88,6 +88,20 @@ _IMAGE_COLUMNS = (
 _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
 _DIGITS = re.compile(r"\d+")
 
+#: Folders with pending images, oldest first. A loose index scan: one seek in
+#: images_by_status per such folder, so the cost follows the queue, not the
+#: history (a ledger keeps every folder ever seen; probing each of them on every
+#: claim grew with the months).
+_PENDING_FOLDERS = """
+WITH RECURSIVE pf (folder) AS (
+    SELECT (SELECT min(folder) FROM images WHERE status = 'pending')
+    UNION ALL
+    SELECT (SELECT min(folder) FROM images WHERE status = 'pending' AND folder > pf.folder)
+    FROM pf WHERE pf.folder IS NOT NULL
+)
+SELECT f.folder FROM pf JOIN folders f ON f.folder = pf.folder ORDER BY f.first_seen, f.folder
+"""
+
 
 class Observation(enum.Enum):
     """What ``Ledger.observe`` did with a file."""
@@ -210,6 +224,17 @@ class Ledger:
         self._conn = conn
         self.path = path
         self._lock_fd = lock_fd
+        # The folders with pending images, oldest first: claim()'s work list, a
+        # cache of what _PENDING_FOLDERS returns. claim() drops folders it
+        # empties; every write that can make an image pending in a folder not
+        # listed resets it to None (recomputed on the next claim).
+        self._queue: list[str] | None = None
+        self._queued: set[str] = set()
+
+    def _requeued(self, folder: str | None = None) -> None:
+        """An image became pending (in ``folder``; None: anywhere): keep claim()'s cache right."""
+        if folder is None or folder not in self._queued:
+            self._queue = None
 
     # -- opening and closing -------------------------------------------------
 
@@ -296,30 +321,47 @@ class Ledger:
 
     def observe(self, rel: str, size: int, mtime_ns: int, now: float) -> Observation:
         """Record a settled image file seen in the inbox; queue it when new or changed."""
-        folder = folder_of(rel)
+        self._requeued(folder_of(rel))
         with self._tx() as c:
-            row = c.execute("SELECT size, mtime_ns, status FROM images WHERE rel = ?", (rel,)).fetchone()
-            if row is None:
-                self._touch_folder(c, folder, now, rearm=True)
-                c.execute(
-                    "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, first_seen, updated)"
-                    " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (rel, folder, natural_key(rel), size, mtime_ns, now, now),
-                )
-                return Observation.new
-            old_size, old_mtime, status = row
-            if (old_size, old_mtime) == (size, mtime_ns) and status != "gone":
-                return Observation.unchanged
-            what = Observation.returned if status == "gone" else Observation.changed
-            # A new version deserves fresh attempts; a running worker's result for
-            # the old version is refused by done() (status no longer 'running').
-            c.execute(
-                "UPDATE images SET size = ?, mtime_ns = ?, status = 'pending', attempts = 0,"
-                " error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
-                (size, mtime_ns, now, rel),
-            )
+            return self._observe(c, rel, size, mtime_ns, now)
+
+    def observe_many(self, files: Iterable[tuple[str, int, int]], now: float) -> list[Observation]:
+        """``observe`` for many ``(rel, size, mtime_ns)`` in one transaction.
+
+        A start-up scan of a full inbox settles tens of thousands of files at
+        once; one transaction each cost ~50 us, together ~15 us a file.
+        """
+        out: list[Observation] = []
+        with self._tx() as c:
+            for rel, size, mtime_ns in files:
+                self._requeued(folder_of(rel))
+                out.append(self._observe(c, rel, size, mtime_ns, now))
+        return out
+
+    def _observe(self, c: sqlite3.Connection, rel: str, size: int, mtime_ns: int, now: float) -> Observation:
+        folder = folder_of(rel)
+        row = c.execute("SELECT size, mtime_ns, status FROM images WHERE rel = ?", (rel,)).fetchone()
+        if row is None:
             self._touch_folder(c, folder, now, rearm=True)
-            return what
+            c.execute(
+                "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, first_seen, updated)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (rel, folder, natural_key(rel), size, mtime_ns, now, now),
+            )
+            return Observation.new
+        old_size, old_mtime, status = row
+        if (old_size, old_mtime) == (size, mtime_ns) and status != "gone":
+            return Observation.unchanged
+        what = Observation.returned if status == "gone" else Observation.changed
+        # A new version deserves fresh attempts; a running worker's result for
+        # the old version is refused by done() (status no longer 'running').
+        c.execute(
+            "UPDATE images SET size = ?, mtime_ns = ?, status = 'pending', attempts = 0,"
+            " error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
+            (size, mtime_ns, now, rel),
+        )
+        self._touch_folder(c, folder, now, rearm=True)
+        return what
 
     def refuse(self, rel: str, reason: str, detail: str, now: float) -> bool:
         """Quarantine a path that is not processed (symlink out of the inbox, fifo ...).
@@ -390,25 +432,30 @@ class Ledger:
         if limit <= 0:
             return []
         claimed: list[ImageRow] = []
-        with self._tx() as c:
-            folders = c.execute(
-                "SELECT folder FROM folders f WHERE EXISTS"
-                " (SELECT 1 FROM images i WHERE i.status = 'pending' AND i.folder = f.folder)"
-                " ORDER BY first_seen, folder"
-            )
-            for (folder,) in folders.fetchall():
-                rows = c.execute(
-                    f"SELECT {_IMAGE_COLUMNS} FROM images WHERE status = 'pending' AND folder = ?"
-                    " ORDER BY natkey, rel LIMIT ?",
-                    (folder, limit - len(claimed)),
-                ).fetchall()
-                claimed.extend(_image(r) for r in rows)
-                if len(claimed) >= limit:
-                    break
-            c.executemany(
-                "UPDATE images SET status = 'running', updated = ? WHERE rel = ?",
-                [(now, r.rel) for r in claimed],
-            )
+        try:
+            with self._tx() as c:
+                if self._queue is None:
+                    self._queue = [f for (f,) in c.execute(_PENDING_FOLDERS)]
+                    self._queued = set(self._queue)
+                while self._queue and len(claimed) < limit:
+                    folder = self._queue[0]
+                    want = limit - len(claimed)
+                    rows = c.execute(
+                        f"SELECT {_IMAGE_COLUMNS} FROM images WHERE status = 'pending' AND folder = ?"
+                        " ORDER BY natkey, rel LIMIT ?",
+                        (folder, want),
+                    ).fetchall()
+                    claimed.extend(_image(r) for r in rows)
+                    if len(rows) < want:  # nothing left in that folder
+                        self._queue.pop(0)
+                        self._queued.discard(folder)
+                c.executemany(
+                    "UPDATE images SET status = 'running', updated = ? WHERE rel = ?",
+                    [(now, r.rel) for r in claimed],
+                )
+        except BaseException:
+            self._queue = None
+            raise
         return [_replace_status(r, "running", now) for r in claimed]
 
     def done(self, rel: str, size: int, mtime_ns: int, output: str, elapsed_ms: int, now: float) -> bool:
@@ -426,6 +473,7 @@ class Ledger:
             )
             if cur.rowcount:
                 return True
+            self._requeued(folder_of(rel))
             c.execute(
                 "UPDATE images SET status = 'pending', updated = ? WHERE rel = ? AND status = 'running'",
                 (now, rel),
@@ -434,6 +482,8 @@ class Ledger:
 
     def failed(self, rel: str, reason: str, detail: str, now: float, *, retry: bool) -> bool:
         """A running image failed: count the attempt; ``retry`` queues it again, else quarantine."""
+        if retry:
+            self._requeued(folder_of(rel))
         with self._tx() as c:
             cur = c.execute(
                 "UPDATE images SET attempts = attempts + 1, status = ?, error_reason = ?,"
@@ -444,6 +494,7 @@ class Ledger:
 
     def release(self, rels: Iterable[str], now: float) -> int:
         """running -> pending without counting an attempt (never started, or shutdown)."""
+        self._requeued()
         with self._tx() as c:
             cur = c.executemany(
                 "UPDATE images SET status = 'pending', updated = ? WHERE rel = ? AND status = 'running'",
@@ -453,6 +504,7 @@ class Ledger:
 
     def recover(self, now: float) -> int:
         """At start-up: work cut off by a crash goes back to the queue; returns images requeued."""
+        self._requeued()
         with self._tx() as c:
             images = c.execute(
                 "UPDATE images SET status = 'pending', updated = ? WHERE status = 'running'", (now,)
@@ -564,7 +616,21 @@ class Ledger:
     # -- reports -------------------------------------------------------------
 
     def stats(self, now: float, window_s: float = 60.0) -> Stats:
-        counts = dict(self._conn.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall())
+        # done = all - the rest: count(*) of a whole table counts b-tree pages, not
+        # rows, and the other statuses are short ranges of images_by_status. A
+        # GROUP BY stepped through every row: 47 ms -> 6 ms at a million images,
+        # on every STATUS update (2 s). One statement: one consistent snapshot.
+        total, pending, running, failed, gone = self._conn.execute(
+            "SELECT (SELECT count(*) FROM images),"
+            " (SELECT count(*) FROM images WHERE status = 'pending'),"
+            " (SELECT count(*) FROM images WHERE status = 'running'),"
+            " (SELECT count(*) FROM images WHERE status = 'failed'),"
+            " (SELECT count(*) FROM images WHERE status = 'gone')"
+        ).fetchone()
+        counts = {
+            "pending": pending, "running": running, "failed": failed, "gone": gone,
+            "done": total - pending - running - failed - gone,
+        }
         recent = self._conn.execute(
             "SELECT count(*) FROM images WHERE done_at > ?", (now - window_s,)
         ).fetchone()[0]

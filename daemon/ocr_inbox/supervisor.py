@@ -185,20 +185,27 @@ class Supervisor:
             path = os.path.join(root, rel)
             if os.path.isdir(path) and not os.path.islink(path):
                 for item in scan.walk(self.inbox, self.s.watch.ignore_patterns(), subdir=rel):
-                    self._track(item.rel)
+                    self._take(item)
                 continue
             self._track(rel)
 
     def _track(self, rel: str) -> None:
+        """Look at one path the watcher reported."""
         assert self.ledger is not None
         item = scan.classify(os.path.realpath(self.inbox), rel, self.s.watch.ignore_patterns())
         if item is None:
             if not os.path.lexists(os.path.join(self.inbox, rel)):
-                # a file or a whole folder moved away / deleted
+                # a file or a whole folder moved away / deleted (the ledger knows names by their printable form)
+                name = scan.printable_rel(rel)
                 self.tracker.forget(rel)
-                self.ledger.gone(rel, time.time())
-                self.ledger.gone_tree(rel, time.time())
+                self.ledger.gone(name, time.time())
+                self.ledger.gone_tree(name, time.time())
             return
+        self._take(item)
+
+    def _take(self, item: scan.Candidate | scan.Refused) -> None:
+        """A file the scanner classified: refuse it, or follow it until it settles."""
+        rel = item.rel
         if isinstance(item, scan.Refused):
             self.tracker.forget(rel)
             self._refuse(item, time.time())

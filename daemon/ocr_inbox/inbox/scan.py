@@ -9,9 +9,11 @@ content.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
+import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +59,18 @@ def is_image_name(name: str) -> bool:
 
 
 def is_ignored(rel: str, patterns: Sequence[str]) -> bool:
-    """True when any path component matches an ignore pattern."""
-    return any(fnmatch.fnmatchcase(part, pat) for part in rel.split("/") for pat in patterns)
+    """True when any path component matches an ignore pattern (``fnmatch.fnmatchcase`` rules)."""
+    if not patterns:
+        return False
+    match = _ignore_matcher(tuple(patterns))
+    return any(match(part) for part in rel.split("/"))
+
+
+@functools.lru_cache(maxsize=32)
+def _ignore_matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    # One regex for all patterns: a scan of 100,000 files called fnmatchcase
+    # 3.6 million times (18 default patterns x 2 path components).
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 def inside(root: str, path: str) -> bool:
@@ -113,10 +125,13 @@ def classify(inbox_real: str, rel: str, patterns: Sequence[str] = ()) -> Candida
             return Refused(rel, reason, str(exc.strerror or exc))
         if not inside(inbox_real, real):
             return Refused(rel, "symlink_outside_inbox", "the link points outside the inbox; not followed")
-    try:
-        st = os.stat(real)
-    except OSError as exc:
-        return Refused(rel, "unreadable", exc.strerror or str(exc))
+    if not stat.S_ISLNK(lst.st_mode):
+        st = lst  # not a link: lstat already says it all
+    else:
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            return Refused(rel, "unreadable", exc.strerror or str(exc))
     if not stat.S_ISREG(st.st_mode):
         return Refused(rel, "not_a_regular_file", stat.filemode(st.st_mode))
     if not os.access(real, os.R_OK):

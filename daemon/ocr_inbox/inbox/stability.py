@@ -45,6 +45,18 @@ class StabilityTracker:
             del self._files[rel]
         return ready
 
+    def due(self, now: float, settle_s: float) -> list[str]:
+        """The tracked files whose next look can settle them: unchanged for ``settle_s`` by ``now``.
+
+        Looking at the others sooner decides nothing (a change found then only
+        restarts a clock that has not run out), so a caller may stat just these
+        on each tick instead of everything ``tracked()``: with 100,000 files
+        found by a start-up scan that is one stat per file instead of one per
+        tick. A change is then noticed at the due look and its clock restarts
+        from there: later, never sooner, than a look on every tick would.
+        """
+        return [rel for rel, e in self._files.items() if now - e.since >= settle_s]
+
     def forget(self, rel: str) -> None:
         """Stop tracking ``rel`` (deleted, ignored, refused)."""
         self._files.pop(rel, None)

@@ -45,10 +45,12 @@ import structlog
 from PIL import Image
 
 from ocr_inbox import __version__, atomic
+from ocr_inbox.config import DEFAULT_IGNORE
 from ocr_inbox.errors import BadArguments, OutputError
+from ocr_inbox.inbox import scan
 from ocr_inbox.outbox import document, font, order, textlayer
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
 DEFAULT_DPI = 300.0
 DEFAULT_MAX_PIXELS = 200_000_000
 #: PDF viewers limit a page side to 14,400 pt (200 inches)
@@ -445,28 +447,24 @@ def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
 # --- the builder --------------------------------------------------------------
 
 
-def _escapes(entry: os.DirEntry[str], root: str) -> bool:
-    """A symlink that resolves outside ``root`` (or nowhere): never embedded."""
-    if not entry.is_symlink():
-        return False
-    real = os.path.realpath(entry.path)
-    return not (real == root or real.startswith(root.rstrip(os.sep) + os.sep))
-
-
 def list_images(image_dir: Path, first_prefixes: Sequence[str] = (), root: Path | None = None) -> list[str]:
     """Image file names directly in ``image_dir`` in page order.
 
-    Hidden files are ignored, and so are symlinks leading outside ``root``
-    (default: ``image_dir``), so a link can't smuggle an outside file into a PDF.
+    A file becomes a page only if the inbox scanner would accept it (same
+    rules: ignore patterns, no symlink leading outside ``root`` — default
+    ``image_dir``, the daemon passes the inbox —, no fifo, no loop, no name the
+    outbox can't mirror), so the PDF holds exactly the images that were OCR'd.
     """
+    real_dir = os.path.realpath(image_dir)
     real_root = os.path.realpath(root or image_dir)
+    if not scan.inside(real_root, real_dir):
+        real_root = real_dir
+    rel_dir = os.path.relpath(real_dir, real_root)
+    prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
     names = sorted(
-        e.name
-        for e in os.scandir(image_dir)
-        if not e.name.startswith(".")
-        and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
-        and e.is_file()
-        and not _escapes(e, real_root)
+        name
+        for name in os.listdir(image_dir)
+        if isinstance(scan.classify(real_root, prefix + name, DEFAULT_IGNORE), scan.Candidate)
     )
     return order.page_order(names, first_prefixes)
 

@@ -58,7 +58,7 @@ def _load(job: m.Job, cfg: WorkerConfig) -> images.LoadedImage:
     # The scanner checked this; check again at open time (the tree may have changed).
     if not _inside(cfg.inbox, job.src):
         raise BadImage("outside_inbox", "the path resolves outside the inbox")
-    return images.load(job.src, cfg.limits)
+    return images.load(job.src, cfg.limits, root=cfg.inbox)
 
 
 def _process(job: m.Job, loaded: images.LoadedImage, eng: engine_mod.Engine, info: dict, t0: float) -> m.Done:
@@ -110,6 +110,9 @@ def _run_batch(
             log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)
             conn.send(m.Failed(cfg.slot, job, exc.reason, exc.detail, transient=exc.reason in _TRANSIENT))
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # the name, not the outbox, is the problem
+                conn.send(m.Failed(cfg.slot, job, "name_too_long", str(exc)))
+                continue
             # Writing the JSON failed (disk full, outbox unwritable): not the image's fault.
             reason = "disk_full" if exc.errno == errno.ENOSPC else "output_error"
             log.error("json_write_failed", path=job.rel, reason=reason, error=str(exc))
