@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 IDLE_TICK_S = 1.0
 #: while files are settling they are re-examined this often
 SETTLE_TICK_S = 0.25
+#: settling files examined per loop pass (keeps the loop responsive after a big scan)
+SETTLE_BATCH = 5000
+#: how often quiet folders are looked for (more often is wasted work on big ledgers)
+QUIET_CHECK_S = 1.0
 #: how long a drain (SIGTERM, reload) waits for in-flight batches
 DRAIN_S = 120.0
 
@@ -65,6 +69,7 @@ class Supervisor:
         self.next_rescan = 0.0
         self.next_purge = 0.0
         self.next_status = 0.0
+        self.next_quiet_check = 0.0
         self.job_ids = itertools.count(1)
         self.batch_ids = itertools.count(1)
         #: worker results not yet in the ledger (kept while the state disk refuses writes)
@@ -213,26 +218,36 @@ class Supervisor:
         self.tracker.seen(rel, item.size, item.mtime_ns, time.monotonic())
 
     def _settle(self) -> None:
-        """Re-examine files being written; record the ones that stopped changing."""
+        """Re-examine files being written; record the ones that stopped changing.
+
+        Only files whose settle time has run out are looked at (a look sooner
+        decides nothing), at most ``SETTLE_BATCH`` a pass so a start-up scan of
+        100,000 new files does not stall dispatching, and the settled ones are
+        recorded in one ledger transaction.
+        """
         assert self.ledger is not None
         root = os.path.realpath(self.inbox)
         now_m = time.monotonic()
-        for rel in list(self.tracker.tracked()):
+        settle_s = self.s.watch.settle_seconds
+        for rel in self.tracker.due(now_m, settle_s)[:SETTLE_BATCH]:
             try:
                 st = os.stat(os.path.join(root, rel))
             except OSError:
                 self.tracker.forget(rel)
-                self.ledger.gone(rel, time.time())
+                self.ledger.gone(scan.printable_rel(rel), time.time())
                 continue
             self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m)
-        for rel in self.tracker.settled(now_m, self.s.watch.settle_seconds):
+        ready: list[tuple[str, int, int]] = []
+        for rel in self.tracker.settled(now_m, settle_s):
             self.tracker.forget(rel)
             item = scan.classify(root, rel, self.s.watch.ignore_patterns())
             if isinstance(item, scan.Candidate):
-                obs = self.ledger.observe(rel, item.size, item.mtime_ns, time.time())
-                log.debug("file_settled", path=rel, observation=str(obs))
+                ready.append((rel, item.size, item.mtime_ns))
             elif isinstance(item, scan.Refused):
                 self._refuse(item, time.time())
+        if ready:
+            self.ledger.observe_many(ready, time.time())
+            log.debug("files_settled", count=len(ready))
 
     # ---------------------------------------------------------------- OCR
 
@@ -335,13 +350,15 @@ class Supervisor:
                 if res.transient:
                     self.pdf_retry[res.folder] = time.monotonic() + self.s.pool.output_retry_s
             self.pdf = self.pdf_result = None
+            self.next_quiet_check = 0.0  # the next quiet folder may be waiting already
             cache.purge_temp(paddlex_cache_dir(self.s), self.s.cache.purge_older_than_s)
         for folder, due in list(self.pdf_retry.items()):
             if time.monotonic() >= due:
                 del self.pdf_retry[folder]
                 self.ledger.pdf_rearm(folder, time.time())
-        if not self.s.pdf.enabled or self.stopping or time.monotonic() < self.paused_until:
+        if not self.s.pdf.enabled or self.stopping or time.monotonic() < max(self.paused_until, self.next_quiet_check):
             return
+        self.next_quiet_check = time.monotonic() + QUIET_CHECK_S
         quiet = self.ledger.quiet_folders(time.time(), self.s.pdf.quiet_seconds)
         if not quiet:
             return
@@ -449,7 +466,7 @@ class Supervisor:
     def main_loop(self) -> None:
         assert self.pool is not None and self.watcher is not None
         while not self.stopping:
-            timeout = SETTLE_TICK_S if self.tracker.tracked() else IDLE_TICK_S
+            timeout = SETTLE_TICK_S if len(self.tracker) else IDLE_TICK_S
             extra: list[Any] = [self.signals.waitable, self.watcher.waitable]
             if self.pdf is not None:
                 extra += self.pdf.waitables
