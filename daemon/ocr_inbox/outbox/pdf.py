@@ -12,7 +12,7 @@ Recipe (:func:`build_folder_pdf`):
    appends*: open the temp file, append one chunk, ``saveIncr``, close. Each
    append writes only the new chunk's objects, and reopening leaves the earlier
    image streams on disk, so peak memory is about one chunk however many
-   pages (see docs/BENCHMARKS-pdf.md);
+   pages (see docs/BENCHMARKS.md);
 5. add title, producer and one outline entry per page, then publish the temp
    file atomically over the output.
 
