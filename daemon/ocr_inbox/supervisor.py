@@ -70,6 +70,7 @@ class Supervisor:
         self.next_purge = 0.0
         self.next_status = 0.0
         self.next_quiet_check = 0.0
+        self.reload_pending = False
         self.job_ids = itertools.count(1)
         self.batch_ids = itertools.count(1)
         #: worker results not yet in the ledger (kept while the state disk refuses writes)
@@ -136,6 +137,7 @@ class Supervisor:
                     log.info("stop_requested", signal=signal.Signals(sig).name, phase="loading")
                     self.stopping = True
                     return
+                self.reload_pending = True  # SIGHUP: applied once the workers are up
             notify.status(f"loading models: {self.pool.ready_count()}/{self.pool.size} workers ready")
             notify.extend_timeout(self.s.pool.boot_timeout_s + 30)
 
@@ -384,6 +386,9 @@ class Supervisor:
     # ---------------------------------------------------------------- signals & reload
 
     def _handle_signals(self) -> None:
+        if self.reload_pending:
+            self.reload_pending = False
+            self._reload()
         for sig in self.signals.pop_all():
             if sig in (signal.SIGTERM, signal.SIGINT):
                 if not self.stopping:
@@ -433,7 +438,8 @@ class Supervisor:
     # ---------------------------------------------------------------- the loop
 
     def _healthy(self) -> bool:
-        return self.pool is not None and (self.pool.ready_count() > 0 or not self.pool.all_ready())
+        # called from the loop itself, so a ping also proves the loop turns
+        return self.pool is not None and self.pool.healthy()
 
     def _periodic(self) -> None:
         now_m = time.monotonic()

@@ -116,6 +116,13 @@ class WorkerPool:
     def all_ready(self) -> bool:
         return self.ready_count() == len(self.slots)
 
+    def healthy(self) -> bool:
+        """Some worker can take work, or one is still within its time to load models."""
+        now = time.monotonic()
+        return any(
+            w.state != "booting" or now - w.started < self.settings.boot_timeout_s for w in self.workers.values()
+        )
+
     def idle_slots(self) -> list[int]:
         return [s for s, w in self.workers.items() if w.state == "idle"]
 
