@@ -606,13 +606,6 @@ class Ledger:
         ).fetchone()
         return _folder(row) if row else None
 
-    def folder_images(self, folder: str, status: str = "done") -> list[ImageRow]:
-        """The images of one folder with ``status`` (the PDF builder's pages), any order."""
-        rows = self._conn.execute(
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status = ?", (folder, status)
-        ).fetchall()
-        return [_image(r) for r in rows]
-
     # -- reports -------------------------------------------------------------
 
     def stats(self, now: float, window_s: float = 60.0) -> Stats:

@@ -139,12 +139,6 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.process.pid for w in self.workers.values() if w.process.pid]
 
-    def engine_info(self) -> dict[str, Any]:
-        for w in self.workers.values():
-            if w.info:
-                return w.info
-        return {}
-
     def submit(self, slot: int, batch: m.Batch) -> None:
         w = self.workers[slot]
         assert w.state == "idle", f"worker {slot} is {w.state}"
