@@ -46,23 +46,20 @@ def source_images(dest: Path) -> list[Path]:
 
     for p in sorted((CORPUS / "cnocr").glob("*.png")) + sorted((CORPUS / "cnocr").glob("*.jpg")):
         save(Image.open(p), p.stem)
-    photo = Image.open(CORPUS / "tesseract_test" / "phototest.tif")
-    w, h = photo.size
-    save(photo, "phototest")
-    for i in range(3):
-        save(photo.crop((0, i * h // 3, w, (i + 1) * h // 3)), f"phototest-band{i}")
-    euro = CORPUS / "tesseract_test" / "eurotext.tif"
-    if euro.is_file():
-        im = Image.open(euro)
-        w, h = im.size
-        for i in range(2):
-            save(im.crop((0, i * h // 2, w, (i + 1) * h // 2)), f"eurotext-half{i}")
-    funsd = CORPUS / "funsd" / "82200067_0069.png"
-    if funsd.is_file():
-        im = Image.open(funsd)
-        w, h = im.size
-        for i in range(3):
-            save(im.crop((0, i * h // 3, w, (i + 1) * h // 3)), f"funsd-third{i}")
+
+    def bands(path: Path, n: int, name: str) -> None:
+        """Save ``path`` cut into ``n`` horizontal bands (smaller pages with real text)."""
+        if not path.is_file():
+            return
+        page = Image.open(path)
+        w, h = page.size
+        for i in range(n):
+            save(page.crop((0, i * h // n, w, (i + 1) * h // n)), f"{name}{i}")
+
+    save(Image.open(CORPUS / "tesseract_test" / "phototest.tif"), "phototest")
+    bands(CORPUS / "tesseract_test" / "phototest.tif", 3, "phototest-band")
+    bands(CORPUS / "tesseract_test" / "eurotext.tif", 2, "eurotext-half")
+    bands(CORPUS / "funsd" / "82200067_0069.png", 3, "funsd-third")
     return out
 
 
