@@ -18,7 +18,6 @@ Try ``--pages 200`` first; 3,000 pages take about 15 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -26,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import MODELS, DaemonRun, loadavg  # noqa: E402
-from common import CORPUS, machine  # noqa: E402
+from bench_scale import loadavg  # noqa: E402
+from common import CORPUS, MODELS, machine  # noqa: E402
+from daemon_run import DaemonRun, clean_up  # noqa: E402
 
 
 def source_images(dest: Path) -> list[Path]:
@@ -109,7 +108,7 @@ level = "info"
     d = DaemonRun(root, cfg, "longrun", MODELS, sample_s=args.sample)
     try:
         d.start()
-        ready_s = d.ready()
+        ready_s = d.ready_s()
         t_ready = time.monotonic()
         print(f"READY after {ready_s:.1f} s (models loaded on {len(d.events('worker_ready'))} workers); load {loadavg()}")
         per_wave = -(-args.pages // args.waves)
@@ -133,8 +132,8 @@ level = "info"
             time.sleep(1.0)
         t_done = time.monotonic()
         time.sleep(args.sample * 2)
-        st = d.status_json()["totals"]
-        rc, stop_s = d.stop()
+        st = d.status(timeout=300)["totals"]
+        rc, stop_s = d.stop_timed()
 
         worker_pids = {int(e["pid"]) for e in d.events("worker_spawned")}
         rows = []
@@ -169,11 +168,7 @@ level = "info"
         print(f"  load average at the end {loadavg()}")
         return 0 if st["done"] == args.pages and st["failed"] == 0 else 1
     finally:
-        d.kill()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        clean_up(root, args.keep, [d])
 
 
 if __name__ == "__main__":

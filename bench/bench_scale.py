@@ -22,29 +22,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
-import shutil
-import socket
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine  # noqa: E402
+from common import machine  # noqa: E402
+from daemon_run import DaemonRun, clean_up  # noqa: E402
 
-FAKES = REPO / "tests" / "fakes"
-MODELS = Path(os.environ.get("OCR_INBOX_MODELS_DIR", "/tmp/models"))
 WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 
 # A valid 24x16 grey PNG (the fake engine decodes it and writes one line).
@@ -76,169 +67,6 @@ def generate(inbox: Path, files: int, folders: int, data: bytes) -> float:
             os.close(fd)
             n += 1
     return time.perf_counter() - t0
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for k in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(k, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(FAKES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(extra)
-    return env
-
-
-class DaemonRun:
-    """One run of the real daemon: notify socket, log file, RSS/CPU sampling."""
-
-    def __init__(self, root: Path, config: str, name: str, models: Path = MODELS, sample_s: float = 0.5) -> None:
-        self.root = root
-        self.inbox, self.outbox, self.state = root / "inbox", root / "outbox", root / "state"
-        self.config_path = root / f"{name}.toml"
-        self.config_path.write_text(config)
-        self.log_path = root / f"{name}.log"
-        self.models = models
-        self.sample_s = sample_s
-        self.messages: list[tuple[float, str]] = []
-        self.samples: list[dict[str, Any]] = []  # t, main_rss, children {pid: rss}
-        self.cond = threading.Condition()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.t_start = 0.0
-        self.t_ready: float | None = None
-        self._stop = threading.Event()
-
-    def start(self) -> DaemonRun:
-        sock_path = self.root / f"notify-{time.monotonic_ns()}.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(sock_path))
-        self.sock.settimeout(0.2)
-        cmd = [
-            sys.executable, "-m", "ocr_inbox", "run", "--config", str(self.config_path),
-            "--inbox", str(self.inbox), "--outbox", str(self.outbox), "--state-dir", str(self.state),
-            "--models-dir", str(self.models), "--log-format", "logfmt",
-        ]
-        self.log_fh = open(self.log_path, "ab")
-        self.t_start = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self.log_fh, stderr=self.log_fh, env=cli_env(NOTIFY_SOCKET=str(sock_path)))
-        self.ps = psutil.Process(self.proc.pid)
-        threading.Thread(target=self._read_notify, daemon=True).start()
-        threading.Thread(target=self._sample, daemon=True).start()
-        return self
-
-    def _read_notify(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536).decode()
-            except TimeoutError:
-                if self.proc is not None and self.proc.poll() is not None:
-                    return
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            with self.cond:
-                self.messages.append((now, data))
-                if self.t_ready is None and "READY=1" in data.split("\n"):
-                    self.t_ready = now
-                self.cond.notify_all()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set() and self.proc is not None and self.proc.poll() is None:
-            try:
-                rss = self.ps.memory_info().rss
-                kids = {}
-                for c in self.ps.children(recursive=False):
-                    with contextlib.suppress(psutil.Error):
-                        kids[c.pid] = c.memory_info().rss
-                self.samples.append({"t": time.monotonic() - self.t_start, "rss": rss, "kids": kids, "done": self.done()})
-            except psutil.Error:
-                return
-            self._stop.wait(self.sample_s)
-
-    # -- observations ---------------------------------------------------------
-
-    def ready(self, timeout: float = 900) -> float:
-        self.until(lambda: self.t_ready is not None, "READY=1", timeout)
-        assert self.t_ready is not None
-        return self.t_ready - self.t_start
-
-    def status_text(self) -> str:
-        with self.cond:
-            for _, msg in reversed(self.messages):
-                for line in msg.split("\n"):
-                    if line.startswith("STATUS=") and "done" in line:
-                        return line
-        return ""
-
-    def done(self) -> int:
-        m = re.search(r"done (\d+)", self.status_text())
-        return int(m.group(1)) if m else 0
-
-    def until(self, cond: Callable[[], Any], what: str, timeout: float = 900, tick: float = 0.2) -> Any:
-        end = time.monotonic() + timeout
-        while True:
-            got = cond()
-            if got:
-                return got
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited ({self.proc.returncode}) before: {what}\n{self.log()[-3000:]}")
-            if time.monotonic() > end:
-                raise RuntimeError(f"timed out: {what}\n{self.log()[-3000:]}")
-            with self.cond:
-                self.cond.wait(tick)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def event(self, name: str, timeout: float = 60) -> dict[str, str]:
-        """The first ``name`` event, waiting for it to reach the log."""
-        return self.until(lambda: (self.events(name) or [None])[0], name, timeout)
-
-    def events(self, name: str) -> list[dict[str, str]]:
-        out = []
-        for line in self.log().splitlines():
-            if f"event={name} " in line + " ":
-                out.append({k: v.strip('"') for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)})
-        return out
-
-    def status_json(self) -> dict[str, Any]:
-        res = subprocess.run(
-            [sys.executable, "-m", "ocr_inbox", "status", "--json", "--state-dir", str(self.state), "--config", str(self.config_path)],
-            capture_output=True, text=True, env=cli_env(), timeout=300,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(res.stderr)
-        return json.loads(res.stdout)
-
-    def ledger_row(self, rel: str) -> tuple[str, ...] | None:
-        """Read-only peek at one image's ledger row (what `status` reads, without a subprocess)."""
-        try:
-            con = sqlite3.connect(f"file:{self.state / 'ledger.sqlite3'}?mode=ro", uri=True, timeout=1)
-            try:
-                return con.execute("SELECT status FROM images WHERE rel = ?", (rel,)).fetchone()
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return None
-
-    def cpu_seconds(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
-
-    def stop(self, timeout: float = 300) -> tuple[int, float]:
-        assert self.proc is not None
-        t0 = time.monotonic()
-        self.proc.terminate()
-        rc = self.proc.wait(timeout)
-        self._stop.set()
-        self.sock.close()
-        self.log_fh.close()
-        return rc, time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-        self._stop.set()
 
 
 # -- helpers ------------------------------------------------------------------
@@ -393,7 +221,7 @@ def main() -> int:
         d = DaemonRun(root, config(), "run1-fresh")
         runs.append(d)
         d.start()
-        ready_s = d.ready()
+        ready_s = d.ready_s()
         scan = d.event("scan_done")
         print(f"READY after {ready_s:.2f} s; start-up scan {scan['seconds']} s (files={scan['files']}, new={scan['new_or_changed']})")
         print(f"load average {loadavg()}")
@@ -419,7 +247,7 @@ def main() -> int:
 
         d.until(progress_print, f"{args.files} done", timeout=3600, tick=0.5)
         t_all = time.monotonic()
-        st = d.status_json()["totals"]
+        st = d.status(timeout=300)["totals"]
         assert st["done"] == args.files, st
         span = t_all - (first_done or t_ready)
         print(f"all {args.files} done {t_all - d.t_start:.1f} s after start ({t_all - t_ready:.1f} s after READY);"
@@ -444,7 +272,7 @@ def main() -> int:
 
         print("\n## 2. new file noticed (inotify)")
         print("  " + fmt_latency(new_file_latency(d, data, "folder0500", "inotify")))
-        rc, stop_s = d.stop()
+        rc, stop_s = d.stop_timed()
         print(f"stopped: rc={rc} in {stop_s:.1f} s")
 
         # 3. restart, all done ----------------------------------------------------------------
@@ -452,16 +280,16 @@ def main() -> int:
         d = DaemonRun(root, config(), "run2-restart")
         runs.append(d)
         d.start()
-        ready_s = d.ready()
+        ready_s = d.ready_s()
         scan = d.event("scan_done")
         time.sleep(8)  # longer than settle_seconds: anything queued by the scan would run now
         redone = len(d.events("image_done"))
-        st = d.status_json()["totals"]
+        st = d.status(timeout=300)["totals"]
         print(f"READY after {ready_s:.2f} s; start-up scan {scan['seconds']} s (files={scan['files']}, new={scan['new_or_changed']}); "
               f"images redone: {redone}; totals {st}")
         peak, _ = summary_rss(d.samples, 0, time.monotonic() - d.t_start)
         print(f"main RSS peak {mb(peak)}; load average {loadavg()}")
-        rc, stop_s = d.stop()
+        rc, stop_s = d.stop_timed()
 
         # 4. polling --------------------------------------------------------------------------
         if not args.skip_polling:
@@ -469,7 +297,7 @@ def main() -> int:
             d = DaemonRun(root, config("polling", args.poll_interval), "run3-polling")
             runs.append(d)
             d.start()
-            ready_s = d.ready()
+            ready_s = d.ready_s()
             time.sleep(args.poll_interval * 2)
             print(f"READY after {ready_s:.2f} s; watcher {d.event('ready').get('watcher')}")
             print("  " + fmt_latency(new_file_latency(d, data, "folder0501", "polling", timeout=args.poll_interval * 6 + 30)))
@@ -493,7 +321,7 @@ def main() -> int:
                     d.start()
                     d.until(lambda: d.events("watch_started"), "watch_started", 600)
                 # the limit is back to normal here: a watcher that started on too few watches stays so
-                ready_s = d.ready()
+                ready_s = d.ready_s()
                 fb = d.events("watch_fallback_polling")
                 print(f"  READY after {ready_s:.2f} s; watcher kind: {d.event('ready').get('watcher')}; "
                       f"watch_fallback_polling logged: {len(fb)} {fb[0] if fb else ''}")
@@ -509,7 +337,7 @@ def main() -> int:
             d = DaemonRun(root, config(poll_interval_s=args.poll_interval), "run4-limit-runtime")
             runs.append(d)
             d.start()
-            ready_s = d.ready()
+            ready_s = d.ready_s()
             print(f"  READY after {ready_s:.2f} s; watcher kind: {d.event('ready').get('watcher')}")
             used = root_watches()
             with watch_limit(used) as old:
@@ -524,12 +352,7 @@ def main() -> int:
             d.stop()
         return 0
     finally:
-        for d in runs:
-            d.kill()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        clean_up(root, args.keep, runs)
 
 
 if __name__ == "__main__":

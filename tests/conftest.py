@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon_harness import cli_env
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
-FAKES = Path(__file__).resolve().parent / "fakes"
 MODELS = Path(os.environ.get("OCR_INBOX_MODELS_DIR", REPO / ".models"))
 
 #: corpus pages every real-inference test may use (English and Chinese)
@@ -35,15 +36,6 @@ def models_dir() -> Path:
     if models.missing_files(MODELS, prof):
         models.install(MODELS, prof)
     return MODELS
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("JOURNAL_STREAM", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(FAKES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(extra)
-    return env
 
 
 def run_cli(*args: str | Path, state_dir: Path, models: Path, env: dict[str, str] | None = None, timeout: float = 600):

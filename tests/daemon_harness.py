@@ -19,9 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import cli_env
-
+FAKES = Path(__file__).resolve().parent / "fakes"
 DEADLINE_S = 240.0
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for an ``ocr-inbox`` child: none of our own systemd
+    variables leak in, and the test engine plug-in is importable."""
+    env = dict(os.environ)
+    for k in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(k, None)
+    env["PYTHONPATH"] = os.pathsep.join([str(FAKES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
 
 
 class Daemon:
@@ -40,6 +50,8 @@ class Daemon:
         self.messages: list[str] = []
         self._cond = threading.Condition()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.t_start = 0.0  # time.monotonic() at start() and at READY=1
+        self.t_ready: float | None = None
 
     # ------------------------------------------------------------------ process
 
@@ -61,6 +73,7 @@ class Daemon:
         self._log = open(self.log_path, "ab")
         self.stdout_path = self.root / "stdout.txt"
         self._stdout = open(self.stdout_path, "ab")
+        self.t_start = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self._stdout, stderr=self._log, env=env)
         self._reader = threading.Thread(target=self._read_notify, daemon=True)
         self._reader.start()
@@ -76,8 +89,11 @@ class Daemon:
                 continue
             except OSError:
                 return
+            msg = data.decode()
             with self._cond:
-                self.messages.append(data.decode())
+                self.messages.append(msg)
+                if self.t_ready is None and "READY=1" in msg.split("\n"):
+                    self.t_ready = time.monotonic()
                 self._cond.notify_all()
 
     def wait_exit(self, timeout: float = DEADLINE_S) -> int:
@@ -129,7 +145,7 @@ class Daemon:
                 out.append(dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)))
         return out
 
-    def until(self, cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    def until(self, cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S, tick: float = 0.2) -> Any:
         """Re-check ``cond`` whenever the daemon reports (a notify message) until it holds."""
         end = time.monotonic() + timeout
         while True:
@@ -141,12 +157,12 @@ class Daemon:
             if time.monotonic() > end:
                 raise AssertionError(f"timed out waiting for: {what}\n{self.log()[-4000:]}")
             with self._cond:
-                self._cond.wait(0.2)
+                self._cond.wait(tick)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, timeout: float = 60) -> dict[str, Any]:
         res = subprocess.run(
             [sys.executable, "-m", "ocr_inbox", "status", "--json", "--state-dir", str(self.state), "--config", str(self.config_path)],
-            capture_output=True, text=True, env=cli_env(), timeout=60,
+            capture_output=True, text=True, env=cli_env(), timeout=timeout,
         )
         assert res.returncode == 0, res.stderr
         return json.loads(res.stdout)

@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 
 import pymupdf
-import pytest
 
 from conftest import CORPUS, run_cli
 from daemon_harness import Daemon, alive, json_files, slow_copy, temp_files

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import CORPUS, run_cli
-from daemon_harness import Daemon, alive, json_files, temp_files
+from daemon_harness import Daemon, json_files, temp_files
 from imagemaker import POISON_EXIT, POISON_SEGV, POISON_SIGKILL, plain
 from ocr_inbox.ledger import DB_NAME, Ledger
 
@@ -233,7 +233,7 @@ def test_full_state_dir_pauses_and_resumes_by_itself(tmp_path: Path, models_dir:
 
 def test_things_vanishing_or_renamed_mid_work(tmp_path: Path, models_dir: Path) -> None:
     d = Daemon(tmp_path, models_dir, FAST)
-    rels = _small_pages(d.inbox, folders=3, per_folder=4)
+    _small_pages(d.inbox, folders=3, per_folder=4)
     d.start()
     d.ready()
     d.until(lambda: d.events("image_done"), "work under way")

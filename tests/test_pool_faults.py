@@ -59,7 +59,7 @@ def test_workers_are_recycled_after_n_images(tmp_path: Path, models_dir: Path) -
 
 
 def test_boot_failure_stops_with_a_clear_error(tmp_path: Path, models_dir: Path) -> None:
-    from conftest import cli_env
+    from daemon_harness import cli_env
 
     plain(tmp_path / "in" / "p.png")
     cfg = tmp_path / "c.toml"

@@ -12,7 +12,6 @@ Exit statuses: see ``errors.ExitCode`` and the README's table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any

@@ -18,7 +18,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
