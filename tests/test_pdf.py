@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from structlog.testing import capture_logs
 
 import ocr_inbox
+from ocr_inbox import atomic
 from ocr_inbox.errors import BadArguments, OutputError
 from ocr_inbox.outbox import document, pdf
 from ocr_inbox.outbox.document import Document, Line, Page, SourceInfo, Word
@@ -429,7 +430,7 @@ def test_leftovers_of_a_crashed_build_are_swept(folder):
     images, jsons, out = folder
     make_page(images, jsons, "a.jpg", text="hello")
     out.parent.mkdir()
-    work = out.parent / ".ocr-inbox-pdf-scans.pdf-work"
+    work = out.parent / ".ocr-inbox-tmp-pdf-scans.pdf-work"
     work.mkdir()
     (work / "chunk-00000.pdf").write_bytes(b"%PDF stale")
     (work / "junk").mkdir()
@@ -441,6 +442,25 @@ def test_leftovers_of_a_crashed_build_are_swept(folder):
         build_folder_pdf(images, jsons, out)
     assert sorted(p.name for p in out.parent.iterdir()) == [other_tmp.name, "scans.pdf"]
     assert any(e["event"] == "pdf_leftovers_swept" for e in logs)
+
+
+def test_startup_sweep_clears_a_killed_builds_work_dir_but_not_a_running_one(tmp_path):
+    # What the daemon does at start for the whole outbox: a build killed with -9 left its chunks.
+    killed = tmp_path / "vol1" / ".ocr-inbox-tmp-pdf-vol1.pdf-work"
+    running = tmp_path / "vol2" / ".ocr-inbox-tmp-pdf-vol2.pdf-work"
+    for work in (killed, running):
+        work.mkdir(parents=True)
+        (work / "chunk-00000.pdf").write_bytes(b"%PDF half")
+    (tmp_path / "vol1" / "vol1.pdf").write_bytes(b"%PDF the published one")
+    fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert atomic.sweep_temp_files(tmp_path) == 1
+    finally:
+        os.close(fd)
+    assert not killed.exists()
+    assert (running / "chunk-00000.pdf").exists()
+    assert (tmp_path / "vol1" / "vol1.pdf").read_bytes() == b"%PDF the published one"
 
 
 def test_given_work_dir_holds_the_chunks_and_is_left_clean(folder, tmp_path):
@@ -458,7 +478,7 @@ def test_given_work_dir_holds_the_chunks_and_is_left_clean(folder, tmp_path):
 def test_a_second_build_of_the_same_output_fails_fast(folder):
     images, jsons, out = folder
     make_page(images, jsons, "a.jpg", text="hello")
-    work = out.parent / ".ocr-inbox-pdf-scans.pdf-work"
+    work = out.parent / ".ocr-inbox-tmp-pdf-scans.pdf-work"
     work.mkdir(parents=True)
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     try:

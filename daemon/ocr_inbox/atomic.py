@@ -1,15 +1,17 @@
 """Atomic publication of output files: temp file in the same dir, fsync, rename.
 
 A reader (or a crash) sees either the old file or the complete new one, never
-a half-written one. Temp names start with ``.ocr-inbox-tmp-`` so leftovers from
-a crash can be recognised and swept.
+a half-written one. Temp names (files, and the PDF builder's work directories)
+start with ``.ocr-inbox-tmp-`` so leftovers from a crash can be recognised and swept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -77,12 +79,19 @@ def publish(tmp: Path, dest: Path) -> None:
 
 
 def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> int:
-    """Remove temp files left by a crash under ``root``; returns how many."""
+    """Remove temp files and work directories left by a crash under ``root``; returns how many.
+
+    A work directory that a running build holds (flock) is left alone.
+    """
     if not root.is_dir():
         return 0
     now = time.time()
     removed = 0
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        for name in [d for d in dirs if d.startswith(TMP_PREFIX)]:
+            dirs.remove(name)  # never descend into a work directory
+            if _remove_unlocked_dir(Path(dirpath, name), now - older_than_s):
+                removed += 1
         for name in files:
             if name.startswith(TMP_PREFIX):
                 p = Path(dirpath, name)
@@ -91,3 +100,21 @@ def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> int:
                         p.unlink()
                         removed += 1
     return removed
+
+
+def _remove_unlocked_dir(path: Path, not_after: float) -> bool:
+    try:
+        if path.is_symlink() or path.lstat().st_mtime > not_after:
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a build is using it
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)

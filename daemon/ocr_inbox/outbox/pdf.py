@@ -55,7 +55,8 @@ DEFAULT_DPI = 300.0
 DEFAULT_MAX_PIXELS = 200_000_000
 #: PDF viewers limit a page side to 14,400 pt (200 inches)
 MAX_PAGE_PT = 14_400.0
-WORK_PREFIX = ".ocr-inbox-pdf-"
+#: work directories are temp names too, so the daemon's start-up sweep clears a crashed build's
+WORK_PREFIX = atomic.TMP_PREFIX + "pdf-"
 #: what a failed PDF write raises (MuPDF's errors are not OSErrors)
 _WRITE_ERRORS = (OSError, RuntimeError, pymupdf.mupdf.FzErrorBase)
 
@@ -484,7 +485,7 @@ def build_folder_pdf(
     """Build one searchable PDF from the images directly in ``image_dir``.
 
     ``json_dir`` holds ``<image file name>.json`` per image (docs/JSON.md).
-    Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-pdf-<out name>-work``,
+    Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-tmp-pdf-<out name>-work``,
     which is removed afterwards. ``max_pixels`` caps an image's pixel count
     (checked before decoding; PIL's own process-wide limit applies as well).
     Symlinks resolving outside ``root`` (default ``image_dir``; the daemon
