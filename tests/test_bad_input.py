@@ -42,6 +42,7 @@ import imagemaker as im
 from conftest import CORPUS
 from daemon_harness import Daemon, json_files, temp_files
 from ocr_inbox.logs import _escape
+from ocr_inbox.outbox.pdf_job import pdf_path_for
 
 FAST = """
 [watch]
@@ -53,7 +54,7 @@ quiet_seconds = 2
 BIG_PAGE = "xfund_zh/zh_val_0.jpg"  # a full A4 scan: OCR takes long enough to replace it meanwhile
 FORGED = "level=error event=forged"
 DEEP = "/".join(f"d{i:02d}" for i in range(1, 51))
-LONG_DIR = "F" * 230  # a folder name near NAME_MAX: its PDF name is 234 bytes
+LONG_DIR = "F" * 255  # a folder name at NAME_MAX: "<name>.pdf" cannot exist, the PDF name is shortened
 ODD_NAMES = {
     "spaces": "scan 7 page.png",
     "unicode": "ünïcødé 日本語 ½.png",
@@ -499,7 +500,12 @@ def test_folder_pdf_is_built_despite_odd_pages(battery: Battery, folder: str) ->
 
     folders = {f["folder"]: f for f in battery.status["folders"]}
     assert folders[folder]["pdf_state"] == "done", folders[folder]
-    pdf = battery.d.outbox / folder / f"{folder.rsplit('/', 1)[-1]}.pdf"
+    name = folder.rsplit("/", 1)[-1]
+    (pdf,) = (battery.d.outbox / folder).glob("*.pdf")
+    if folder == LONG_DIR:
+        assert pdf.name.startswith("F" * 200) and len(pdf.name) <= 255, pdf.name
+    else:
+        assert pdf.name == f"{name}.pdf"
     want_pages = sum(
         len(w.sizes) for r, w in battery.cases.items() if isinstance(w, Ok) and r.rsplit("/", 1)[0] == folder
     )
@@ -617,7 +623,8 @@ def test_nothing_is_written_outside_the_outbox_and_state_dir(battery: Battery) -
     assert temp_files(b.d.outbox, b.d.state) == []
     pdfs = {str(p.relative_to(b.d.outbox)) for p in b.d.outbox.rglob("*.pdf")}
     expected_pdfs = {
-        f"{f['folder']}/{f['folder'].rsplit('/', 1)[-1]}.pdf" for f in b.status["folders"] if f["pdf_state"] == "done"
+        str(pdf_path_for(b.d.outbox, b.d.inbox, f["folder"]).relative_to(b.d.outbox))
+        for f in b.status["folders"] if f["pdf_state"] == "done"
     }
     assert pdfs == expected_pdfs
     others = [

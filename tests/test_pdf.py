@@ -430,7 +430,7 @@ def test_leftovers_of_a_crashed_build_are_swept(folder):
     images, jsons, out = folder
     make_page(images, jsons, "a.jpg", text="hello")
     out.parent.mkdir()
-    work = out.parent / ".ocr-inbox-tmp-pdf-scans.pdf-work"
+    work = pdf.work_dir_for(out)
     work.mkdir()
     (work / "chunk-00000.pdf").write_bytes(b"%PDF stale")
     (work / "junk").mkdir()
@@ -446,8 +446,8 @@ def test_leftovers_of_a_crashed_build_are_swept(folder):
 
 def test_startup_sweep_clears_a_killed_builds_work_dir_but_not_a_running_one(tmp_path):
     # What the daemon does at start for the whole outbox: a build killed with -9 left its chunks.
-    killed = tmp_path / "vol1" / ".ocr-inbox-tmp-pdf-vol1.pdf-work"
-    running = tmp_path / "vol2" / ".ocr-inbox-tmp-pdf-vol2.pdf-work"
+    killed = pdf.work_dir_for(tmp_path / "vol1" / "vol1.pdf")
+    running = pdf.work_dir_for(tmp_path / "vol2" / "vol2.pdf")
     for work in (killed, running):
         work.mkdir(parents=True)
         (work / "chunk-00000.pdf").write_bytes(b"%PDF half")
@@ -461,6 +461,12 @@ def test_startup_sweep_clears_a_killed_builds_work_dir_but_not_a_running_one(tmp
     assert not killed.exists()
     assert (running / "chunk-00000.pdf").exists()
     assert (tmp_path / "vol1" / "vol1.pdf").read_bytes() == b"%PDF the published one"
+
+
+def test_work_dir_name_stays_short_and_one_per_output(tmp_path):
+    long_a, long_b = tmp_path / ("A" * 250 + ".pdf"), tmp_path / ("A" * 250 + "B.pdf")
+    assert all(len(os.fsencode(pdf.work_dir_for(p).name)) < 120 for p in (long_a, long_b))
+    assert pdf.work_dir_for(long_a) != pdf.work_dir_for(long_b)  # the work dir is the build's lock
 
 
 def test_given_work_dir_holds_the_chunks_and_is_left_clean(folder, tmp_path):
@@ -478,7 +484,7 @@ def test_given_work_dir_holds_the_chunks_and_is_left_clean(folder, tmp_path):
 def test_a_second_build_of_the_same_output_fails_fast(folder):
     images, jsons, out = folder
     make_page(images, jsons, "a.jpg", text="hello")
-    work = out.parent / ".ocr-inbox-tmp-pdf-scans.pdf-work"
+    work = pdf.work_dir_for(out)
     work.mkdir(parents=True)
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import math
 import os
 import re
@@ -410,6 +411,14 @@ def _temp_name_pattern(dest: Path) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(atomic.TMP_PREFIX)}\d+-\d+-{re.escape(dest.name)}\.part")
 
 
+def work_dir_for(out_pdf: Path, parent: Path | None = None) -> Path:
+    """The build's work directory: one per output (it is the build's lock), its name
+    kept short so that a long output name cannot push it past NAME_MAX."""
+    stem = os.fsencode(out_pdf.name)[:64].decode("utf-8", "ignore")
+    digest = hashlib.sha1(os.fsencode(out_pdf.name)).hexdigest()[:12]
+    return (parent or out_pdf.parent) / f"{WORK_PREFIX}{stem}-{digest}-work"
+
+
 @contextlib.contextmanager
 def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
     """An exclusive, empty work directory; leftovers of a crashed build are swept first.
@@ -485,7 +494,7 @@ def build_folder_pdf(
     """Build one searchable PDF from the images directly in ``image_dir``.
 
     ``json_dir`` holds ``<image file name>.json`` per image (docs/JSON.md).
-    Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-tmp-pdf-<out name>-work``,
+    Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-tmp-pdf-<out name>-<hash>-work``,
     which is removed afterwards. ``max_pixels`` caps an image's pixel count
     (checked before decoding; PIL's own process-wide limit applies as well).
     Symlinks resolving outside ``root`` (default ``image_dir``; the daemon
@@ -516,7 +525,7 @@ def build_folder_pdf(
         out_pdf.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out_pdf.parent}: {exc}") from exc
-    work = (work_dir or out_pdf.parent) / f"{WORK_PREFIX}{out_pdf.name}-work"
+    work = work_dir_for(out_pdf, work_dir)
 
     log.info("pdf_build_started", image_dir=str(image_dir), images=len(names), out=str(out_pdf))
     image_only: list[PageIssue] = []

@@ -6,7 +6,9 @@ summary (or the error) over a pipe and exits, returning all its memory.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
+import os
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -15,6 +17,7 @@ from typing import Any
 
 from ocr_inbox import logs
 from ocr_inbox.errors import OutputError
+from ocr_inbox.inbox.scan import NAME_MAX
 
 _CTX = multiprocessing.get_context("spawn")
 
@@ -45,8 +48,16 @@ class PdfResult:
 
 
 def pdf_path_for(outbox: Path, inbox: Path, folder: str) -> Path:
-    """``OUTBOX/<dir>/<folder name>.pdf``; the inbox's own images give ``OUTBOX/<inbox name>.pdf``."""
+    """``OUTBOX/<dir>/<folder name>.pdf``; the inbox's own images give ``OUTBOX/<inbox name>.pdf``.
+
+    A folder name too long for ``.pdf`` to fit in NAME_MAX keeps a prefix and gains
+    a hash of the whole name (``<prefix>-<hash>.pdf``), so the PDF can always be written.
+    """
     name = folder.rsplit("/", 1)[-1] if folder else inbox.resolve().name
+    raw = os.fsencode(name)
+    if len(raw) + len(".pdf") > NAME_MAX:
+        digest = hashlib.sha1(raw).hexdigest()[:12]
+        name = raw[: NAME_MAX - len(".pdf") - len(digest) - 1].decode("utf-8", "ignore") + "-" + digest
     return outbox / folder / f"{name}.pdf"
 
 
