@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +66,16 @@ def temp_path_for(dest: Path) -> Path:
     """
     stem = os.fsencode(dest.name)[:64].decode("utf-8", "ignore")
     return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{stem}.part")
+
+
+def fit_name(name: str, max_bytes: int) -> str:
+    """``name`` if it fits in ``max_bytes`` (UTF-8); else a prefix plus a hash of the
+    whole name, so distinct long names stay distinct."""
+    raw = os.fsencode(name)
+    if len(raw) <= max_bytes:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[: max_bytes - len(digest) - 1].decode("utf-8", "ignore") + "-" + digest
 
 
 def publish(tmp: Path, dest: Path) -> None:

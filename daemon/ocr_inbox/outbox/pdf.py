@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import math
 import os
 import re
@@ -414,9 +413,7 @@ def _temp_name_pattern(dest: Path) -> re.Pattern[str]:
 def work_dir_for(out_pdf: Path, parent: Path | None = None) -> Path:
     """The build's work directory: one per output (it is the build's lock), its name
     kept short so that a long output name cannot push it past NAME_MAX."""
-    stem = os.fsencode(out_pdf.name)[:64].decode("utf-8", "ignore")
-    digest = hashlib.sha1(os.fsencode(out_pdf.name)).hexdigest()[:12]
-    return (parent or out_pdf.parent) / f"{WORK_PREFIX}{stem}-{digest}-work"
+    return (parent or out_pdf.parent) / f"{WORK_PREFIX}{atomic.fit_name(out_pdf.name, 64)}-work"
 
 
 @contextlib.contextmanager
@@ -494,7 +491,8 @@ def build_folder_pdf(
     """Build one searchable PDF from the images directly in ``image_dir``.
 
     ``json_dir`` holds ``<image file name>.json`` per image (docs/JSON.md).
-    Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-tmp-pdf-<out name>-<hash>-work``,
+    Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-tmp-pdf-<out name>-work``
+    (a long name shortened by ``atomic.fit_name``),
     which is removed afterwards. ``max_pixels`` caps an image's pixel count
     (checked before decoding; PIL's own process-wide limit applies as well).
     Symlinks resolving outside ``root`` (default ``image_dir``; the daemon

@@ -6,16 +6,14 @@ summary (or the error) over a pipe and exits, returning all its memory.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
-import os
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import logs
+from ocr_inbox import atomic, logs
 from ocr_inbox.errors import OutputError
 from ocr_inbox.inbox.scan import NAME_MAX
 
@@ -54,11 +52,7 @@ def pdf_path_for(outbox: Path, inbox: Path, folder: str) -> Path:
     a hash of the whole name (``<prefix>-<hash>.pdf``), so the PDF can always be written.
     """
     name = folder.rsplit("/", 1)[-1] if folder else inbox.resolve().name
-    raw = os.fsencode(name)
-    if len(raw) + len(".pdf") > NAME_MAX:
-        digest = hashlib.sha1(raw).hexdigest()[:12]
-        name = raw[: NAME_MAX - len(".pdf") - len(digest) - 1].decode("utf-8", "ignore") + "-" + digest
-    return outbox / folder / f"{name}.pdf"
+    return outbox / folder / f"{atomic.fit_name(name, NAME_MAX - len('.pdf'))}.pdf"
 
 
 def _main(conn: Connection, req: PdfRequest) -> None:
