@@ -444,6 +444,19 @@ def test_leftovers_of_a_crashed_build_are_swept(folder):
     assert any(e["event"] == "pdf_leftovers_swept" for e in logs)
 
 
+def test_a_long_outputs_leftover_temp_is_swept_but_not_its_neighbours(folder):
+    images, jsons, _ = folder
+    make_page(images, jsons, "a.jpg", text="hello")
+    out = folder[2].with_name("L" * 200 + "-one.pdf")
+    neighbour = folder[2].with_name("L" * 200 + "-two.pdf")  # same first 64 bytes
+    out.parent.mkdir()
+    stale_tmp, other_tmp = atomic.temp_path_for(out), atomic.temp_path_for(neighbour)
+    stale_tmp.write_bytes(b"%PDF stale")
+    other_tmp.write_bytes(b"keep")
+    build_folder_pdf(images, jsons, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([other_tmp.name, out.name])
+
+
 def test_startup_sweep_clears_a_killed_builds_work_dir_but_not_a_running_one(tmp_path):
     # What the daemon does at start for the whole outbox: a build killed with -9 left its chunks.
     killed = pdf.work_dir_for(tmp_path / "vol1" / "vol1.pdf")

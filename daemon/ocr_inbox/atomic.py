@@ -61,11 +61,15 @@ def write_json(dest: Path, obj: Any) -> None:
 def temp_path_for(dest: Path) -> Path:
     """A unique temp path next to ``dest`` for writers that need a path (PDF save).
 
-    Only a short, valid prefix of the name is kept: a long ``dest`` name must
-    not push the temp name past the file system's 255-byte limit.
+    A long ``dest`` name is shortened (``fit_name``) so it cannot push the temp
+    name past the file system's 255-byte limit, and still names this output only.
     """
-    stem = os.fsencode(dest.name)[:64].decode("utf-8", "ignore")
-    return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{stem}.part")
+    return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{temp_stem(dest)}.part")
+
+
+def temp_stem(dest: Path) -> str:
+    """The part of ``temp_path_for``'s names that says which output they are for."""
+    return fit_name(dest.name, 64)
 
 
 def fit_name(name: str, max_bytes: int) -> str:

@@ -406,14 +406,14 @@ def _merge(chunks: Sequence[Path], dest: Path, title: str, toc: list[list[Any]])
 
 
 def _temp_name_pattern(dest: Path) -> re.Pattern[str]:
-    # atomic.temp_path_for: <prefix><pid>-<ns>-<name>.part
-    return re.compile(rf"{re.escape(atomic.TMP_PREFIX)}\d+-\d+-{re.escape(dest.name)}\.part")
+    # atomic.temp_path_for: <prefix><pid>-<ns>-<stem>.part
+    return re.compile(rf"{re.escape(atomic.TMP_PREFIX)}\d+-\d+-{re.escape(atomic.temp_stem(dest))}\.part")
 
 
 def work_dir_for(out_pdf: Path, parent: Path | None = None) -> Path:
     """The build's work directory: one per output (it is the build's lock), its name
     kept short so that a long output name cannot push it past NAME_MAX."""
-    return (parent or out_pdf.parent) / f"{WORK_PREFIX}{atomic.fit_name(out_pdf.name, 64)}-work"
+    return (parent or out_pdf.parent) / f"{WORK_PREFIX}{atomic.temp_stem(out_pdf)}-work"
 
 
 @contextlib.contextmanager
