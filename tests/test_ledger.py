@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ocr_inbox.errors import ExitCode, StateError
-from ocr_inbox.ledger import DB_NAME, LOCK_NAME, Ledger, Observation, natural_key
+from ocr_inbox.ledger import DB_NAME, LOCK_NAME, Ledger, Observation, natural_key, reports
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_open_creates_schema_in_wal_mode(tmp_path: Path) -> None:
         assert led.path == state / DB_NAME
     conn = sqlite3.connect(state / DB_NAME)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
     assert (state / LOCK_NAME).exists()
 
@@ -133,7 +133,7 @@ def test_readonly_open_beside_the_daemon(tmp_path: Path) -> None:
     with Ledger.open(tmp_path) as led:
         led.observe("a.jpg", 1, 1, now=1.0)
         with Ledger.open_readonly(tmp_path) as ro:
-            assert ro.stats(now=2.0).queued == 1
+            assert reports.stats(ro, now=2.0).queued == 1
             with pytest.raises(sqlite3.OperationalError):
                 ro.observe("b.jpg", 1, 1, now=2.0)
 
@@ -262,7 +262,7 @@ def test_failed_with_retry_then_quarantine(ledger: Ledger) -> None:
     row = ledger.get("a/1.jpg")
     assert row is not None and (row.status, row.attempts) == ("failed", 2)
     assert ledger.claim(1, now=6.0) == []
-    [f] = ledger.failures(10)
+    [f] = reports.failures(ledger, 10)
     assert (f.rel, f.reason, f.detail, f.attempts) == ("a/1.jpg", "decode_error", "bad huffman", 2)
 
 
@@ -344,7 +344,7 @@ def test_kill_9_loses_nothing_committed(tmp_path: Path) -> None:
 
     with Ledger.open(tmp_path) as led:  # the flock went with the process
         assert led.recover(now=10.0) == 6
-        s = led.stats(now=10.0)
+        s = reports.stats(led, now=10.0)
         assert (s.done, s.running) == (4, 0)
         assert s.queued == 496 + (1 if led.get("b/busy.jpg") else 0)
 
@@ -358,7 +358,7 @@ def test_gone_and_back(ledger: Ledger) -> None:
     assert status(ledger, "a/1.jpg") == "gone"
     assert ledger.folder("a").last_activity == 5.0  # type: ignore[union-attr]
     assert ledger.claim(10, now=6.0) == []
-    assert ledger.stats(now=6.0).gone == 1
+    assert reports.stats(ledger, now=6.0).gone == 1
     assert ledger.observe("a/1.jpg", 10, 100, now=7.0) is Observation.returned
     assert status(ledger, "a/1.jpg") == "pending"
     assert not ledger.gone("unknown.jpg", now=8.0)
@@ -397,9 +397,9 @@ def test_gone_tree(ledger: Ledger) -> None:
 
 def test_as_dict(ledger: Ledger) -> None:
     ledger.refuse("a/x.jpg", "not_a_regular_file", "p", now=1.0)
-    assert ledger.failures(1)[0].as_dict()["reason"] == "not_a_regular_file"
-    assert ledger.folders()[0].as_dict()["folder"] == "a"
-    assert ledger.stats(now=1.0).as_dict()["failed"] == 1
+    assert reports.failures(ledger, 1)[0].as_dict()["reason"] == "not_a_regular_file"
+    assert reports.folders(ledger)[0].as_dict()["folder"] == "a"
+    assert reports.stats(ledger, now=1.0).as_dict()["failed"] == 1
 
 
 def test_refuse_quarantines_without_retry(ledger: Ledger) -> None:
@@ -408,7 +408,7 @@ def test_refuse_quarantines_without_retry(ledger: Ledger) -> None:
     row = ledger.get("a/link.jpg")
     assert row is not None and row.status == "failed" and row.error_reason == "symlink_outside_inbox"
     assert ledger.claim(10, now=3.0) == []
-    assert [f.reason for f in ledger.failures(10)] == ["symlink_outside_inbox"]
+    assert [f.reason for f in reports.failures(ledger, 10)] == ["symlink_outside_inbox"]
     assert ledger.folder("a").pdf_state == "none"  # type: ignore[union-attr]
     # fixed: now a real file -> queued
     assert ledger.observe("a/link.jpg", 10, 100, now=4.0) is Observation.changed
@@ -438,12 +438,12 @@ def test_quiet_folder_needs_time_and_all_images_done(ledger: Ledger) -> None:
 
     ledger.pdf_started("a", now=162.0)
     assert ledger.quiet_folders(now=163.0, quiet_seconds=60) == []
-    assert ledger.stats(now=163.0).folders_waiting == 1
+    assert reports.stats(ledger, now=163.0).folders_waiting == 1
     assert ledger.pdf_done("a", pages=1, now=164.0)
     row = ledger.folder("a")
     assert row is not None and (row.pdf_state, row.pdf_pages, row.pdf_at) == ("done", 1, 164.0)
     assert ledger.quiet_folders(now=1000.0, quiet_seconds=60) == []
-    assert ledger.stats(now=1000.0).folders_waiting == 0
+    assert reports.stats(ledger, now=1000.0).folders_waiting == 0
 
 
 def test_folder_without_a_done_image_gets_no_pdf(ledger: Ledger) -> None:
@@ -501,7 +501,7 @@ def test_stats_and_throughput(ledger: Ledger) -> None:
     for r in rows[:6]:
         ledger.done(r.rel, 1, 1, "x.json", 5, now=100.0 if r.rel < "a/3" else 30.0)
     ledger.failed(rows[6].rel, "decode_error", "", now=100.0, retry=False)
-    s = ledger.stats(now=100.0, window_s=60)
+    s = reports.stats(ledger, now=100.0, window_s=60)
     assert (s.queued, s.running, s.done, s.failed, s.gone) == (2, 1, 6, 1, 0)
     assert s.rate == pytest.approx(3 / 60)  # 3 done within the window
     assert s.folders_waiting == 1
@@ -516,7 +516,7 @@ def test_folders_summary(ledger: Ledger) -> None:
     [a1, a2] = ledger.claim(2, now=3.0)
     ledger.done(a1.rel, 1, 1, "x", 5, now=4.0)
     ledger.failed(a2.rel, "r", "", now=4.0, retry=False)
-    b, a = ledger.folders()
+    b, a = reports.folders(ledger)
     assert (b.folder, b.done, b.pending, b.running, b.failed) == ("b", 0, 0, 1, 0)
     assert (a.folder, a.done, a.pending, a.running, a.failed) == ("a", 1, 1, 0, 1)
     assert a.pdf_state == "needed"

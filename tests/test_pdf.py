@@ -24,7 +24,8 @@ import ocr_inbox
 from ocr_inbox import atomic
 from ocr_inbox.errors import BadArguments, OutputError
 from ocr_inbox.outbox import document, pdf
-from ocr_inbox.outbox.document import Document, Line, Page, SourceInfo, Word
+from ocr_inbox.ocr.results import Line, Page, Word
+from ocr_inbox.outbox.document import Document, SourceInfo
 from ocr_inbox.outbox.pdf import build_folder_pdf
 from ocr_inbox.outbox.textlayer import reading_order
 

@@ -29,3 +29,8 @@ def purge_temp(cache_dir: Path, older_than_s: float) -> int:
         except FileNotFoundError:
             continue
     return n
+
+
+def paddlex_cache_dir(cache_root: Path) -> Path:
+    """Where the workers point PaddleX's cache (``<paths.cache_dir>/paddlex``)."""
+    return cache_root / "paddlex"

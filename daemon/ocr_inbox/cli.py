@@ -1,7 +1,7 @@
 """Command line: the only place where exceptions become exit codes.
 
     ocr-inbox run     [--config F] [--inbox D] [--outbox D] [--state-dir D]   the daemon
-    ocr-inbox ocr     INBOX OUTBOX [--workers N] [--threads-per-worker N] [--device D]...
+    ocr-inbox ocr     INBOX OUTBOX [--pdf] [--workers N] [--threads-per-worker N] [--device D]...
     ocr-inbox pdf     IMAGE_DIR [JSON_DIR] OUT.pdf
     ocr-inbox status  [--json]
     ocr-inbox models  install|list
@@ -40,7 +40,13 @@ def _ocr_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ocr-inbox", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="ocr-inbox",
+        description="OCR image folders dropped into an inbox with PaddleOCR and turn each folder into a searchable PDF.",
+        epilog="Exit statuses: 0 ok, 1 some images failed, 2 bad arguments, 3 bad configuration, "
+        "4 OCR engine unavailable, 5 output not writable, 6 state dir unusable, 7 workers could not start, "
+        "70 internal error, 130 interrupted.",
+    )
     ap.add_argument("--version", action="version", version=f"ocr-inbox {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -50,11 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbox", type=Path)
     p.add_argument("--outbox", type=Path)
 
-    p = sub.add_parser("ocr", help="OCR an existing tree once, mirroring it into OUTBOX")
+    p = sub.add_parser(
+        "ocr",
+        help="OCR an existing tree once, mirroring it into OUTBOX",
+        description="OCR every image under INBOX into OUTBOX (one JSON per image), with the daemon's engine. "
+        "A second run skips what is current; an interrupted run resumes. "
+        "Example: ocr-inbox ocr ~/scans ~/scans-ocr --pdf",
+    )
     _common(p)
     _ocr_options(p)
-    p.add_argument("inbox", type=Path)
-    p.add_argument("outbox", type=Path)
+    p.add_argument("inbox", type=Path, help="the tree of images to OCR (never modified)")
+    p.add_argument("outbox", type=Path, help="where the JSON (and PDFs) go, mirroring INBOX")
+    p.add_argument("--pdf", action="store_true", help="also build every folder's searchable PDF")
+    p.add_argument("--retry-failed", action="store_true", help="try images that failed in earlier runs again")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 
@@ -104,7 +118,10 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
 def _cmd_ocr(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox import oneshot
 
-    summary = oneshot.run(s, args.inbox, args.outbox, progress=False if args.no_progress else None)
+    summary = oneshot.run(
+        s, args.inbox, args.outbox, pdfs=args.pdf, retry_failed=args.retry_failed,
+        progress=False if args.no_progress else None,
+    )
     return summary.exit_code
 
 
@@ -155,9 +172,9 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, s: config.Settings) -> int:
-    from ocr_inbox import supervisor
+    from ocr_inbox import daemon
 
-    return supervisor.run(s, reload=lambda: load_settings(args))
+    return daemon.run(s, reload=lambda: load_settings(args))
 
 
 def _cmd_status(args: argparse.Namespace, s: config.Settings) -> int:

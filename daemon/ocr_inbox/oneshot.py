@@ -1,36 +1,37 @@
-"""``ocr-inbox ocr INBOX OUTBOX``: OCR an existing tree once, with the daemon's pool.
+"""``ocr-inbox ocr INBOX OUTBOX``: the daemon's core, run once over a tree until the queue is empty.
 
-Scan -> skip images whose JSON is current -> batches -> worker pool -> JSON
-files mirrored into the outbox -> failures report. Never writes into the inbox.
+The same stages as the daemon (intake -> ledger -> dispatch -> executor ->
+JSON, then folder PDFs with ``--pdf``), with no watcher and no settle time.
+Its ledger lives in ``STATE_DIR/runs/<tree id>``: a second run skips what is
+current, an interrupted run (even ``kill -9``) resumes where it stopped, and
+a JSON already in the outbox for exactly this version of an image is adopted.
+Never writes into the inbox.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import os
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 
-import natsort
 import structlog
 
-from ocr_inbox import atomic, cache
+from ocr_inbox import atomic, cache, executors
 from ocr_inbox.config import Settings
-from ocr_inbox.errors import BadArguments, ExitCode
+from ocr_inbox.dispatch import Dispatch
+from ocr_inbox.errors import BadArguments, ExitCode, OutputError
+from ocr_inbox.executors.setup import preflight
+from ocr_inbox.folder_pdfs import FolderPdfs
 from ocr_inbox.inbox import scan
-from ocr_inbox.ocr.devices import plan_slots
-from ocr_inbox.outbox import document
-from ocr_inbox.pool import messages as m
-from ocr_inbox.pool.factory import paddlex_cache_dir, preflight, worker_config_factory
-from ocr_inbox.pool.pool import WorkerLost, WorkerPool
+from ocr_inbox.inbox.intake import Intake
+from ocr_inbox.ledger import Ledger, reports
+from ocr_inbox.outbox import names
 from ocr_inbox.progress import Progress
 
 log = structlog.get_logger(__name__)
-
-REPORT_DIR = ".ocr-inbox"
-FAILURES_FILE = "failures.json"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class RunSummary:
     skipped: int
     done: int
     failed: tuple[Failure, ...]
+    pdfs: int
     seconds: float
 
     @property
@@ -53,110 +55,96 @@ class RunSummary:
         return ExitCode.some_failed if self.failed else ExitCode.ok
 
 
-def validate_paths(inbox: Path, outbox: Path) -> None:
+def state_dir_for(state_dir: Path, inbox: Path, outbox: Path) -> Path:
+    """One ledger per (inbox, outbox) pair, so runs over different trees never mix."""
+    key = f"{os.path.realpath(inbox)}\0{os.path.realpath(outbox)}".encode()
+    return state_dir / "runs" / hashlib.sha256(key).hexdigest()[:16]
+
+
+def validate_paths(inbox: Path, outbox: Path, state_dir: Path) -> None:
     if not inbox.is_dir():
         raise BadArguments(f"the inbox {inbox} is not a directory")
-    problem = scan.check_layout(inbox, ("outbox", outbox))
+    problem = scan.check_layout(inbox, ("outbox", outbox), ("state dir", state_dir))
     if problem:
         raise BadArguments(problem)
 
 
-def _batches(jobs: deque[m.Job], size: int, ids: itertools.count[int]) -> m.Batch:
-    take = [jobs.popleft() for _ in range(min(size, len(jobs)))]
-    return m.Batch(next(ids), tuple(take))
-
-
-def run(settings: Settings, inbox: Path, outbox: Path, progress: bool | None = None) -> RunSummary:
-    validate_paths(inbox, outbox)
+def run(
+    settings: Settings,
+    inbox: Path,
+    outbox: Path,
+    *,
+    pdfs: bool = False,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+) -> RunSummary:
+    validate_paths(inbox, outbox, settings.paths.state_dir)
     preflight(settings)
     t0 = time.monotonic()
     outbox.mkdir(parents=True, exist_ok=True)
-    atomic.sweep_temp_files(outbox, older_than_s=60)
-    failures: list[Failure] = []
-    todo: list[scan.Candidate] = []
-    skipped = 0
-    for item in scan.walk(inbox, settings.watch.ignore_patterns()):
-        if isinstance(item, scan.Refused):
-            log.warning("image_refused", path=item.rel, reason=item.reason, detail=item.detail)
-            failures.append(Failure(item.rel, item.reason, item.detail))
-        elif document.is_current(document.json_path_for(outbox, item.rel), os.stat(item.real)):
-            skipped += 1
-        else:
-            todo.append(item)
-    todo = natsort.natsorted(todo, key=lambda c: c.rel)
-    log.info("scan_done", inbox=str(inbox), to_do=len(todo), skipped=skipped, refused=len(failures))
-
-    done = 0
-    if todo:
-        done = _ocr(settings, inbox, outbox, todo, failures, progress)
-    summary = RunSummary(len(todo) + skipped + len(failures), skipped, done, tuple(failures), time.monotonic() - t0)
-    atomic.write_json(
-        outbox / REPORT_DIR / FAILURES_FILE,
-        {"failures": [f.__dict__ for f in failures], "done": done, "skipped": skipped},
-    )
-    log.info(
-        "run_finished",
-        done=done,
-        skipped=skipped,
-        failed=len(failures),
-        seconds=round(summary.seconds, 2),
-        report=str(outbox / REPORT_DIR / FAILURES_FILE),
-    )
+    atomic.sweep_temp_files(outbox, older_than_s=60)  # a daemon may be writing into the same outbox
+    # No settle time (the tree is taken as it is) and no periodic rescan.
+    watch = settings.watch.model_copy(update={"settle_seconds": 0.0, "rescan_interval_s": 0.0})
+    with Ledger.open(state_dir_for(settings.paths.state_dir, inbox, outbox)) as ledger:
+        ledger.recover(time.time())
+        intake = Intake(inbox, outbox, ledger, watch, watch=False)
+        intake.start()
+        while intake.settling:
+            intake.step()
+        if retry_failed:
+            log.info("failures_requeued", images=ledger.requeue_failed(time.time()))
+        done_before = reports.stats(ledger, time.time()).done
+        todo = ledger.unfinished()
+        log.info("scan_done", inbox=str(inbox), to_do=todo, current=done_before)
+        done = _ocr(settings, inbox, outbox, ledger, intake, todo, progress) if todo else 0
+        built = _pdfs(settings, inbox, outbox, ledger) if pdfs and settings.pdf.enabled else 0
+        st = reports.stats(ledger, time.time())
+        failed = tuple(Failure(f.rel, f.reason, f.detail) for f in reports.failures(ledger, limit=st.failed))
+    summary = RunSummary(st.done + st.failed, st.done - done, done, failed, built, time.monotonic() - t0)
+    report = names.report_path(outbox)
+    atomic.write_json(report, {"failures": [asdict(f) for f in failed], "done": done, "skipped": summary.skipped})
+    log.info("run_finished", done=done, skipped=summary.skipped, failed=len(failed), pdfs=built,
+             seconds=round(summary.seconds, 2), report=str(report))
     return summary
 
 
 def _ocr(
-    settings: Settings, inbox: Path, outbox: Path, todo: list[scan.Candidate], failures: list[Failure], show: bool | None
+    settings: Settings, inbox: Path, outbox: Path, ledger: Ledger, intake: Intake, todo: int, show: bool | None
 ) -> int:
-    ids = itertools.count(1)
-    jobs = deque(
-        m.Job(next(ids), c.rel, c.real, str(document.json_path_for(outbox, c.rel))) for c in todo
-    )
-    slots = plan_slots(settings.ocr.devices, settings.ocr.workers_per_device, settings.ocr.threads_per_worker)
-    slots = slots[: max(1, min(len(slots), len(jobs)))]  # no point booting idle workers
-    pool = WorkerPool(slots, worker_config_factory(settings, inbox), settings.pool)
-    bar = Progress(len(jobs), show)
-    batch_ids = itertools.count(1)
+    """Run dispatch until nothing is queued, running or settling; returns the images done."""
+    bar = Progress(todo, show)
     done = 0
-    outstanding = len(jobs)
-    max_attempts = settings.pool.max_attempts
-    # Small batches while the queue is short keep every worker busy to the end.
-    per_batch = settings.pool.batch_size
+
+    def result(rel: str, ok: bool) -> None:
+        nonlocal done
+        done += ok
+        bar.advance(ok)
+
+    # no point booting more workers than there are images
+    dispatch = Dispatch(ledger, executors.create(settings, inbox, max_workers=todo), outbox, settings.pool,
+                        on_moved=intake.track, on_result=result)
     try:
-        pool.start()
-        while outstanding:
-            for slot in pool.idle_slots():
-                if not jobs:
-                    break
-                size = max(1, min(per_batch, len(jobs) // pool.size or 1))
-                pool.submit(slot, _batches(jobs, size, batch_ids))
-            for ev in pool.poll(timeout=1.0):
-                if isinstance(ev, m.Done):
-                    done += 1
-                    outstanding -= 1
-                    bar.advance(True)
-                elif isinstance(ev, m.Failed):
-                    if ev.transient and ev.job.attempt < max_attempts:
-                        jobs.append(m.Job(ev.job.job_id, ev.job.rel, ev.job.src, ev.job.dest, ev.job.attempt + 1))
-                        continue
-                    failures.append(Failure(ev.job.rel, ev.reason, ev.detail))
-                    outstanding -= 1
-                    bar.advance(False)
-                elif isinstance(ev, WorkerLost):
-                    jobs.extendleft(reversed(ev.unstarted))
-                    j = ev.in_flight
-                    if j is None:
-                        continue
-                    if j.attempt < max_attempts:
-                        log.warning("image_retry", path=j.rel, attempt=j.attempt + 1, cause=ev.cause)
-                        jobs.appendleft(m.Job(j.job_id, j.rel, j.src, j.dest, j.attempt + 1))
-                    else:
-                        log.error("image_quarantined", path=j.rel, reason="worker_crashed", cause=ev.cause)
-                        failures.append(Failure(j.rel, "worker_crashed", f"the worker died on it {j.attempt} times: {ev.cause}"))
-                        outstanding -= 1
-                        bar.advance(False)
+        dispatch.executor.start()
+        while ledger.unfinished() or intake.settling:
+            dispatch.record(dispatch.executor.poll(1.0))
+            if dispatch.paused:  # a one-shot run does not wait for space: rerun to resume
+                raise OutputError("the outbox or the state directory refused a write (see the log); "
+                                  "fix it and run again: the run resumes where it stopped")
+            intake.step()
+            dispatch.fill()
     finally:
         bar.close()
-        pool.stop()
-        cache.purge_temp(paddlex_cache_dir(settings), 0)
+        dispatch.drain(10.0)
+        cache.purge_temp(cache.paddlex_cache_dir(settings.paths.resolved_cache_dir()), 0)
     return done
+
+
+def _pdfs(settings: Settings, inbox: Path, outbox: Path, ledger: Ledger) -> int:
+    """Build every folder's PDF that is due, one after the other; returns how many were published."""
+    pdfs = FolderPdfs(ledger, settings, inbox, outbox)
+    while True:
+        pdfs.step(may_start=True, quiet_seconds=0.0)
+        if not pdfs.busy:
+            return pdfs.published
+        wait(pdfs.waitables)
+        pdfs.step(may_start=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ocr_inbox import config
 from ocr_inbox.errors import ExitCode
-from ocr_inbox.ledger import Ledger
+from ocr_inbox.ledger import Ledger, reports
 
 
 def _when(ts: float | None) -> str:
@@ -19,7 +19,7 @@ def _when(ts: float | None) -> str:
 def collect(settings: config.Settings, failures_limit: int = 50) -> dict[str, Any]:
     with Ledger.open_readonly(settings.paths.state_dir) as ledger:
         now = time.time()
-        st = ledger.stats(now)
+        st = reports.stats(ledger, now)
         return {
             "state_dir": str(settings.paths.state_dir),
             "totals": {
@@ -30,8 +30,8 @@ def collect(settings: config.Settings, failures_limit: int = 50) -> dict[str, An
                 "images_per_s": round(st.rate, 3),
                 "folders_waiting_for_pdf": st.folders_waiting,
             },
-            "folders": [f.as_dict() for f in ledger.folders()],
-            "failures": [f.as_dict() for f in ledger.failures(failures_limit)],
+            "folders": [f.as_dict() for f in reports.folders(ledger)],
+            "failures": [f.as_dict() for f in reports.failures(ledger, failures_limit)],
         }
 
 

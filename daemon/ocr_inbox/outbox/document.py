@@ -15,42 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox import atomic
+from ocr_inbox.ocr.results import Line, Page, Word
 
 SCHEMA_VERSION = 1
 JSON_SUFFIX = ".json"
-
-Point = tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Word:
-    text: str
-    #: axis-aligned [x0, y0, x1, y1] in page pixels
-    box: tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class Line:
-    text: str
-    score: float
-    #: four corners, clockwise from the one nearest the image top-left (docs/JSON.md)
-    poly: tuple[Point, Point, Point, Point]
-    words: tuple[Word, ...] = ()
-
-
-@dataclass(frozen=True)
-class Page:
-    index: int
-    width: int
-    height: int
-    lines: tuple[Line, ...] = ()
-    #: (x, y) dots per inch from the file, or None when it has none
-    dpi: tuple[float, float] | None = None
-
-    @property
-    def text(self) -> str:
-        return "\n".join(line.text for line in self.lines)
-
 
 @dataclass(frozen=True)
 class SourceInfo:
@@ -143,11 +111,11 @@ def read(path: Path) -> Document:
         return from_json(json.load(fh))
 
 
-def is_current(json_file: Path, st: os.stat_result) -> bool:
-    """True when ``json_file`` is a valid document for a source with this size and mtime."""
+def is_current(json_file: Path, size: int, mtime_ns: int) -> bool:
+    """True when ``json_file`` is a valid document for the source version (``size``, ``mtime_ns``)."""
     try:
         with open(json_file, encoding="utf-8") as fh:
             src = json.load(fh)["source"]
-        return bool(src["size"] == st.st_size and src["mtime_ns"] == st.st_mtime_ns)
+        return bool(src["size"] == size and src["mtime_ns"] == mtime_ns)
     except (OSError, ValueError, KeyError, TypeError):
         return False

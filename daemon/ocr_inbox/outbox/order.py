@@ -1,14 +1,32 @@
-"""Page order of a folder PDF: natural sort of file names, chosen prefixes first."""
+"""Natural order of file names: the order images are OCR'd in and a folder PDF's pages.
+
+One text key (``natural_key``) serves both: the ledger stores it so ``claim()``
+can ``ORDER BY`` it in SQL, and ``page_order`` sorts with it, so the PDF lists
+pages in the order they were queued.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Sequence
 
-from natsort import natsort_keygen, ns
+_DIGITS = re.compile(r"\d+")
 
-# Natural order of file names: p2 before p10, "p1.jpg" before "p1.5.jpg"
-# (the extension is not part of the number), case-insensitive.
-_natural = natsort_keygen(alg=ns.PATH | ns.IGNORECASE)
+
+def natural_key(name: str) -> str:
+    """A text key that sorts file names naturally and case-insensitively.
+
+    Digit runs are zero-padded so text comparison orders them by value (p2
+    before p10); the extension is compared after the whole stem (``\\0``
+    separates them), so ``p1.jpg`` comes before ``p1.5.jpg``.
+    """
+    stem, ext = os.path.splitext(name.casefold())
+
+    def pad(text: str) -> str:
+        return _DIGITS.sub(lambda m: m.group().zfill(20), text)
+
+    return f"{pad(stem)}\0{ext}"
 
 
 def page_order(names: Iterable[str], first_prefixes: Sequence[str] = ()) -> list[str]:
@@ -25,4 +43,4 @@ def page_order(names: Iterable[str], first_prefixes: Sequence[str] = ()) -> list
         folded = name.casefold()
         return next((i for i, p in enumerate(prefixes) if folded.startswith(p)), len(prefixes))
 
-    return sorted(names, key=lambda n: (rank(n), _natural(n)))
+    return sorted(names, key=lambda n: (rank(n), natural_key(n)))

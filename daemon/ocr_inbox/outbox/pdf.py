@@ -48,6 +48,7 @@ from ocr_inbox import __version__, atomic
 from ocr_inbox.config import DEFAULT_IGNORE
 from ocr_inbox.errors import BadArguments, OutputError
 from ocr_inbox.inbox import scan
+from ocr_inbox.ocr import results
 from ocr_inbox.outbox import document, font, order, textlayer
 
 IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
@@ -288,7 +289,7 @@ def load_images(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[PageIm
 # --- text ---------------------------------------------------------------------
 
 
-def _json_pages(json_file: Path, image: Path) -> tuple[tuple[document.Page, ...], str, str]:
+def _json_pages(json_file: Path, image: Path) -> tuple[tuple[results.Page, ...], str, str]:
     """The JSON's pages, or () with the reason and detail why it can't be used."""
     try:
         doc = document.read(json_file)
@@ -330,7 +331,7 @@ class _ChunkWriter:
         self.doc: pymupdf.Document | None = None
         self.font_xref = 0
 
-    def add(self, image: PageImage, text_page: document.Page | None) -> None:
+    def add(self, image: PageImage, text_page: results.Page | None) -> None:
         if self.doc is None:
             self.doc, self.font_xref = pymupdf.open(), 0
         doc = self.doc

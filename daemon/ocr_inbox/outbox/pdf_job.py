@@ -1,7 +1,8 @@
 """Build one folder's PDF in a child process, so OCR goes on while it runs.
 
-The supervisor starts at most one build at a time; the child reports a short
-summary (or the error) over a pipe and exits, returning all its memory.
+The request names the pages (the ledger's done images, in page order, with the
+size and mtime that were OCR'd); the child builds from exactly those, reports
+a short summary (or the error) over a pipe and exits, returning all its memory.
 """
 
 from __future__ import annotations
@@ -13,23 +14,32 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import atomic, logs
+from ocr_inbox import logs
 from ocr_inbox.errors import OutputError
-from ocr_inbox.inbox.scan import NAME_MAX
+from ocr_inbox.ocr import images
 
 _CTX = multiprocessing.get_context("spawn")
 
 
 @dataclass(frozen=True)
+class PdfPage:
+    rel: str  # beneath the inbox
+    size: int  # the version that was OCR'd
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
 class PdfRequest:
     folder: str  # relative to the inbox; "" for the inbox itself
-    image_dir: str
-    json_dir: str
-    out_pdf: str
-    chunk_pages: int
-    first_prefixes: tuple[str, ...]
-    max_image_pixels: int
     inbox: str
+    outbox: str
+    out_pdf: str
+    title: str
+    pages: tuple[PdfPage, ...]
+    #: the folder's earlier pages live on only in the published PDF (their sources were deleted)
+    keep_previous: bool
+    chunk_pages: int
+    limits: images.Limits
     log_level: str
     log_format: str
 
@@ -43,38 +53,37 @@ class PdfResult:
     error: str = ""
     #: the failure was the output's (disk full, unwritable), not the folder's: try again later
     transient: bool = False
-
-
-def pdf_path_for(outbox: Path, inbox: Path, folder: str) -> Path:
-    """``OUTBOX/<dir>/<folder name>.pdf``; the inbox's own images give ``OUTBOX/<inbox name>.pdf``.
-
-    A folder name too long for ``.pdf`` to fit in NAME_MAX keeps a prefix and gains
-    a hash of the whole name (``<prefix>-<hash>.pdf``), so the PDF can always be written.
-    """
-    name = folder.rsplit("/", 1)[-1] if folder else inbox.resolve().name
-    return outbox / folder / f"{atomic.fit_name(name, NAME_MAX - len('.pdf'))}.pdf"
+    #: an image changed since its OCR (rel): the PDF waits for its new JSON
+    changed: str = ""
 
 
 def _main(conn: Connection, req: PdfRequest) -> None:
+    from ocr_inbox.executors.worker import die_with_parent
+
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(req.log_level, req.log_format, pdf=req.folder or ".")
-    from ocr_inbox.outbox import pdf
+    from ocr_inbox.outbox import names, pdf
 
+    outbox = Path(req.outbox)
+    pages = [pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns) for p in req.pages]
     try:
-        report = pdf.build_folder_pdf(
-            Path(req.image_dir),
-            Path(req.json_dir),
+        report = pdf.build_pdf(
+            Path(req.inbox),
+            pages,
             Path(req.out_pdf),
+            title=req.title,
+            limits=req.limits,
             chunk_pages=req.chunk_pages,
-            first_prefixes=req.first_prefixes,
-            max_pixels=req.max_image_pixels,
-            root=Path(req.inbox),
+            keep_previous=req.keep_previous,
         )
         problems = len(report.image_only) + len(report.left_out)
         conn.send(PdfResult(req.folder, True, pages=report.pages, problems=problems))
+    except pdf.SourceChanged as exc:
+        conn.send(PdfResult(req.folder, False, error=str(exc), transient=True, changed=exc.rel))
     except (OutputError, OSError) as exc:
         conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}", transient=True))
-    except Exception as exc:  # reported to the supervisor, which records it in the ledger
+    except Exception as exc:  # reported to the daemon, which records it in the ledger
         conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}"))
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ocr_inbox.outbox import font
-from ocr_inbox.outbox.document import Line, Page, Point
+from ocr_inbox.ocr.results import Line, Page, Point
 
 Vec = tuple[float, float]
 

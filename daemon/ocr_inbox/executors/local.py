@@ -1,6 +1,6 @@
-"""The worker pool, supervised the way gunicorn's arbiter does it.
+"""The local executor: a pool of worker processes, supervised the way gunicorn's arbiter does it.
 
-One owner (the supervisor's loop) calls ``poll()``; it returns worker messages
+One owner (the daemon's loop, or the one-shot run) calls ``poll()``; it returns worker messages
 and ``WorkerLost`` events, kills workers that stop making progress, respawns
 lost ones in the same slot, and recycles workers after N images or past a
 memory limit. A worker that cannot boot (missing models, bad device) halts the
@@ -22,10 +22,10 @@ import structlog
 
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import EngineUnavailable, WorkerBootError
+from ocr_inbox.executors import messages as m
+from ocr_inbox.executors.worker import WorkerConfig
+from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
-from ocr_inbox.pool import messages as m
-from ocr_inbox.pool.worker import WorkerConfig
-from ocr_inbox.pool.worker import main as worker_main
 
 log = structlog.get_logger(__name__)
 
@@ -34,25 +34,10 @@ _CTX = multiprocessing.get_context("spawn")
 MAX_BOOT_FAILURES = 3
 
 
-@dataclass(frozen=True)
-class WorkerLost:
-    """A worker died or was killed with work in hand."""
-
-    slot: int
-    cause: str
-    #: the image it was working on when it died (the suspect), if any
-    in_flight: m.Job | None
-    #: images of its batch it had not started: not their fault
-    unstarted: tuple[m.Job, ...]
-
-
-PoolEvent = m.WorkerMessage | WorkerLost
-
-
 @dataclass
 class _Worker:
     slot: WorkerSlot
-    process: Any
+    process: Any  # multiprocessing's SpawnProcess
     conn: Connection
     started: float
     state: str = "booting"  # booting | idle | busy | retiring
@@ -74,7 +59,9 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-class WorkerPool:
+class LocalExecutor:
+    """Worker processes on this machine, one per ``WorkerSlot`` (device and threads)."""
+
     def __init__(
         self,
         slots: list[WorkerSlot],
@@ -87,7 +74,6 @@ class WorkerPool:
         self.workers: dict[int, _Worker] = {}
         self.boot_failures: dict[int, int] = {}
         self.stopping = False
-        self.respawns = 0
 
     # lifecycle -------------------------------------------------------------
 
@@ -123,46 +109,44 @@ class WorkerPool:
             w.state != "booting" or now - w.started < self.settings.boot_timeout_s for w in self.workers.values()
         )
 
-    def idle_slots(self) -> list[int]:
-        return [s for s, w in self.workers.items() if w.state == "idle"]
+    def capacity(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == "idle")
 
     def busy(self) -> bool:
         return any(w.state == "busy" for w in self.workers.values())
 
-    def in_flight_jobs(self) -> list[m.Job]:
+    def in_flight(self) -> list[m.Job]:
         jobs: list[m.Job] = []
         for w in self.workers.values():
             if w.batch is not None:
                 jobs += [j for j in w.batch.jobs if j.job_id not in w.finished]
         return jobs
 
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self.workers.values() if w.process.pid]
-
-    def submit(self, slot: int, batch: m.Batch) -> None:
-        w = self.workers[slot]
-        assert w.state == "idle", f"worker {slot} is {w.state}"
+    def submit(self, batch: m.Batch) -> None:
+        w = next((w for w in self.workers.values() if w.state == "idle"), None)
+        if w is None:
+            raise RuntimeError("submit() without capacity: no worker is idle")
         w.conn.send(batch)
         w.state, w.batch, w.finished, w.current = "busy", batch, set(), None
         w.last_beat = time.monotonic()
 
     # the loop's step -------------------------------------------------------
 
-    def poll(self, timeout: float, extra: Iterable[Any] = ()) -> list[PoolEvent]:
+    def poll(self, timeout: float, extra: Iterable[Any] = ()) -> list[m.Event]:
         """Wait up to ``timeout`` for worker traffic (or any ``extra`` waitable)."""
         waitables: list[Any] = [w.conn for w in self.workers.values()]
         waitables += [w.process.sentinel for w in self.workers.values()]
         wait([*waitables, *extra], timeout)
-        events: list[PoolEvent] = []
+        events: list[m.Event] = []
         for slot, w in list(self.workers.items()):
             events += self._drain(w)
             if not w.process.is_alive():
                 events += self._reap(slot, w)
-        events += self._check_stale()
+        self._kill_stuck()
         return events
 
-    def _drain(self, w: _Worker) -> list[PoolEvent]:
-        out: list[PoolEvent] = []
+    def _drain(self, w: _Worker) -> list[m.Event]:
+        out: list[m.Event] = []
         try:
             while w.conn.poll():
                 msg = w.conn.recv()
@@ -171,7 +155,7 @@ class WorkerPool:
             pass
         return out
 
-    def _handle(self, w: _Worker, msg: m.WorkerMessage) -> list[PoolEvent]:
+    def _handle(self, w: _Worker, msg: m.WorkerMessage) -> list[m.Event]:
         w.last_beat = time.monotonic()
         if isinstance(msg, m.Ready):
             w.state, w.info = "idle", msg.info
@@ -208,12 +192,12 @@ class WorkerPool:
             except OSError:
                 pass
 
-    def _reap(self, slot: int, w: _Worker) -> list[PoolEvent]:
+    def _reap(self, slot: int, w: _Worker) -> list[m.Event]:
         w.process.join(timeout=0)
         cause = describe_exit(w.process.exitcode)
         w.conn.close()
         del self.workers[slot]
-        events: list[PoolEvent] = []
+        events: list[m.Event] = []
         if w.state == "retiring" and w.batch is None:
             log.info("worker_retired", slot=slot, pid=w.process.pid)
         elif w.state == "booting":
@@ -234,22 +218,20 @@ class WorkerPool:
                 image=suspect.rel if suspect else None,
                 unstarted=len(unstarted),
             )
-            events.append(WorkerLost(slot, cause, suspect, unstarted))
+            events.append(m.WorkerLost(slot, cause, suspect, unstarted))
         elif not self.stopping:
             log.warning("worker_exited", slot=slot, pid=w.process.pid, cause=cause)
         if not self.stopping:
-            self.respawns += 1
             self._spawn(w.slot)
         return events
 
-    def _check_stale(self) -> list[PoolEvent]:
+    def _kill_stuck(self) -> None:
         now = time.monotonic()
         for slot, w in self.workers.items():
             limit = self.settings.boot_timeout_s if w.state == "booting" else self.settings.image_timeout_s
             if w.state in ("booting", "busy") and now - w.last_beat > limit and w.process.is_alive():
                 log.error("worker_stuck", slot=slot, pid=w.process.pid, state=w.state, silent_s=round(now - w.last_beat))
                 self._kill(w)
-        return []
 
     def _kill(self, w: _Worker) -> None:
         try:

@@ -1,15 +1,16 @@
-"""The worker process: load the OCR engine once, then OCR batches until told to stop.
+"""The OCR worker: load the engine once, then OCR batches until told to stop.
 
 Runs in a fresh interpreter (``spawn``), so it sets up logging and the
 environment itself. Decoding the next image overlaps inference of the current
-one. Each image's JSON is written atomically here; the supervisor is told
-``Started`` before and ``Done``/``Failed`` after every image, which doubles as
-the heartbeat: a worker that stops sending is stuck.
+one. Every image is opened beneath the inbox and decoded by ``ocr.images``
+(the limits live there). The worker writes nothing: it sends each result back
+and dispatch, the one writer, records it. ``Started`` before and
+``Done``/``Failed`` after every image double as the heartbeat: a worker that
+stops sending is stuck.
 """
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 import resource
@@ -18,16 +19,19 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
+from typing import Any
 
 import structlog
 
 from ocr_inbox import logs
 from ocr_inbox.errors import BadImage, EngineUnavailable
+from ocr_inbox.executors import messages as m
 from ocr_inbox.ocr import engine as engine_mod
 from ocr_inbox.ocr import images
-from ocr_inbox.outbox import document
-from ocr_inbox.pool import messages as m
+from ocr_inbox.ocr.results import Page
+
+#: reasons that say the file moved under us, not that it is bad: dispatch looks again
+_TRANSIENT = frozenset({"vanished", "changed_while_reading"})
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class WorkerConfig:
     slot: int
     engine: engine_mod.EngineSettings
     limits: images.Limits
-    inbox: str
+    inbox: str  # resolved
     env: dict[str, str]
     log_level: str
     log_format: str
@@ -49,81 +53,50 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _inside(root: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _load(job: m.Job, cfg: WorkerConfig) -> images.LoadedImage:
-    # The scanner checked this; check again at open time (the tree may have changed).
-    if not _inside(cfg.inbox, job.src):
-        raise BadImage("outside_inbox", "the path resolves outside the inbox")
-    return images.load(job.src, cfg.limits, root=cfg.inbox)
-
-
-def _process(job: m.Job, loaded: images.LoadedImage, eng: engine_mod.Engine, info: dict, t0: float) -> m.Done:
-    pages = []
-    for pg in loaded.pages:
-        lines = eng.recognise(pg.bgr)
-        pages.append(document.Page(pg.index, pg.width, pg.height, tuple(lines), pg.dpi))
-    # An image replaced while we read it must not get a JSON that describes the old bytes.
+def _ocr(job: m.Job, loaded: images.LoadedImage, eng: engine_mod.Engine, cfg: WorkerConfig, info: dict[str, Any], t0: float) -> m.Done:
+    pages = tuple(
+        Page(pg.index, pg.width, pg.height, tuple(eng.recognise(pg.bgr)), pg.dpi) for pg in loaded.pages
+    )
+    # An image replaced while we read it must not get a result that describes the old bytes.
     try:
-        st = os.stat(job.src)
+        st = os.stat(os.path.join(cfg.inbox, job.rel))
     except FileNotFoundError:
         raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
     if st.st_size != loaded.data_size or st.st_mtime_ns != loaded.mtime_ns:
         raise BadImage("changed_while_reading", "the file changed while it was being OCR'd")
     elapsed = int((time.monotonic() - t0) * 1000)
-    src = document.SourceInfo(job.rel, loaded.data_size, loaded.mtime_ns, loaded.sha256)
-    doc = document.Document(source=src, engine=info, pages=tuple(pages), elapsed_ms=elapsed)
-    document.write(Path(job.dest), doc)
-    return m.Done(
-        slot=-1,
-        job=job,
-        pages=len(pages),
-        lines=sum(len(p.lines) for p in pages),
-        chars=sum(len(ln.text) for p in pages for ln in p.lines),
-        size=loaded.data_size,
-        mtime_ns=loaded.mtime_ns,
-        elapsed_ms=elapsed,
-    )
-
-
-_TRANSIENT = {"vanished", "changed_while_reading"}
+    return m.Done(cfg.slot, job, loaded.data_size, loaded.mtime_ns, loaded.sha256, info, pages, elapsed)
 
 
 def _run_batch(
-    batch: m.Batch, cfg: WorkerConfig, eng: engine_mod.Engine, info: dict, conn: Connection, prefetch: ThreadPoolExecutor
+    batch: m.Batch, cfg: WorkerConfig, eng: engine_mod.Engine, info: dict[str, Any], conn: Connection, prefetch: ThreadPoolExecutor
 ) -> None:
     log = structlog.get_logger(__name__)
+
+    def load(job: m.Job) -> images.LoadedImage:
+        return images.load(cfg.inbox, job.rel, cfg.limits)
+
     jobs = list(batch.jobs)
-    pending: Future[images.LoadedImage] | None = prefetch.submit(_load, jobs[0], cfg) if jobs else None
+    nxt: Future[images.LoadedImage] | None = prefetch.submit(load, jobs[0]) if jobs else None
     for i, job in enumerate(jobs):
         t0 = time.monotonic()
         conn.send(m.Started(cfg.slot, job.job_id))
-        assert pending is not None
-        fut, pending = pending, (prefetch.submit(_load, jobs[i + 1], cfg) if i + 1 < len(jobs) else None)
+        fut = nxt
+        nxt = prefetch.submit(load, jobs[i + 1]) if i + 1 < len(jobs) else None
         try:
-            done = _process(job, fut.result(), eng, info, t0)
-            conn.send(m.Done(**{**done.__dict__, "slot": cfg.slot}))
+            if fut is None:
+                raise RuntimeError("no decode was started for this image")
+            conn.send(_ocr(job, fut.result(), eng, cfg, info, t0))
         except BadImage as exc:
             log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)
             conn.send(m.Failed(cfg.slot, job, exc.reason, exc.detail, transient=exc.reason in _TRANSIENT))
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:  # the name, not the outbox, is the problem
-                conn.send(m.Failed(cfg.slot, job, "name_too_long", str(exc)))
-                continue
-            # Writing the JSON failed (disk full, outbox unwritable): not the image's fault.
-            reason = "disk_full" if exc.errno == errno.ENOSPC else "output_error"
-            log.error("json_write_failed", path=job.rel, reason=reason, error=str(exc))
-            conn.send(m.Failed(cfg.slot, job, reason, str(exc), transient=True))
         except Exception as exc:  # an engine error on one image must not kill the worker
             log.exception("engine_error", path=job.rel)
             conn.send(m.Failed(cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}"))
     conn.send(m.BatchDone(cfg.slot, batch.batch_id, _rss_bytes()))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to kill us if the supervisor dies (even by SIGKILL): no orphans."""
     try:
         import ctypes
@@ -136,7 +109,7 @@ def _die_with_parent() -> None:
 
 def main(conn: Connection, cfg: WorkerConfig) -> None:
     """Entry point of a worker process."""
-    _die_with_parent()
+    die_with_parent()
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
         return  # the parent died before prctl took effect

@@ -1,6 +1,7 @@
-"""The ledger: every accepted image and every folder's PDF state, in SQLite.
+"""The ledger's store: every accepted image and every folder's PDF state, in SQLite.
 
-The only SQL in the project. One writer (the supervisor's thread) owns the
+The state machine (``ImageStatus``, ``PdfState``) and its transitions; the
+read-only reports that ``status`` shows are in ``reports.py``. One writer (the supervisor's thread) owns the
 database; every transition is one short transaction, so a ``kill -9`` at any
 moment leaves either the old or the new state, never half of one.
 
@@ -21,7 +22,6 @@ import enum
 import errno
 import fcntl
 import os
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -33,12 +33,13 @@ import structlog
 
 from ocr_inbox.errors import StateError
 from ocr_inbox.inbox.scan import folder_of
+from ocr_inbox.outbox.order import natural_key
 
 log = structlog.get_logger(__name__)
 
 DB_NAME = "ledger.sqlite3"
 LOCK_NAME = "ocr-inbox.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: a second writer waits this long before the open fails with "locked"
 BUSY_TIMEOUT_MS = 1000
 #: size and mtime stored for a refused path (never equal to a real file's)
@@ -79,14 +80,17 @@ CREATE INDEX images_by_done_at ON images (done_at) WHERE done_at IS NOT NULL;
 """
 
 #: user_version -> statements that bring the schema from that version to the next
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA}
+_MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA,
+    # [inbox] delete_processed: the source was deleted after its folder's PDF took it in
+    1: "ALTER TABLE images ADD COLUMN source_deleted INTEGER NOT NULL DEFAULT 0;",
+}
 
 _IMAGE_COLUMNS = (
     "rel, folder, size, mtime_ns, status, attempts, error_reason, error_detail, "
     "output, first_seen, updated, done_at, elapsed_ms"
 )
 _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
-_DIGITS = re.compile(r"\d+")
 
 #: Folders with pending images, oldest first. A loose index scan: one seek in
 #: images_by_status per such folder, so the cost follows the queue, not the
@@ -101,6 +105,26 @@ WITH RECURSIVE pf (folder) AS (
 )
 SELECT f.folder FROM pf JOIN folders f ON f.folder = pf.folder ORDER BY f.first_seen, f.folder
 """
+
+
+class ImageStatus(enum.StrEnum):
+    """Where an image is: queued, with a worker, finished, quarantined, or no longer in the inbox."""
+
+    pending = "pending"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    gone = "gone"
+
+
+class PdfState(enum.StrEnum):
+    """A folder's PDF: nothing to build, due once quiet, being built, published, or failed."""
+
+    none = "none"
+    needed = "needed"
+    building = "building"
+    done = "done"
+    failed = "failed"
 
 
 class Observation(enum.Enum):
@@ -122,7 +146,7 @@ class ImageRow:
     folder: str
     size: int
     mtime_ns: int
-    status: str
+    status: ImageStatus
     attempts: int
     error_reason: str | None
     error_detail: str | None
@@ -138,80 +162,27 @@ class FolderRow:
     folder: str
     first_seen: float
     last_activity: float
-    pdf_state: str
+    pdf_state: PdfState
     pdf_pages: int | None
     pdf_at: float | None
     pdf_error: str | None
-
-
-@dataclass(frozen=True)
-class FolderSummary:
-    folder: str
-    done: int
-    pending: int  # queued, not yet claimed
-    running: int
-    failed: int
-    last_activity: float
-    pdf_state: str
-    pdf_pages: int | None
-    pdf_at: float | None
-    pdf_error: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Stats:
-    queued: int
-    running: int
-    done: int
-    failed: int
-    gone: int
-    #: images per second finished over the last ``window_s`` seconds
-    rate: float
-    #: folders with a PDF needed or being built (and something to put in it)
-    folders_waiting: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Failure:
-    rel: str
-    reason: str
-    detail: str
-    attempts: int
-    updated: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Known(NamedTuple):
     rel: str
     size: int
     mtime_ns: int
-    status: str
-
-
-def natural_key(rel: str) -> str:
-    """A text key that sorts file names naturally (p2 before p10), case-insensitively.
-
-    Digit runs are zero-padded so plain text comparison orders them by value;
-    close to ``outbox.order``'s natsort order, which decides the PDF's pages.
-    """
-    name = rel.rsplit("/", 1)[-1].casefold()
-    return _DIGITS.sub(lambda m: m.group().zfill(20), name)
+    status: ImageStatus
 
 
 def _image(row: tuple[Any, ...]) -> ImageRow:
-    return ImageRow(*row)
+    r = ImageRow(*row)
+    return replace(r, status=ImageStatus(r.status))
 
 
 def _folder(row: tuple[Any, ...]) -> FolderRow:
-    return FolderRow(*row)
+    r = FolderRow(*row)
+    return replace(r, pdf_state=PdfState(r.pdf_state))
 
 
 class Ledger:
@@ -346,7 +317,7 @@ class Ledger:
             c.execute(
                 "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, first_seen, updated)"
                 " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                (rel, folder, natural_key(rel), size, mtime_ns, now, now),
+                (rel, folder, natural_key(rel.rsplit("/", 1)[-1]), size, mtime_ns, now, now),
             )
             return Observation.new
         old_size, old_mtime, status = row
@@ -356,7 +327,7 @@ class Ledger:
         # A new version deserves fresh attempts; a running worker's result for
         # the old version is refused by done() (status no longer 'running').
         c.execute(
-            "UPDATE images SET size = ?, mtime_ns = ?, status = 'pending', attempts = 0,"
+            "UPDATE images SET size = ?, mtime_ns = ?, status = 'pending', attempts = 0, source_deleted = 0,"
             " error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
             (size, mtime_ns, now, rel),
         )
@@ -383,7 +354,7 @@ class Ledger:
                 " ON CONFLICT (rel) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
                 "  status = 'failed', error_reason = excluded.error_reason,"
                 "  error_detail = excluded.error_detail, done_at = NULL, updated = excluded.updated",
-                (rel, folder, natural_key(rel), NO_STAT, NO_STAT, reason, detail, now, now),
+                (rel, folder, natural_key(rel.rsplit("/", 1)[-1]), NO_STAT, NO_STAT, reason, detail, now, now),
             )
             return True
 
@@ -456,7 +427,7 @@ class Ledger:
         except BaseException:
             self._queue = None
             raise
-        return [_replace_status(r, "running", now) for r in claimed]
+        return [replace(r, status=ImageStatus.running, updated=now) for r in claimed]
 
     def done(self, rel: str, size: int, mtime_ns: int, output: str, elapsed_ms: int, now: float) -> bool:
         """running -> done, if the file OCR'd (``size``, ``mtime_ns``) is the one recorded.
@@ -480,6 +451,26 @@ class Ledger:
             )
             return False
 
+    def running_version(self, rel: str, size: int, mtime_ns: int) -> bool:
+        """True when ``rel`` is with a worker and recorded with this size and mtime:
+        a result for it may be written (``done`` would take it)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM images WHERE rel = ? AND status = 'running' AND size = ? AND mtime_ns = ?",
+            (rel, size, mtime_ns),
+        ).fetchone()
+        return row is not None
+
+    def adopt(self, rel: str, size: int, mtime_ns: int, output: str, now: float) -> bool:
+        """pending -> done without OCR: the outbox already holds a JSON for exactly this version
+        (a lost or new ledger, a tree OCR'd before). Returns whether it was taken."""
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE images SET status = 'done', output = ?, done_at = ?, updated = ?"
+                " WHERE rel = ? AND status = 'pending' AND size = ? AND mtime_ns = ?",
+                (output, now, now, rel, size, mtime_ns),
+            )
+            return cur.rowcount > 0
+
     def failed(self, rel: str, reason: str, detail: str, now: float, *, retry: bool) -> bool:
         """A running image failed: count the attempt; ``retry`` queues it again, else quarantine."""
         if retry:
@@ -491,6 +482,21 @@ class Ledger:
                 ("pending" if retry else "failed", reason, detail, now, rel),
             )
             return cur.rowcount > 0
+
+    def requeue_failed(self, now: float, reasons: Iterable[str] = ()) -> int:
+        """failed -> pending with fresh attempts (all, or those failed for one of ``reasons``).
+
+        Refused paths (no size recorded) are left alone: the scanner refuses them again.
+        """
+        self._requeued()
+        wanted = list(reasons)
+        only = f" AND error_reason IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        with self._tx() as c:
+            return c.execute(
+                "UPDATE images SET status = 'pending', attempts = 0, updated = ?"
+                f" WHERE status = 'failed' AND size != ?{only}",
+                (now, NO_STAT, *wanted),
+            ).rowcount
 
     def release(self, rels: Iterable[str], now: float) -> int:
         """running -> pending without counting an attempt (never started, or shutdown)."""
@@ -516,6 +522,20 @@ class Ledger:
             log.info("ledger_recovered", images=images, pdfs=folders)
         return images
 
+    def pending_count(self, at_most: int) -> int:
+        """How many images are queued, counting no further than ``at_most`` (cheap on a long queue)."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM images WHERE status = 'pending' LIMIT ?)", (at_most,)
+        ).fetchone()
+        return int(row[0])
+
+    def unfinished(self) -> int:
+        """Images queued or with a worker."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM images WHERE status IN ('pending', 'running')"
+        ).fetchone()
+        return int(row[0])
+
     def get(self, rel: str) -> ImageRow | None:
         row = self._conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE rel = ?", (rel,)).fetchone()
         return _image(row) if row else None
@@ -538,8 +558,8 @@ class Ledger:
                 ).fetchall()
             if not rows:
                 return
-            for r in rows:
-                yield Known(*r)
+            for rel, size, mtime_ns, status in rows:
+                yield Known(rel, size, mtime_ns, ImageStatus(status))
             after = rows[-1][0]
 
     # -- folder PDFs ---------------------------------------------------------
@@ -559,6 +579,35 @@ class Ledger:
             (now - quiet_seconds,),
         ).fetchall()
         return [_folder(r) for r in rows]
+
+    def pages_of(self, folder: str) -> list[ImageRow]:
+        """The folder's done images whose source is still in the inbox: its PDF's new pages."""
+        rows = self._conn.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status = 'done'"
+            " AND source_deleted = 0 ORDER BY natkey, rel",
+            (folder,),
+        ).fetchall()
+        return [_image(r) for r in rows]
+
+    def has_deleted_sources(self, folder: str) -> bool:
+        """Some of the folder's pages live on only in its published PDF (``delete_processed``)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM images WHERE folder = ? AND status = 'done' AND source_deleted = 1 LIMIT 1",
+            (folder,),
+        ).fetchone()
+        return row is not None
+
+    def source_deleted(self, rel: str, size: int, mtime_ns: int, now: float) -> bool:
+        """The done source of this version was deleted from the inbox on purpose."""
+        with self._tx() as c:
+            return (
+                c.execute(
+                    "UPDATE images SET source_deleted = 1, updated = ?"
+                    " WHERE rel = ? AND status = 'done' AND size = ? AND mtime_ns = ?",
+                    (now, rel, size, mtime_ns),
+                ).rowcount
+                > 0
+            )
 
     def pdf_started(self, folder: str, now: float) -> None:
         with self._tx() as c:
@@ -600,74 +649,16 @@ class Ledger:
                 > 0
             )
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For the read-only queries of ``reports.py``."""
+        return self._conn
+
     def folder(self, folder: str) -> FolderRow | None:
         row = self._conn.execute(
             f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE folder = ?", (folder,)
         ).fetchone()
         return _folder(row) if row else None
-
-    # -- reports -------------------------------------------------------------
-
-    def stats(self, now: float, window_s: float = 60.0) -> Stats:
-        # done = all - the rest: count(*) of a whole table counts b-tree pages, not
-        # rows, and the other statuses are short ranges of images_by_status. A
-        # GROUP BY stepped through every row: 47 ms -> 6 ms at a million images,
-        # on every STATUS update (2 s). One statement: one consistent snapshot.
-        total, pending, running, failed, gone = self._conn.execute(
-            "SELECT (SELECT count(*) FROM images),"
-            " (SELECT count(*) FROM images WHERE status = 'pending'),"
-            " (SELECT count(*) FROM images WHERE status = 'running'),"
-            " (SELECT count(*) FROM images WHERE status = 'failed'),"
-            " (SELECT count(*) FROM images WHERE status = 'gone')"
-        ).fetchone()
-        counts = {
-            "pending": pending, "running": running, "failed": failed, "gone": gone,
-            "done": total - pending - running - failed - gone,
-        }
-        recent = self._conn.execute(
-            "SELECT count(*) FROM images WHERE done_at > ?", (now - window_s,)
-        ).fetchone()[0]
-        waiting = self._conn.execute(
-            "SELECT count(*) FROM folders f WHERE pdf_state IN ('needed', 'building')"
-            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
-        ).fetchone()[0]
-        return Stats(
-            queued=counts.get("pending", 0),
-            running=counts.get("running", 0),
-            done=counts.get("done", 0),
-            failed=counts.get("failed", 0),
-            gone=counts.get("gone", 0),
-            rate=recent / window_s if window_s > 0 else 0.0,
-            folders_waiting=waiting,
-        )
-
-    def folders(self) -> list[FolderSummary]:
-        """Every folder with its image counts and PDF state, oldest first."""
-        rows = self._conn.execute(
-            "SELECT f.folder,"
-            " count(CASE WHEN i.status = 'done' THEN 1 END),"
-            " count(CASE WHEN i.status = 'pending' THEN 1 END),"
-            " count(CASE WHEN i.status = 'running' THEN 1 END),"
-            " count(CASE WHEN i.status = 'failed' THEN 1 END),"
-            " f.last_activity, f.pdf_state, f.pdf_pages, f.pdf_at, f.pdf_error"
-            " FROM folders f LEFT JOIN images i ON i.folder = f.folder"
-            " GROUP BY f.folder ORDER BY f.first_seen, f.folder"
-        ).fetchall()
-        return [FolderSummary(*r) for r in rows]
-
-    def failures(self, limit: int = 100) -> list[Failure]:
-        """Quarantined images, most recent first."""
-        rows = self._conn.execute(
-            "SELECT rel, coalesce(error_reason, ''), coalesce(error_detail, ''), attempts, updated"
-            " FROM images WHERE status = 'failed' ORDER BY updated DESC, rel LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [Failure(*r) for r in rows]
-
-
-def _replace_status(row: ImageRow, status: str, now: float) -> ImageRow:
-    return replace(row, status=status, updated=now)
-
 
 def _lock_state_dir(state_dir: Path) -> int:
     """Exclusive flock on the lock file: one daemon per state dir. Returns the held fd."""

@@ -1,0 +1,264 @@
+"""``ocr-inbox run``: the daemon's lifecycle, signals and timers; the work is in the stages.
+
+    intake (inbox/intake.py)   the file system -> ledger observations
+    dispatch (dispatch.py)     ledger queue -> executor -> JSON + ledger
+    folder PDFs (folder_pdfs.py) quiet folders -> PDF builds
+
+Three phases, like uvicorn's server: start (ledger, crash recovery, workers
+loaded, watcher and first scan, READY), the loop (one pass: wait, record
+results, signals, the stages, timers) and stop (STOPPING, drain, exit 0).
+Everything the loop runs is built whole before it starts (``_Stages``).
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from ocr_inbox import atomic, cache, config, executors, logs, notify
+from ocr_inbox.dispatch import Dispatch
+from ocr_inbox.errors import BadArguments, ConfigError, ExitCode, OcrInboxError
+from ocr_inbox.executors.base import Executor
+from ocr_inbox.executors.setup import preflight
+from ocr_inbox.folder_pdfs import FolderPdfs
+from ocr_inbox.inbox import scan
+from ocr_inbox.inbox.cleanup import delete_source
+from ocr_inbox.inbox.intake import Intake
+from ocr_inbox.ledger import Ledger, reports
+from ocr_inbox.signals import SignalQueue
+
+log = structlog.get_logger(__name__)
+
+#: how long the loop sleeps at most when nothing happens
+IDLE_TICK_S = 1.0
+#: while files are settling they are re-examined this often
+SETTLE_TICK_S = 0.25
+#: how long a drain (SIGTERM, reload) waits for in-flight batches
+DRAIN_S = 120.0
+#: STATUS= is refreshed this often (only sent when it changed)
+STATUS_EVERY_S = 2.0
+
+
+@dataclass
+class _Stages:
+    ledger: Ledger
+    intake: Intake
+    dispatch: Dispatch
+    pdfs: FolderPdfs
+
+    @property
+    def executor(self) -> Executor:
+        return self.dispatch.executor
+
+
+class Daemon:
+    def __init__(self, settings: config.Settings, reload: Callable[[], config.Settings] | None = None) -> None:
+        self.s = settings
+        self.reload_settings = reload
+        self.inbox = settings.paths.inbox
+        self.outbox = settings.paths.outbox
+        self.signals = SignalQueue()
+        self.stopping = False
+        self.reload_pending = False
+        self.watchdog_every = notify.watchdog_interval()
+        self.next_watchdog = self.next_status = self.next_purge = 0.0
+        self.last_status = ""
+
+    # ---------------------------------------------------------------- start
+
+    def run(self) -> int:
+        with self.signals.installed():
+            self._check_paths()
+            preflight(self.s)
+            ledger = Ledger.open(self.s.paths.state_dir)
+            try:
+                st = self._assemble(ledger)
+                try:
+                    if self._boot(st):
+                        st.intake.start()
+                        notify.ready()
+                        log.info("ready", workers=st.executor.size, watcher=st.intake.watcher_kind)
+                        self._loop(st)
+                finally:
+                    self._stop(st)
+            finally:
+                ledger.close()
+        return int(ExitCode.ok)
+
+    def _check_paths(self) -> None:
+        if not self.inbox.is_dir():
+            raise BadArguments(f"the inbox {self.inbox} is not a directory")
+        problem = scan.check_layout(self.inbox, ("outbox", self.outbox), ("state dir", self.s.paths.state_dir))
+        if problem:
+            raise BadArguments(problem)
+        for d in (self.outbox, self.s.paths.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _assemble(self, ledger: Ledger) -> _Stages:
+        recovered = ledger.recover(time.time())
+        swept = atomic.sweep_temp_files(self.outbox)
+        log.info(
+            "starting",
+            inbox=str(self.inbox),
+            outbox=str(self.outbox),
+            state_dir=str(self.s.paths.state_dir),
+            profile=self.s.ocr.profile,
+            devices=",".join(self.s.ocr.devices),
+            recovered=recovered,
+            temp_files_swept=swept,
+        )
+        intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True)
+        dispatch = Dispatch(
+            ledger,
+            executors.create(self.s, self.inbox),
+            self.outbox,
+            self.s.pool,
+            on_moved=intake.track,
+            on_done=lambda rel, size, mtime_ns: self._done(ledger, rel, size, mtime_ns),
+        )
+        return _Stages(ledger, intake, dispatch, FolderPdfs(ledger, self.s, self.inbox, self.outbox))
+
+    def _boot(self, st: _Stages) -> bool:
+        """Start the workers and wait until every one has loaded its models; False if told to stop."""
+        ex = st.executor
+        notify.status(f"loading models on {ex.size} workers")
+        notify.extend_timeout(self.s.pool.boot_timeout_s + 30)
+        ex.start()
+        while ex.ready_count() < ex.size:
+            st.dispatch.record(ex.poll(IDLE_TICK_S, [self.signals.waitable]))
+            for sig in self.signals.pop_all():
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    log.info("stop_requested", signal=signal.Signals(sig).name, phase="loading")
+                    self.stopping = True
+                    return False
+                self.reload_pending = True  # SIGHUP: applied once the workers are up
+            notify.status(f"loading models: {ex.ready_count()}/{ex.size} workers ready")
+            notify.extend_timeout(self.s.pool.boot_timeout_s + 30)
+        return True
+
+    # ---------------------------------------------------------------- the loop
+
+    def _loop(self, st: _Stages) -> None:
+        while not self.stopping:
+            timeout = SETTLE_TICK_S if st.intake.settling else IDLE_TICK_S
+            waitables = [self.signals.waitable, *st.intake.waitables, *st.pdfs.waitables]
+            st.dispatch.record(st.executor.poll(timeout, waitables))
+            self._handle_signals(st)
+            if self.stopping:
+                break
+            try:
+                st.intake.step()
+                st.dispatch.fill()
+                st.pdfs.step(may_start=not st.dispatch.paused)
+                while st.pdfs.moved:
+                    st.intake.track(st.pdfs.moved.pop())
+                self._timers(st)
+            except sqlite3.OperationalError as exc:  # disk full, I/O error: the transaction rolled back
+                st.dispatch.state_write_failed(exc)
+
+    def _done(self, ledger: Ledger, rel: str, size: int, mtime_ns: int) -> None:
+        """Without PDFs, ``delete_processed`` deletes a source once its JSON is recorded."""
+        if not (self.s.inbox.delete_processed and not self.s.pdf.enabled):
+            return
+        why = delete_source(str(self.inbox.resolve()), rel, size, mtime_ns)
+        if why is None:
+            ledger.source_deleted(rel, size, mtime_ns, time.time())
+            log.info("source_deleted", path=rel)
+        else:
+            log.warning("source_kept", path=rel, reason=why)
+
+    def _timers(self, st: _Stages) -> None:
+        now_m = time.monotonic()
+        if now_m >= self.next_purge:
+            n = cache.purge_temp(cache.paddlex_cache_dir(self.s.paths.resolved_cache_dir()), self.s.cache.purge_older_than_s)
+            if n:
+                log.info("cache_purged", files=n)
+            self.next_purge = now_m + self.s.cache.purge_interval_s
+        if now_m >= self.next_status:
+            self._status(st)
+            self.next_status = now_m + STATUS_EVERY_S
+        # pinged from the loop itself, and only while some worker can work: a ping proves both
+        if self.watchdog_every and now_m >= self.next_watchdog and st.executor.healthy():
+            notify.watchdog()
+            self.next_watchdog = now_m + self.watchdog_every
+
+    def _status(self, st: _Stages) -> None:
+        t = reports.stats(st.ledger, time.time())
+        paused = " (output paused)" if st.dispatch.paused else ""
+        text = (
+            f"queued {t.queued}, running {t.running}, done {t.done}, failed {t.failed}, "
+            f"{t.rate:.2f} img/s, folders waiting for PDF {t.folders_waiting}{paused}"
+        )
+        if text != self.last_status:
+            notify.status(text)
+            self.last_status = text
+
+    # ---------------------------------------------------------------- signals & reload
+
+    def _handle_signals(self, st: _Stages) -> None:
+        if self.reload_pending:
+            self.reload_pending = False
+            self._reload(st)
+        for sig in self.signals.pop_all():
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if not self.stopping:
+                    log.info("stop_requested", signal=signal.Signals(sig).name)
+                self.stopping = True
+            elif sig == signal.SIGHUP:
+                self._reload(st)
+
+    def _reload(self, st: _Stages) -> None:
+        notify.reloading()
+        log.info("reload_requested")
+        try:
+            new = self.reload_settings() if self.reload_settings else self.s
+        except ConfigError as exc:
+            log.error("reload_rejected", file=exc.file, key=exc.key, reason=exc.reason, note="keeping the running configuration")
+            notify.ready()
+            return
+        changed = config.diff(self.s, new)
+        for key, (was, now) in changed.items():
+            log.info("config_changed", key=key, old=was, new=now)
+        fixed = [k for k in changed if k.startswith("paths.")]
+        if fixed:
+            log.warning("reload_needs_restart", keys=",".join(fixed), note="paths change only on restart")
+            new = new.model_copy(update={"paths": self.s.paths})
+        old, self.s = self.s, new
+        logs.configure(new.log.level, new.log.format)
+        if old.watch != new.watch:
+            st.intake.apply(new.watch)
+        if old.ocr != new.ocr or old.pool != new.pool:
+            try:
+                preflight(new)
+            except OcrInboxError as exc:
+                log.error("reload_rejected", reason=str(exc), note="keeping the running workers")
+                self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool})
+            else:
+                log.info("workers_restarting", reason="model or pool settings changed")
+                st.dispatch.drain(DRAIN_S)
+                st.dispatch.executor = executors.create(self.s, self.inbox)
+                self._boot(st)
+        st.dispatch.settings = self.s.pool
+        st.pdfs.settings = self.s
+        if not changed:
+            log.info("config_unchanged")
+        notify.ready()
+
+    # ---------------------------------------------------------------- stop
+
+    def _stop(self, st: _Stages) -> None:
+        notify.stopping()
+        log.info("stopping")
+        st.intake.stop()
+        st.pdfs.cancel()
+        st.dispatch.drain(DRAIN_S)
+        log.info("stopped")
+
+
+def run(settings: config.Settings, reload: Callable[[], config.Settings] | None = None) -> int:
+    return Daemon(settings, reload).run()

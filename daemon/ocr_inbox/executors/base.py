@@ -1,0 +1,50 @@
+"""The seam between dispatch and wherever OCR runs.
+
+Dispatch (``dispatch.py``) owns the queue, retries and every write; an
+executor only runs batches and reports what happened. The local process pool
+(``local.py``) is the first implementation; a distributed one (Ray) implements
+the same protocol: batches in, ``messages.Event``\\ s out, with a dead worker's
+in-flight image told apart from the images it had not started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from ocr_inbox.executors.messages import Batch, Event, Job
+
+
+class Executor(Protocol):
+    """Runs OCR batches; one owner thread calls every method."""
+
+    def start(self) -> None:
+        """Start the workers (loading models happens asynchronously: see ``ready``)."""
+
+    @property
+    def size(self) -> int:
+        """How many workers it runs when complete."""
+
+    def ready_count(self) -> int:
+        """Workers that have loaded their models."""
+
+    def healthy(self) -> bool:
+        """Some worker can take work, or one is still within its time to load models."""
+
+    def capacity(self) -> int:
+        """How many more batches it takes now (one per idle worker)."""
+
+    def submit(self, batch: Batch) -> None:
+        """Hand a batch to an idle worker; only when ``capacity() > 0``."""
+
+    def poll(self, timeout: float, extra: Iterable[Any] = ()) -> list[Event]:
+        """Wait up to ``timeout`` for events (or any of the ``extra`` waitables); return them."""
+
+    def busy(self) -> bool:
+        """Some batch is in progress."""
+
+    def in_flight(self) -> list[Job]:
+        """Jobs handed out and not finished."""
+
+    def stop(self, deadline_s: float = 10.0) -> None:
+        """Ask every worker to exit after its current image; kill those that don't."""

@@ -1,0 +1,111 @@
+"""What travels between dispatch and the OCR workers, wherever they run.
+
+Picklable and small: a ``Batch`` of ``Job``\\ s goes out; ``Started``, ``Done``
+(with the OCR result; dispatch writes the JSON), ``Failed`` and ``BatchDone``
+come back, plus ``WorkerLost`` from the executor when a worker dies with work
+in hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ocr_inbox.ocr.results import Page
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to OCR: ``rel`` beneath the inbox, the version the ledger recorded."""
+
+    job_id: int
+    rel: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: int
+    jobs: tuple[Job, ...]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Finish nothing more; exit after the current image."""
+
+
+# worker -> dispatch
+
+
+@dataclass(frozen=True)
+class Ready:
+    slot: int
+    pid: int
+    info: dict[str, Any]
+    load_s: float
+
+
+@dataclass(frozen=True)
+class BootFailed:
+    slot: int
+    error: str
+    #: the error is about configuration (missing models, bad device): respawning won't help
+    fatal: bool
+
+
+@dataclass(frozen=True)
+class Started:
+    slot: int
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """An image OCR'd: the version read (size, mtime, hash) and its pages."""
+
+    slot: int
+    job: Job
+    size: int
+    mtime_ns: int
+    sha256: str
+    engine: dict[str, Any]
+    pages: tuple[Page, ...]
+    elapsed_ms: int
+
+    @property
+    def lines(self) -> int:
+        return sum(len(p.lines) for p in self.pages)
+
+
+@dataclass(frozen=True)
+class Failed:
+    slot: int
+    job: Job
+    reason: str
+    detail: str
+    #: worth trying again later (the file changed or vanished while being read)
+    transient: bool = False
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    slot: int
+    batch_id: int
+    rss_bytes: int
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """A worker died or was killed with work in hand."""
+
+    slot: int
+    cause: str
+    #: the image it was working on when it died (the suspect), if any
+    in_flight: Job | None
+    #: images of its batch it had not started: not their fault
+    unstarted: tuple[Job, ...]
+
+
+WorkerMessage = Ready | BootFailed | Started | Done | Failed | BatchDone
+#: what an executor's ``poll`` returns
+Event = WorkerMessage | WorkerLost

@@ -1,0 +1,201 @@
+"""Intake: turn what the file system shows into ledger observations.
+
+Three sources, one path: the full scan (start-up and every
+``watch.rescan_interval_s``), the watcher's events, and files dispatch hands
+back because they moved under a worker. Each candidate is followed by the
+stability tracker until it stops changing, then observed in the ledger (new,
+changed, returned); refused paths get a quarantine record with their reason;
+files that left the inbox are marked gone. A queued file whose JSON in the
+outbox already describes exactly this version is adopted as done instead of
+being OCR'd again (a new ledger over an old outbox, a tree OCR'd before).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import structlog
+
+from ocr_inbox.config import WatchSettings
+from ocr_inbox.inbox import scan
+from ocr_inbox.inbox.stability import StabilityTracker
+from ocr_inbox.inbox.watcher import InboxWatcher
+from ocr_inbox.ledger import ImageStatus, Ledger
+from ocr_inbox.outbox import document, names
+
+log = structlog.get_logger(__name__)
+
+#: settling files examined per step (keeps the loop responsive after a big scan)
+SETTLE_BATCH = 5000
+#: a missing inbox (unmounted, removed) is looked for again this often
+INBOX_RETRY_S = 15.0
+
+
+class Intake:
+    def __init__(self, inbox: Path, outbox: Path, ledger: Ledger, settings: WatchSettings, *, watch: bool) -> None:
+        self.inbox = inbox
+        self.root = os.path.realpath(inbox)
+        self.outbox = outbox
+        self.ledger = ledger
+        self.settings = settings
+        self.tracker = StabilityTracker()
+        self.watcher = InboxWatcher(inbox, settings) if watch else None
+        self.next_rescan = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching (before the first scan, so nothing that arrives during it is missed), then scan."""
+        if self.watcher is not None:
+            self.watcher.start()
+        self.full_scan()
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    def apply(self, settings: WatchSettings) -> None:
+        """New watch settings (a reload): a new watcher, the next rescan on the new interval."""
+        self.settings = settings
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = InboxWatcher(self.inbox, settings)
+            self.watcher.start()
+        self._schedule_rescan()
+
+    @property
+    def waitables(self) -> list[socket.socket]:
+        return [self.watcher.waitable] if self.watcher is not None else []
+
+    @property
+    def settling(self) -> int:
+        """Files followed until they stop changing."""
+        return len(self.tracker)
+
+    @property
+    def watcher_kind(self) -> str:
+        return self.watcher.kind if self.watcher is not None else "none"
+
+    # -- the three sources ------------------------------------------------------
+
+    def full_scan(self) -> None:
+        """Reconcile the ledger with the inbox: new, changed, gone and refused files."""
+        t0 = time.monotonic()
+        now = time.time()
+        if not self.inbox.is_dir():
+            # unmounted or removed: keep everything as it is and look again soon
+            log.error("inbox_missing", inbox=str(self.inbox), retry_in_s=INBOX_RETRY_S)
+            self.next_rescan = time.monotonic() + INBOX_RETRY_S
+            return
+        if self.watcher is not None and not self.watcher.healthy:
+            log.info("watch_restart", inbox=str(self.inbox))
+            self.watcher.restart()
+        known = {row.rel: row for row in self.ledger.known_paths()}
+        seen: set[str] = set()
+        new = refused = 0
+        for item in scan.walk(self.inbox, self.settings.ignore_patterns()):
+            seen.add(item.rel)
+            if isinstance(item, scan.Refused):
+                refused += self._refuse(item)
+                continue
+            row = known.get(item.rel)
+            if row is not None and (row.size, row.mtime_ns) == (item.size, item.mtime_ns) and row.status != ImageStatus.gone:
+                continue
+            self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic())
+            new += 1
+        gone = 0
+        for rel, row in known.items():
+            if rel not in seen and row.status in (ImageStatus.pending, ImageStatus.running):
+                self.ledger.gone(rel, now)
+                gone += 1
+        self._schedule_rescan()
+        log.info("scan_done", files=len(seen), new_or_changed=new, refused=refused, gone=gone,
+                 seconds=round(time.monotonic() - t0, 2))
+
+    def track(self, rel: str) -> None:
+        """Look at one path again (a watcher event, or a file that moved under a worker)."""
+        item = scan.classify(self.root, rel, self.settings.ignore_patterns())
+        if item is None:
+            if not os.path.lexists(os.path.join(self.root, rel)):
+                # a file or a whole folder moved away / deleted (the ledger knows names by their printable form)
+                name = scan.printable_rel(rel)
+                self.tracker.forget(rel)
+                self.ledger.gone(name, time.time())
+                self.ledger.gone_tree(name, time.time())
+            return
+        self._take(item)
+
+    def step(self) -> None:
+        """One pass: the watcher's events, then the files whose settle time ran out; a due rescan."""
+        if self.watcher is not None:
+            for rel in self.watcher.drain():
+                path = os.path.join(self.root, rel)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    for item in scan.walk(self.inbox, self.settings.ignore_patterns(), subdir=rel):
+                        self._take(item)
+                else:
+                    self.track(rel)
+        self._settle()
+        if time.monotonic() >= self.next_rescan:
+            self.full_scan()
+
+    # -- inside -----------------------------------------------------------------
+
+    def _schedule_rescan(self) -> None:
+        every = self.settings.rescan_interval_s
+        self.next_rescan = time.monotonic() + every if every else float("inf")
+
+    def _refuse(self, item: scan.Refused) -> int:
+        if self.ledger.refuse(item.rel, item.reason, item.detail, time.time()):
+            log.warning("file_refused", path=item.rel, reason=item.reason, detail=item.detail)
+            return 1
+        return 0
+
+    def _take(self, item: scan.Candidate | scan.Refused) -> None:
+        """A file the scanner classified: refuse it, or follow it until it settles."""
+        if isinstance(item, scan.Refused):
+            self.tracker.forget(item.rel)
+            self._refuse(item)
+            return
+        self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic())
+
+    def _settle(self) -> None:
+        """Re-examine files being written; record the ones that stopped changing.
+
+        Only files whose settle time has run out are looked at (a look sooner
+        decides nothing), at most ``SETTLE_BATCH`` a step so a start-up scan of
+        100,000 new files does not stall dispatching, and the settled ones are
+        recorded in one ledger transaction.
+        """
+        now_m = time.monotonic()
+        settle_s = self.settings.settle_seconds
+        for rel in self.tracker.due(now_m, settle_s)[:SETTLE_BATCH]:
+            try:
+                st = os.stat(os.path.join(self.root, rel))
+            except OSError:
+                self.tracker.forget(rel)
+                self.ledger.gone(scan.printable_rel(rel), time.time())
+                continue
+            self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m)
+        ready: list[tuple[str, int, int]] = []
+        for rel in self.tracker.settled(now_m, settle_s):
+            item = scan.classify(self.root, rel, self.settings.ignore_patterns())
+            if isinstance(item, scan.Candidate):
+                ready.append((rel, item.size, item.mtime_ns))
+            elif isinstance(item, scan.Refused):
+                self._refuse(item)
+        if not ready:
+            return
+        now = time.time()
+        observed = self.ledger.observe_many(ready, now)
+        adopted = 0
+        for (rel, size, mtime_ns), what in zip(ready, observed, strict=True):
+            if what.queued and self._json_current(rel, size, mtime_ns):
+                adopted += self.ledger.adopt(rel, size, mtime_ns, str(names.json_path_for(self.outbox, rel)), now)
+        log.debug("files_settled", count=len(ready), adopted=adopted)
+
+    def _json_current(self, rel: str, size: int, mtime_ns: int) -> bool:
+        return document.is_current(names.json_path_for(self.outbox, rel), size, mtime_ns)

@@ -1,0 +1,28 @@
+"""The ledger: every accepted image and every folder's PDF state (``store``), and
+what ``status`` reads from it (``reports``)."""
+
+from ocr_inbox.ledger.store import (
+    DB_NAME,
+    LOCK_NAME,
+    FolderRow,
+    ImageRow,
+    ImageStatus,
+    Known,
+    Ledger,
+    Observation,
+    PdfState,
+)
+from ocr_inbox.outbox.order import natural_key
+
+__all__ = [
+    "DB_NAME",
+    "LOCK_NAME",
+    "FolderRow",
+    "ImageRow",
+    "ImageStatus",
+    "Known",
+    "Ledger",
+    "Observation",
+    "PdfState",
+    "natural_key",
+]

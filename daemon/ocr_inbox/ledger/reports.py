@@ -1,0 +1,123 @@
+"""What the ledger says, for people: totals, folders, failures (read-only queries).
+
+The state machine and every write are in ``store.py``; nothing here changes the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ocr_inbox.ledger.store import Ledger, PdfState
+
+
+@dataclass(frozen=True)
+class FolderSummary:
+    folder: str
+    done: int
+    pending: int  # queued, not yet claimed
+    running: int
+    failed: int
+    last_activity: float
+    pdf_state: PdfState
+    pdf_pages: int | None
+    pdf_at: float | None
+    pdf_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Stats:
+    queued: int
+    running: int
+    done: int
+    failed: int
+    gone: int
+    #: images per second finished over the last ``window_s`` seconds
+    rate: float
+    #: folders with a PDF needed or being built (and something to put in it)
+    folders_waiting: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Failure:
+    rel: str
+    reason: str
+    detail: str
+    attempts: int
+    updated: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stats(ledger: Ledger, now: float, window_s: float = 60.0) -> Stats:
+    """Counts by status, the recent rate and the folders waiting for a PDF."""
+    # done = all - the rest: count(*) of a whole table counts b-tree pages, not
+    # rows, and the other statuses are short ranges of images_by_status. A
+    # GROUP BY stepped through every row: 47 ms -> 6 ms at a million images,
+    # on every STATUS update (2 s). One statement: one consistent snapshot.
+    total, pending, running, failed, gone = ledger.connection.execute(
+        "SELECT (SELECT count(*) FROM images),"
+        " (SELECT count(*) FROM images WHERE status = 'pending'),"
+        " (SELECT count(*) FROM images WHERE status = 'running'),"
+        " (SELECT count(*) FROM images WHERE status = 'failed'),"
+        " (SELECT count(*) FROM images WHERE status = 'gone')"
+    ).fetchone()
+    counts = {
+        "pending": pending, "running": running, "failed": failed, "gone": gone,
+        "done": total - pending - running - failed - gone,
+    }
+    recent = ledger.connection.execute(
+        "SELECT count(*) FROM images WHERE done_at > ?", (now - window_s,)
+    ).fetchone()[0]
+    waiting = ledger.connection.execute(
+        "SELECT count(*) FROM folders f WHERE pdf_state IN ('needed', 'building')"
+        " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+    ).fetchone()[0]
+    return Stats(
+        queued=counts.get("pending", 0),
+        running=counts.get("running", 0),
+        done=counts.get("done", 0),
+        failed=counts.get("failed", 0),
+        gone=counts.get("gone", 0),
+        rate=recent / window_s if window_s > 0 else 0.0,
+        folders_waiting=waiting,
+    )
+
+
+def folders(ledger: Ledger) -> list[FolderSummary]:
+    """Every folder with its image counts and PDF state, oldest first."""
+    rows = ledger.connection.execute(
+        "SELECT f.folder,"
+        " count(CASE WHEN i.status = 'done' THEN 1 END),"
+        " count(CASE WHEN i.status = 'pending' THEN 1 END),"
+        " count(CASE WHEN i.status = 'running' THEN 1 END),"
+        " count(CASE WHEN i.status = 'failed' THEN 1 END),"
+        " f.last_activity, f.pdf_state, f.pdf_pages, f.pdf_at, f.pdf_error"
+        " FROM folders f LEFT JOIN images i ON i.folder = f.folder"
+        " GROUP BY f.folder ORDER BY f.first_seen, f.folder"
+    ).fetchall()
+    return [_summary(r) for r in rows]
+
+
+def _summary(r: tuple[Any, ...]) -> FolderSummary:
+    folder, done, pending, running, failed, last, state, pages, at, error = r
+    return FolderSummary(folder, done, pending, running, failed, last, PdfState(state), pages, at, error)
+
+
+def failures(ledger: Ledger, limit: int = 100) -> list[Failure]:
+    """Quarantined images, most recent first."""
+    rows = ledger.connection.execute(
+        "SELECT rel, coalesce(error_reason, ''), coalesce(error_detail, ''), attempts, updated"
+        " FROM images WHERE status = 'failed' ORDER BY updated DESC, rel LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [Failure(*r) for r in rows]
+
+
