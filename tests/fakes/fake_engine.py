@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ocr_inbox.outbox.document import Line
+from ocr_inbox.ocr.results import Line
+
 
 class FakeEngine:
     def __init__(self, settings: Any) -> None:

@@ -3,7 +3,7 @@
 Nothing else in the project imports PaddleX. The adapter sets the environment
 PaddleX reads at import time, keeps its chatter on stderr (never stdout),
 picks detection limits per image, and converts ``OCRResult`` into our
-``document.Line`` values.
+``ocr.results.Line`` values.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, profiles
-from ocr_inbox.outbox.document import Line, Word
+from ocr_inbox.ocr.results import Line, Word
 
 
 class Engine(Protocol):

@@ -1,13 +1,15 @@
 """The per-image JSON document: the contract between OCR and everything after it.
 
 See docs/JSON.md. One file per source image at
-``OUTBOX/<relative dir>/<image file name>.json``. Coordinates are pixels of the
-image as stored on disk *after* its EXIF orientation is applied.
+``OUTBOX/<relative dir>/<image file name>.json`` (``names.json_path_for``).
+Coordinates are pixels of the image as stored on disk *after* its EXIF
+orientation is applied. The page, line and word types are ``ocr.results``'.
+``json_path_for`` and ``JSON_SUFFIX`` are imported from ``outbox/names.py`` for
+the callers that still use them from here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,41 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox import atomic
+from ocr_inbox.ocr.results import Line, Page, Word
+from ocr_inbox.outbox.names import JSON_SUFFIX, json_path_for
+
+__all__ = [
+    "JSON_SUFFIX", "SCHEMA_VERSION", "Document", "SourceInfo", "from_json", "is_current", "json_path_for",
+    "read", "write",
+]
 
 SCHEMA_VERSION = 1
-JSON_SUFFIX = ".json"
-
-Point = tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Word:
-    text: str
-    #: axis-aligned [x0, y0, x1, y1] in page pixels
-    box: tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class Line:
-    text: str
-    score: float
-    #: four corners, clockwise from the one nearest the image top-left (docs/JSON.md)
-    poly: tuple[Point, Point, Point, Point]
-    words: tuple[Word, ...] = ()
-
-
-@dataclass(frozen=True)
-class Page:
-    index: int
-    width: int
-    height: int
-    lines: tuple[Line, ...] = ()
-    #: (x, y) dots per inch from the file, or None when it has none
-    dpi: tuple[float, float] | None = None
-
-    @property
-    def text(self) -> str:
-        return "\n".join(line.text for line in self.lines)
 
 
 @dataclass(frozen=True)
@@ -78,24 +54,6 @@ class Document:
         extra = d.pop("extra")
         d.update(extra)
         return d
-
-
-def json_path_for(outbox: Path, rel_image: str) -> Path:
-    """``scan 7.jpg`` -> ``OUTBOX/<dir>/scan 7.jpg.json`` (a.jpg and a.png never collide)."""
-    return outbox / (rel_image + JSON_SUFFIX)
-
-
-def file_sha256(path: Path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def source_info(path: Path, rel: str, st: os.stat_result | None = None) -> SourceInfo:
-    st = st or path.stat()
-    return SourceInfo(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=file_sha256(path))
 
 
 def write(dest: Path, doc: Document) -> None:

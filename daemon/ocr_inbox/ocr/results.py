@@ -1,0 +1,43 @@
+"""What OCR finds on a page: engine-neutral result types.
+
+The engine adapter produces them, the JSON document (``outbox/document.py``)
+stores them and the PDF text layer reads them; they live with the OCR side so
+that ``outbox`` depends on ``ocr`` and never the reverse. Coordinates are
+pixels of the image *after* its EXIF orientation is applied (docs/JSON.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    #: axis-aligned [x0, y0, x1, y1] in page pixels
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str
+    score: float
+    #: four corners, clockwise from the one nearest the image top-left (docs/JSON.md)
+    poly: tuple[Point, Point, Point, Point]
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Page:
+    index: int
+    width: int
+    height: int
+    lines: tuple[Line, ...] = ()
+    #: (x, y) dots per inch from the file, or None when it has none
+    dpi: tuple[float, float] | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
