@@ -156,14 +156,18 @@ def open_beneath(root: str, rel: str) -> int:
 def read_file(root: str, rel: str, limits: Limits) -> tuple[bytes, os.stat_result]:
     """The bytes of the regular file ``root/rel`` (opened by :func:`open_beneath`) and its fstat."""
     fd = open_beneath(root, rel)
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise BadImage("not_a_regular_file", stat.filemode(st.st_mode))
         if st.st_size == 0:
             raise BadImage("empty_file", "0 bytes")
         if st.st_size > limits.max_file_bytes:
             raise BadImage("file_too_large", f"{st.st_size} bytes > {limits.max_file_bytes}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
         try:
             data = fh.read(limits.max_file_bytes + 1)
         except OSError as exc:
