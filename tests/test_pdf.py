@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -22,12 +23,15 @@ from structlog.testing import capture_logs
 
 import ocr_inbox
 from ocr_inbox import atomic
+from ocr_inbox.config import DEFAULT_IGNORE
 from ocr_inbox.errors import BadArguments, OutputError
-from ocr_inbox.outbox import document, pdf
 from ocr_inbox.ocr.results import Line, Page, Word
+from ocr_inbox.outbox import document, names, pdf
 from ocr_inbox.outbox.document import Document, SourceInfo
-from ocr_inbox.outbox.pdf import build_folder_pdf
 from ocr_inbox.outbox.textlayer import reading_order
+
+#: the folder command as the CLI runs it: with the configured (here: default) ignore patterns
+build_folder_pdf = functools.partial(pdf.build_folder_pdf, ignore=DEFAULT_IGNORE)
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 PAGES = ("tesseract_test/phototest.tif", "xfund_zh/zh_val_0.jpg", "funsd/82092117.png")
@@ -60,7 +64,7 @@ def write_json(json_dir: Path, image: Path, pages: list[tuple[int, int, tuple[Li
         pages=tuple(Page(i, w, h, lines) for i, (w, h, lines) in enumerate(pages)),
         elapsed_ms=0,
     )
-    dest = document.json_path_for(json_dir, image.name)
+    dest = names.json_path_for(json_dir, image.name)
     document.write(dest, doc)
     return dest
 
@@ -288,10 +292,10 @@ def test_undecodable_and_oversized_images_are_left_out_and_reported(folder):
     (images / "3.jpg").write_bytes(truncated[: len(truncated) // 2])
     Image.new("L", (300, 300), 255).save(images / "4.png")  # 90,000 px > the cap below
     with capture_logs() as logs:
-        report = build_folder_pdf(images, jsons, out, max_pixels=50_000)
+        report = build_folder_pdf(images, jsons, out, limits=image_limits(max_pixels=50_000))
     assert report.pages == 1
     reasons = {i.image: i.reason for i in report.left_out}
-    assert reasons == {"2.jpg": "undecodable", "3.jpg": "undecodable", "4.png": "too_many_pixels"}
+    assert reasons == {"2.jpg": "corrupt", "3.jpg": "truncated", "4.png": "too_many_pixels"}
     assert all(i.detail for i in report.left_out)
     assert {e["image"] for e in logs if e["event"] == "pdf_image_left_out"} == set(reasons)
     assert toc_titles(out) == ["1.jpg"]
@@ -431,7 +435,7 @@ def test_leftovers_of_a_crashed_build_are_swept(folder):
     images, jsons, out = folder
     make_page(images, jsons, "a.jpg", text="hello")
     out.parent.mkdir()
-    work = pdf.work_dir_for(out)
+    work = names.work_dir_for(out)
     work.mkdir()
     (work / "chunk-00000.pdf").write_bytes(b"%PDF stale")
     (work / "junk").mkdir()
@@ -460,8 +464,8 @@ def test_a_long_outputs_leftover_temp_is_swept_but_not_its_neighbours(folder):
 
 def test_startup_sweep_clears_a_killed_builds_work_dir_but_not_a_running_one(tmp_path):
     # What the daemon does at start for the whole outbox: a build killed with -9 left its chunks.
-    killed = pdf.work_dir_for(tmp_path / "vol1" / "vol1.pdf")
-    running = pdf.work_dir_for(tmp_path / "vol2" / "vol2.pdf")
+    killed = names.work_dir_for(tmp_path / "vol1" / "vol1.pdf")
+    running = names.work_dir_for(tmp_path / "vol2" / "vol2.pdf")
     for work in (killed, running):
         work.mkdir(parents=True)
         (work / "chunk-00000.pdf").write_bytes(b"%PDF half")
@@ -479,8 +483,8 @@ def test_startup_sweep_clears_a_killed_builds_work_dir_but_not_a_running_one(tmp
 
 def test_work_dir_name_stays_short_and_one_per_output(tmp_path):
     long_a, long_b = tmp_path / ("A" * 250 + ".pdf"), tmp_path / ("A" * 250 + "B.pdf")
-    assert all(len(os.fsencode(pdf.work_dir_for(p).name)) < 120 for p in (long_a, long_b))
-    assert pdf.work_dir_for(long_a) != pdf.work_dir_for(long_b)  # the work dir is the build's lock
+    assert all(len(os.fsencode(names.work_dir_for(p).name)) < 120 for p in (long_a, long_b))
+    assert names.work_dir_for(long_a) != names.work_dir_for(long_b)  # the work dir is the build's lock
 
 
 def test_given_work_dir_holds_the_chunks_and_is_left_clean(folder, tmp_path):
@@ -498,7 +502,7 @@ def test_given_work_dir_holds_the_chunks_and_is_left_clean(folder, tmp_path):
 def test_a_second_build_of_the_same_output_fails_fast(folder):
     images, jsons, out = folder
     make_page(images, jsons, "a.jpg", text="hello")
-    work = pdf.work_dir_for(out)
+    work = names.work_dir_for(out)
     work.mkdir(parents=True)
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -3,13 +3,13 @@
 A reader (or a crash) sees either the old file or the complete new one, never
 a half-written one. Temp names (files, and the PDF builder's work directories)
 start with ``.ocr-inbox-tmp-`` so leftovers from a crash can be recognised and swept.
+The names themselves are made in ``outbox/names.py``; this module only writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-TMP_PREFIX = ".ocr-inbox-tmp-"
+from ocr_inbox.outbox.names import TMP_PREFIX, fit_name, temp_path_for, temp_stem
+
+__all__ = [
+    "TMP_PREFIX", "atomic_open", "fit_name", "fsync_dir", "publish", "sweep_temp_files",
+    "temp_path_for", "temp_stem", "write_bytes", "write_json",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -56,30 +61,6 @@ def write_bytes(dest: Path, data: bytes) -> None:
 def write_json(dest: Path, obj: Any) -> None:
     data = json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
     write_bytes(dest, data)
-
-
-def temp_path_for(dest: Path) -> Path:
-    """A unique temp path next to ``dest`` for writers that need a path (PDF save).
-
-    A long ``dest`` name is shortened (``fit_name``) so it cannot push the temp
-    name past the file system's 255-byte limit, and still names this output only.
-    """
-    return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{temp_stem(dest)}.part")
-
-
-def temp_stem(dest: Path) -> str:
-    """The part of ``temp_path_for``'s names that says which output they are for."""
-    return fit_name(dest.name, 64)
-
-
-def fit_name(name: str, max_bytes: int) -> str:
-    """``name`` if it fits in ``max_bytes`` (UTF-8); else a prefix plus a hash of the
-    whole name, so distinct long names stay distinct."""
-    raw = os.fsencode(name)
-    if len(raw) <= max_bytes:
-        return name
-    digest = hashlib.sha1(raw).hexdigest()[:12]
-    return raw[: max_bytes - len(digest) - 1].decode("utf-8", "ignore") + "-" + digest
 
 
 def publish(tmp: Path, dest: Path) -> None:

@@ -126,6 +126,7 @@ def _cmd_ocr(args: argparse.Namespace, s: config.Settings) -> int:
 
 
 def _cmd_pdf(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.executors.setup import limits_from
     from ocr_inbox.outbox import pdf
 
     if len(args.paths) == 2:
@@ -149,8 +150,9 @@ def _cmd_pdf(args: argparse.Namespace, s: config.Settings) -> int:
         out,
         chunk_pages=s.pdf.chunk_pages,
         first_prefixes=tuple(s.pdf.first_prefixes),
-        max_pixels=s.pdf.max_image_pixels,
+        limits=limits_from(s),
         root=args.inbox or (s.paths.inbox if len(args.paths) == 1 else None),
+        ignore=s.watch.ignore_patterns(),
     )
     return ExitCode.some_failed if report.image_only or report.left_out else ExitCode.ok
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ocr_inbox.ocr.results import Line
 
+
 class FakeEngine:
     def __init__(self, settings: Any) -> None:
         self.settings = settings

@@ -3,7 +3,7 @@
 Nothing else in the project imports PaddleX. The adapter sets the environment
 PaddleX reads at import time, keeps its chatter on stderr (never stdout),
 picks detection limits per image, and converts ``OCRResult`` into our
-``results.Line`` values.
+``ocr.results.Line`` values.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""What OCR produces for one image: pages of lines, each with its polygon, score and words.
+"""What OCR finds on a page: engine-neutral result types.
 
-Engine-neutral (the engine adapter converts PaddleX's output into these); the
-JSON document (``outbox/document.py``) and the PDF text layer read them.
+The engine adapter produces them, the JSON document (``outbox/document.py``)
+stores them and the PDF text layer reads them; they live with the OCR side so
+that ``outbox`` depends on ``ocr`` and never the reverse. Coordinates are
+pixels of the image *after* its EXIF orientation is applied (docs/JSON.md).
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ import pymupdf
 from fontTools.fontBuilder import FontBuilder
 from fontTools.pens.ttGlyphPen import TTGlyphPen
 
+from ocr_inbox.outbox.pdfobj import new_stream
+
 FONT_NAME = "GlyphLessFont"
 UNITS_PER_EM = 1000
 #: advance of every glyph, in 1/1000 em: the text layer scales words with Tz
@@ -114,20 +116,13 @@ def glyph_count(text: str) -> int:
     return len(text)
 
 
-def _new_stream(doc: pymupdf.Document, obj: str, data: bytes) -> int:
-    xref: int = doc.get_new_xref()
-    doc.update_object(xref, obj)
-    doc.update_stream(xref, data)  # Flate-compressed by PyMuPDF
-    return xref
-
-
 def add_font(doc: pymupdf.Document) -> int:
     """Create the font objects in ``doc``; returns the xref of the Type0 font."""
     ttf = ttf_bytes()
-    font_file = _new_stream(doc, "<<>>", ttf)
+    font_file = new_stream(doc, "<<>>", ttf)
     doc.xref_set_key(font_file, "Length1", str(len(ttf)))
-    gid_map = _new_stream(doc, "<<>>", cid_to_gid_map())
-    cmap = _new_stream(doc, "<<>>", to_unicode_cmap())
+    gid_map = new_stream(doc, "<<>>", cid_to_gid_map())
+    cmap = new_stream(doc, "<<>>", to_unicode_cmap())
 
     descriptor = doc.get_new_xref()
     doc.update_object(

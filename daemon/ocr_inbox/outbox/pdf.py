@@ -1,13 +1,18 @@
-"""Searchable PDF of an image folder: each image as it is, the OCR text invisible on top.
+"""Searchable PDF of a list of images: each image as it is, the OCR text invisible on top.
 
-Recipe (:func:`build_folder_pdf`):
+Recipe (:func:`build_pdf`; :func:`build_folder_pdf` lists a folder first):
 
-1. list the folder's images in page order (``order.py``);
-2. per image: check and load it (JPEG bytes kept as they are, other formats
-   stored losslessly as PNG-predicted Flate), read its JSON, add one page per
-   image frame with the picture and the invisible text layer (``textlayer.py``);
+1. the caller gives the pages in order (:class:`PageSource`: image path beneath
+   the root, its JSON, the version that was OCR'd);
+2. per image: read it beneath the root and decode it with ``ocr/images.py``,
+   the same code and limits as OCR (a file that is not the version OCR'd
+   stops the build: :class:`SourceChanged`); store each frame as it is (JPEG
+   bytes unchanged, other formats losslessly as PNG-predicted Flate), read its
+   JSON, and add a page with the picture and the invisible text layer
+   (``textlayer.py``);
 3. every ``chunk_pages`` pages, save the pages so far as a chunk PDF in a work
-   directory and drop them from memory;
+   directory and drop them from memory (with ``keep_previous`` the existing
+   output is the first chunk);
 4. merge the chunks into a temp file beside the output by *incremental
    appends*: open the temp file, append one chunk, ``saveIncr``, close. Each
    append writes only the new chunk's objects, and reopening leaves the earlier
@@ -28,13 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
-import re
 import shutil
 import struct
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -45,19 +47,24 @@ import structlog
 from PIL import Image
 
 from ocr_inbox import __version__, atomic
-from ocr_inbox.config import DEFAULT_IGNORE
-from ocr_inbox.errors import BadArguments, OutputError
+from ocr_inbox.errors import BadArguments, BadImage, OutputError
 from ocr_inbox.inbox import scan
-from ocr_inbox.ocr import results
+from ocr_inbox.ocr import images
+from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox import document, font, order, textlayer
+from ocr_inbox.outbox.names import JSON_SUFFIX, is_temp_for, work_dir_for
+from ocr_inbox.outbox.pdfobj import new_stream
+
+__all__ = [
+    "DEFAULT_DPI", "PageIssue", "PageSource", "PdfImage", "PdfReport", "SourceChanged", "build_folder_pdf",
+    "build_pdf", "list_images", "pdf_image", "work_dir_for",
+]
 
 IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
+#: page size of an image whose file gives no (usable) resolution
 DEFAULT_DPI = 300.0
-DEFAULT_MAX_PIXELS = 200_000_000
 #: PDF viewers limit a page side to 14,400 pt (200 inches)
 MAX_PAGE_PT = 14_400.0
-#: work directories are temp names too, so the daemon's start-up sweep clears a crashed build's
-WORK_PREFIX = atomic.TMP_PREFIX + "pdf-"
 #: what a failed PDF write raises (MuPDF's errors are not OSErrors)
 _WRITE_ERRORS = (OSError, RuntimeError, pymupdf.mupdf.FzErrorBase)
 
@@ -65,11 +72,32 @@ _log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
+class PageSource:
+    """One image to put in the PDF, in the order given."""
+
+    rel: str  # image path relative to the root (POSIX), e.g. "vol1/p1.jpg"
+    json: Path  # its JSON document
+    size: int | None  # the version that was OCR'd; None: take the file as it is now
+    mtime_ns: int | None
+
+
+class SourceChanged(OutputError):
+    """An image on disk is not the version that was OCR'd: build again after its new OCR.
+
+    An ``OutputError`` so that callers that retry a failed output later do so.
+    """
+
+    def __init__(self, rel: str, detail: str = "") -> None:
+        self.rel = rel
+        super().__init__(f"{rel} changed since it was OCR'd" + (f": {detail}" if detail else ""))
+
+
+@dataclass(frozen=True)
 class PageIssue:
     """An image (or one frame of it) that lacks text or was left out, and why."""
 
-    image: str  # file name in the image folder
-    reason: str  # stable code, e.g. json_missing, undecodable, too_many_pixels
+    image: str  # the image's path relative to the root (a folder build: its file name)
+    reason: str  # stable code, e.g. json_missing, corrupt, too_many_pixels
     frame: int | None = None  # TIFF frame; None: the whole file
     detail: str = ""
 
@@ -84,17 +112,11 @@ class PdfReport:
     left_out: tuple[PageIssue, ...]
 
 
-# --- images -------------------------------------------------------------------
-
-
-class _Undecodable(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason, self.detail = reason, detail
-        super().__init__(reason)
+# --- images: a decoded frame as a PDF image XObject ---------------------------
 
 
 @dataclass(frozen=True)
-class PageImage:
+class PdfImage:
     """One page's picture as a PDF image XObject, and how it is shown.
 
     ``orientation`` is the EXIF orientation (1-8): the stored pixels are
@@ -157,56 +179,24 @@ class PageImage:
         return (ax - e, ay - f, cx - e, cy - f, e, f)
 
 
-def _dpi(info: Mapping[Any, Any]) -> tuple[float, float]:
-    try:
-        dx, dy = (float(v) for v in info["dpi"])
-    except (KeyError, TypeError, ValueError):
-        return (DEFAULT_DPI, DEFAULT_DPI)
-    if not (math.isfinite(dx) and math.isfinite(dy) and dx >= 1 and dy >= 1):
-        return (DEFAULT_DPI, DEFAULT_DPI)
-    return (dx, dy)
+def pdf_image(frame: images.Frame) -> PdfImage:
+    """How the PDF stores a decoded frame: a JPEG's own bytes, else lossless pixels."""
+    dpi = frame.dpi or (DEFAULT_DPI, DEFAULT_DPI)
+    if frame.jpeg is not None:
+        return _jpeg_page(frame, frame.jpeg, dpi)
+    return _lossless_page(frame.image, frame.orientation, dpi)
 
 
-def _orientation(im: Image.Image) -> int:
-    try:
-        value = int(im.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the page
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _jpeg_page(data: bytes, im: Image.Image) -> PageImage:
-    """The JPEG file's bytes as a DCTDecode stream, after proving they decode."""
+def _jpeg_page(frame: images.Frame, jpeg: images.JpegSource, dpi: tuple[float, float]) -> PdfImage:
+    """The JPEG file's bytes as a DCTDecode stream (``images.frames`` proved they decode)."""
     spaces = {"L": "/DeviceGray", "RGB": "/DeviceRGB", "CMYK": "/DeviceCMYK"}
-    if im.mode not in spaces:
-        raise _Undecodable("unsupported_jpeg", im.mode)
-    width, height, orientation, dpi = im.width, im.height, _orientation(im), _dpi(im.info)
     # Adobe CMYK JPEGs store inverted values; PDF readers need the Decode array.
-    decode = "/Decode[1 0 1 0 1 0 1 0]" if im.mode == "CMYK" and "adobe" in im.info else ""
-    # Decoding at 1/8 scale (DCT scaling) still reads every entropy-coded byte.
-    im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
-    im.load()
+    decode = "/Decode[1 0 1 0 1 0 1 0]" if jpeg.mode == "CMYK" and jpeg.adobe else ""
     xobject = (
-        f"<</Type/XObject/Subtype/Image/Width {width}/Height {height}"
-        f"/ColorSpace{spaces[im.mode]}/BitsPerComponent 8{decode}>>"
+        f"<</Type/XObject/Subtype/Image/Width {frame.width}/Height {frame.height}"
+        f"/ColorSpace{spaces[jpeg.mode]}/BitsPerComponent 8{decode}>>"
     )
-    return PageImage(xobject, data, (("Filter", "/DCTDecode"),), width, height, orientation, dpi)
-
-
-def _flatten(im: Image.Image) -> Image.Image:
-    """Modes PNG/PDF can store as they are; transparency composited on white (as shown on paper)."""
-    if im.mode in ("1", "L", "RGB", "I;16") or (im.mode == "P" and "transparency" not in im.info):
-        return im
-    if im.mode in ("LA", "La"):
-        bg = Image.new("L", im.size, 255)
-        bg.paste(im.convert("L"), mask=im.getchannel("A"))
-        return bg
-    if im.mode in ("RGBA", "RGBa", "PA", "P"):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGB", im.size, (255, 255, 255))
-        bg.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-        return bg
-    return im.convert("RGB")
+    return PdfImage(xobject, jpeg.data, (("Filter", "/DCTDecode"),), frame.width, frame.height, frame.orientation, dpi)
 
 
 def _png_chunks(png: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -217,13 +207,13 @@ def _png_chunks(png: bytes) -> Iterator[tuple[bytes, bytes]]:
         pos += 12 + length
 
 
-def _lossless_page(im: Image.Image, orientation: int, dpi: tuple[float, float]) -> PageImage:
+def _lossless_page(im: Image.Image, orientation: int, dpi: tuple[float, float]) -> PdfImage:
     """Pixels as a Flate stream with PNG predictors: PIL writes a PNG and its
     IDAT data is exactly what PDF's FlateDecode + Predictor 15 reads."""
     if im.mode == "CMYK":  # PNG has no CMYK: plain Flate, compressed on insertion
         xobject = (f"<</Type/XObject/Subtype/Image/Width {im.width}/Height {im.height}"
                    "/ColorSpace/DeviceCMYK/BitsPerComponent 8>>")
-        return PageImage(xobject, im.tobytes(), (), im.width, im.height, orientation, dpi)
+        return PdfImage(xobject, im.tobytes(), (), im.width, im.height, orientation, dpi)
     buf = BytesIO()
     im.save(buf, "PNG", compress_level=6)
     chunks = list(_png_chunks(buf.getvalue()))
@@ -243,83 +233,10 @@ def _lossless_page(im: Image.Image, orientation: int, dpi: tuple[float, float]) 
         ("Filter", "/FlateDecode"),
         ("DecodeParms", f"<</Predictor 15/Colors {colours}/BitsPerComponent {bits}/Columns {width}>>"),
     )
-    return PageImage(xobject, idat, filters, width, height, orientation, dpi)
-
-
-def load_images(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[PageImage | _Undecodable]:
-    """The pages of one image file: one per TIFF frame, else one.
-
-    Holds an ``_Undecodable`` in place of a frame that fails, and raises it
-    when the file as a whole cannot be opened. The pixel count is checked
-    from the header, before anything is decoded.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _Undecodable("unreadable", str(exc)) from exc
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise _Undecodable("too_many_pixels", str(exc)) from exc
-        except Exception as exc:  # PIL raises many types for bad files
-            raise _Undecodable("undecodable", f"{type(exc).__name__}: {exc}") from exc
-        pages: list[PageImage | _Undecodable] = []
-        with im:
-            frames = getattr(im, "n_frames", 1) if im.format == "TIFF" else 1
-            for i in range(frames):
-                try:
-                    im.seek(i)
-                    if im.width * im.height > max_pixels:
-                        raise _Undecodable("too_many_pixels", f"{im.width}x{im.height} > {max_pixels}")
-                    if im.format in ("JPEG", "MPO"):
-                        pages.append(_jpeg_page(data, im))
-                    else:
-                        orientation, dpi = _orientation(im), _dpi(im.info)
-                        im.load()
-                        pages.append(_lossless_page(_flatten(im), orientation, dpi))
-                except _Undecodable as exc:
-                    pages.append(exc)
-                except Exception as exc:  # noqa: BLE001 - PIL raises any type for corrupt data
-                    pages.append(_Undecodable("undecodable", f"{type(exc).__name__}: {exc}"))
-    return pages
-
-
-# --- text ---------------------------------------------------------------------
-
-
-def _json_pages(json_file: Path, image: Path) -> tuple[tuple[results.Page, ...], str, str]:
-    """The JSON's pages, or () with the reason and detail why it can't be used."""
-    try:
-        doc = document.read(json_file)
-    except FileNotFoundError:
-        return (), "json_missing", str(json_file)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return (), "json_unreadable", f"{type(exc).__name__}: {exc}"
-    with contextlib.suppress(OSError):
-        if doc.source.size != image.stat().st_size:
-            return (), "json_stale", f"source size {doc.source.size} != {image.stat().st_size}"
-    return doc.pages, "", ""
+    return PdfImage(xobject, idat, filters, width, height, orientation, dpi)
 
 
 # --- PDF assembly -------------------------------------------------------------
-
-
-def _new_stream(doc: pymupdf.Document, obj: str, data: bytes, filters: Sequence[tuple[str, str]] = ()) -> int:
-    """A new stream object; without ``filters`` MuPDF Flate-compresses ``data``."""
-    xref: int = doc.get_new_xref()
-    doc.update_object(xref, obj)
-    doc.update_stream(xref, data, compress=not filters)
-    # Storing encoded data makes MuPDF drop /Filter and /DecodeParms: set them after.
-    for key, value in filters:
-        doc.xref_set_key(xref, key, value)
-    return xref
-
-
-def _num(v: float) -> str:
-    s = f"{v:.4f}".rstrip("0").rstrip(".")
-    return "0" if s in ("", "-0") else s
 
 
 class _ChunkWriter:
@@ -330,18 +247,21 @@ class _ChunkWriter:
         self.chunks: list[Path] = []
         self.doc: pymupdf.Document | None = None
         self.font_xref = 0
+        #: pages in all chunks, written or not
+        self.pages = 0
 
-    def add(self, image: PageImage, text_page: results.Page | None) -> None:
+    def add(self, image: PdfImage, text_page: Page | None) -> None:
         if self.doc is None:
             self.doc, self.font_xref = pymupdf.open(), 0
         doc = self.doc
         width, height = image.page_size
         doc.new_page(width=width, height=height)
+        self.pages += 1
         page_xref = doc.page_xref(doc.page_count - 1)
 
-        image_xref = _new_stream(doc, image.xobject, image.data, image.filters)
-        cm = " ".join(_num(v) for v in image.matrix())
-        contents = [_new_stream(doc, "<<>>", f"q {cm} cm /Im0 Do Q\n".encode())]
+        image_xref = new_stream(doc, image.xobject, image.data, image.filters)
+        cm = " ".join(textlayer.num(v, 4) for v in image.matrix())
+        contents = [new_stream(doc, "<<>>", f"q {cm} cm /Im0 Do Q\n".encode())]
         fonts = ""
         if text_page is not None:
             tf = textlayer.PixelToPoint.fit(text_page.width, text_page.height, width, height)
@@ -349,7 +269,7 @@ class _ChunkWriter:
             if text:
                 if not self.font_xref:
                     self.font_xref = font.add_font(doc)
-                contents.append(_new_stream(doc, "<<>>", text))
+                contents.append(new_stream(doc, "<<>>", text))
                 fonts = f"/Font<</F0 {self.font_xref} 0 R>>"
         resources = f"<</XObject<</Im0 {image_xref} 0 R>>{fonts}>>"
         kind, ref = doc.xref_get_key(page_xref, "Resources")
@@ -406,17 +326,6 @@ def _merge(chunks: Sequence[Path], dest: Path, title: str, toc: list[list[Any]])
 # --- work area ----------------------------------------------------------------
 
 
-def _temp_name_pattern(dest: Path) -> re.Pattern[str]:
-    # atomic.temp_path_for: <prefix><pid>-<ns>-<stem>.part
-    return re.compile(rf"{re.escape(atomic.TMP_PREFIX)}\d+-\d+-{re.escape(atomic.temp_stem(dest))}\.part")
-
-
-def work_dir_for(out_pdf: Path, parent: Path | None = None) -> Path:
-    """The build's work directory: one per output (it is the build's lock), its name
-    kept short so that a long output name cannot push it past NAME_MAX."""
-    return (parent or out_pdf.parent) / f"{WORK_PREFIX}{atomic.temp_stem(out_pdf)}-work"
-
-
 @contextlib.contextmanager
 def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
     """An exclusive, empty work directory; leftovers of a crashed build are swept first.
@@ -435,8 +344,7 @@ def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
         except BlockingIOError as exc:
             raise OutputError(f"another build of {out_pdf} is running ({work_dir} is locked)") from exc
         stale = [p for p in work_dir.iterdir()]
-        pattern = _temp_name_pattern(out_pdf)
-        stale += [p for p in out_pdf.parent.iterdir() if pattern.fullmatch(p.name)]
+        stale += [p for p in out_pdf.parent.iterdir() if is_temp_for(out_pdf, p.name)]
         for p in stale:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
@@ -455,24 +363,229 @@ def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
 # --- the builder --------------------------------------------------------------
 
 
-def list_images(image_dir: Path, first_prefixes: Sequence[str] = (), root: Path | None = None) -> list[str]:
-    """Image file names directly in ``image_dir`` in page order.
+def build_pdf(
+    root: Path,
+    pages: Sequence[PageSource],
+    out_pdf: Path,
+    *,
+    title: str,
+    limits: images.Limits,
+    chunk_pages: int = 50,
+    work_dir: Path | None = None,
+    keep_previous: bool = False,
+    log: Any = None,
+) -> PdfReport:
+    """Build one searchable PDF of ``pages``, in the order given, over ``out_pdf``.
 
-    A file becomes a page only if the inbox scanner would accept it (same
-    rules: ignore patterns, no symlink leading outside ``root`` — default
-    ``image_dir``, the daemon passes the inbox —, no fifo, no loop, no name the
-    outbox can't mirror), so the PDF holds exactly the images that were OCR'd.
+    Each image is opened beneath ``root`` (``images.read_file``: links leaving
+    ``root`` are refused) and decoded by ``images.frames`` with ``limits``, as
+    for OCR. A page whose ``size``/``mtime_ns`` differ from the file opened
+    raises :class:`SourceChanged` and nothing is published. An image that
+    cannot be read or decoded is left out; one without a JSON that matches it
+    (size and mtime) goes in image-only; both are reported.
+
+    ``keep_previous``: an existing ``out_pdf``'s pages (and outline) come first,
+    so a late page extends the PDF of a folder whose sources are gone.
+    Work files go to ``<work_dir or out_pdf's dir>/`` + ``names.work_dir_for``,
+    removed afterwards; ``out_pdf`` is replaced atomically, and only by a
+    complete PDF.
+
+    Raises ``BadArguments`` for no pages, none decodable, a bad ``chunk_pages``
+    or an output that is a directory; ``OutputError`` when the output cannot
+    be written.
+    """
+    log = log or _log
+    root, out_pdf = Path(root), Path(out_pdf)
+    if out_pdf.is_dir():
+        raise BadArguments(f"output is a directory: {out_pdf}")
+    if chunk_pages < 1:
+        raise BadArguments(f"chunk_pages must be at least 1, not {chunk_pages}")
+    if not pages and not (keep_previous and out_pdf.exists()):
+        raise BadArguments(f"no images for {out_pdf}")
+    try:
+        out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out_pdf.parent}: {exc}") from exc
+    work = work_dir_for(out_pdf, work_dir)
+
+    log.info("pdf_build_started", root=str(root), images=len(pages), out=str(out_pdf))
+    issues = _Issues(log)
+    toc: list[list[Any]] = []
+    with _work_area(work, out_pdf, log):
+        writer = _ChunkWriter(work, chunk_pages)
+        if keep_previous and out_pdf.exists():
+            _take_previous(writer, out_pdf, toc, issues)
+        try:
+            for src in pages:
+                _add_image(writer, root, src, limits, toc, issues)
+            writer.flush()
+        finally:
+            writer.close()
+        if writer.pages == 0:
+            raise BadArguments(f"no decodable images for {out_pdf}")
+        tmp = atomic.temp_path_for(out_pdf)
+        try:
+            _merge(writer.chunks, tmp, title, toc)
+            atomic.publish(tmp, out_pdf)
+        except _WRITE_ERRORS as exc:
+            raise OutputError(f"cannot write {out_pdf}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    report = PdfReport(out_pdf, writer.pages, tuple(issues.image_only), tuple(issues.left_out))
+    log.info("pdf_built", out=str(out_pdf), pages=report.pages,
+             image_only=len(report.image_only), left_out=len(report.left_out))
+    return report
+
+
+class _Issues:
+    """What went in without text, and what was left out: logged and kept for the report."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.image_only: list[PageIssue] = []
+        self.left_out: list[PageIssue] = []
+
+    def without_text(self, issue: PageIssue) -> None:
+        self.image_only.append(issue)
+        self.log.warning("pdf_page_without_text", image=issue.image, frame=issue.frame,
+                         reason=issue.reason, detail=issue.detail)
+
+    def leave_out(self, issue: PageIssue) -> None:
+        self.left_out.append(issue)
+        self.log.warning("pdf_image_left_out", image=issue.image, frame=issue.frame,
+                         reason=issue.reason, detail=issue.detail)
+
+
+def _take_previous(writer: _ChunkWriter, out_pdf: Path, toc: list[list[Any]], issues: _Issues) -> None:
+    """The existing output as the first chunk, its outline kept; an unreadable one is reported."""
+    copy = writer.work_dir / "previous.pdf"
+    try:
+        shutil.copyfile(out_pdf, copy)
+        with pymupdf.open(copy) as doc:
+            if doc.needs_pass or not doc.is_pdf:
+                raise ValueError("not a readable PDF")
+            pages, outline = doc.page_count, doc.get_toc(simple=True)
+    except (OSError, ValueError, RuntimeError, pymupdf.mupdf.FzErrorBase) as exc:
+        copy.unlink(missing_ok=True)
+        issues.leave_out(PageIssue(out_pdf.name, "previous_pdf_unreadable", None, f"{type(exc).__name__}: {exc}"))
+        return
+    if pages:
+        writer.chunks.append(copy)
+        writer.pages += pages
+        toc.extend(outline)
+
+
+def _add_image(
+    writer: _ChunkWriter,
+    root: Path,
+    src: PageSource,
+    limits: images.Limits,
+    toc: list[list[Any]],
+    issues: _Issues,
+) -> None:
+    """Add every frame of one image file; record what went in without text or not at all."""
+    name = src.rel.rsplit("/", 1)[-1]
+    try:
+        data, st = images.read_file(str(root), src.rel, limits)
+    except BadImage as exc:
+        issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
+        return
+    if (src.size is not None and st.st_size != src.size) or (
+        src.mtime_ns is not None and st.st_mtime_ns != src.mtime_ns
+    ):
+        raise SourceChanged(src.rel, f"size {st.st_size}, mtime_ns {st.st_mtime_ns}; OCR'd {src.size}, {src.mtime_ns}")
+    text_pages, reason, detail = _json_pages(src.json, st)
+    try:
+        for frame in images.frames(data, limits, draft_jpeg=True):
+            multi = frame.count > 1
+            frame_no = frame.index if multi else None
+            if isinstance(frame, images.BadFrame):
+                issues.leave_out(PageIssue(src.rel, frame.error.reason, frame_no, frame.error.detail))
+                continue
+            try:
+                image = pdf_image(frame)
+            except (OSError, ValueError) as exc:  # PIL's PNG writer
+                issues.leave_out(PageIssue(src.rel, "corrupt", frame_no, str(exc)))
+                continue
+            text_page = _text_page(src.rel, frame_no, frame.index, image, text_pages, reason, detail, issues)
+            writer.add(image, text_page)
+            toc.append([1, f"{name} ({frame.index + 1}/{frame.count})" if multi else name, writer.pages])
+    except BadImage as exc:  # the file as a whole
+        issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
+
+
+def _text_page(
+    rel: str,
+    frame_no: int | None,
+    index: int,
+    image: PdfImage,
+    pages: tuple[Page, ...],
+    reason: str,
+    detail: str,
+    issues: _Issues,
+) -> Page | None:
+    """The JSON page for frame ``index`` if it fits the image, else None (reported)."""
+    text_page = pages[index] if index < len(pages) else None
+    if text_page is None and not reason:
+        reason, detail = "json_page_missing", f"the JSON has {len(pages)} page(s)"
+    elif text_page is not None and (text_page.width, text_page.height) != image.shown_size:
+        w, h = image.shown_size
+        reason, detail = "json_size_mismatch", f"JSON {text_page.width}x{text_page.height} != image {w}x{h}"
+        text_page = None
+    if text_page is None:
+        issues.without_text(PageIssue(rel, reason, frame_no, detail))
+    return text_page
+
+
+def _json_pages(json_file: Path, st: os.stat_result) -> tuple[tuple[Page, ...], str, str]:
+    """The JSON's pages if it describes the file opened (``st``), else () with the reason why not."""
+    try:
+        doc = document.read(json_file)
+    except FileNotFoundError:
+        return (), "json_missing", str(json_file)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return (), "json_unreadable", f"{type(exc).__name__}: {exc}"
+    if (doc.source.size, doc.source.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return (), "json_stale", (
+            f"JSON of size {doc.source.size}, mtime_ns {doc.source.mtime_ns}; "
+            f"the file has {st.st_size}, {st.st_mtime_ns}"
+        )
+    return doc.pages, "", ""
+
+
+# --- a folder -----------------------------------------------------------------
+
+
+def _folder_root(image_dir: Path, root: Path | None) -> tuple[str, str]:
+    """The real root and ``image_dir``'s path beneath it (``""`` or ``"a/b/"``).
+
+    A folder outside ``root`` is its own root.
     """
     real_dir = os.path.realpath(image_dir)
     real_root = os.path.realpath(root or image_dir)
     if not scan.inside(real_root, real_dir):
         real_root = real_dir
     rel_dir = os.path.relpath(real_dir, real_root)
-    prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+    return real_root, "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+
+
+def list_images(
+    image_dir: Path, first_prefixes: Sequence[str] = (), root: Path | None = None, ignore: Sequence[str] = ()
+) -> list[str]:
+    """Image file names directly in ``image_dir`` in page order.
+
+    A file becomes a page only if the inbox scanner would accept it (same
+    rules: ``ignore`` patterns — the caller passes the configured ones —, no
+    symlink leading outside ``root`` — default ``image_dir``, the daemon passes
+    the inbox —, no fifo, no loop, no name the outbox can't mirror), so the PDF
+    holds exactly the images that were OCR'd.
+    """
+    real_root, prefix = _folder_root(image_dir, root)
     names = sorted(
         name
         for name in os.listdir(image_dir)
-        if isinstance(scan.classify(real_root, prefix + name, DEFAULT_IGNORE), scan.Candidate)
+        if isinstance(scan.classify(real_root, prefix + name, ignore), scan.Candidate)
     )
     return order.page_order(names, first_prefixes)
 
@@ -485,26 +598,22 @@ def build_folder_pdf(
     chunk_pages: int = 50,
     first_prefixes: Sequence[str] = (),
     work_dir: Path | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: images.Limits = images.Limits(),
     root: Path | None = None,
+    ignore: Sequence[str] = (),
     log: Any = None,
 ) -> PdfReport:
-    """Build one searchable PDF from the images directly in ``image_dir``.
+    """Build one searchable PDF of the images directly in ``image_dir``, as they are now.
 
     ``json_dir`` holds ``<image file name>.json`` per image (docs/JSON.md).
-    Work files go to ``<work_dir or out_pdf's dir>/.ocr-inbox-tmp-pdf-<out name>-work``
-    (a long name shortened by ``atomic.fit_name``),
-    which is removed afterwards. ``max_pixels`` caps an image's pixel count
-    (checked before decoding; PIL's own process-wide limit applies as well).
-    Symlinks resolving outside ``root`` (default ``image_dir``; the daemon
-    passes the inbox) are never followed.
-    ``out_pdf`` is replaced atomically, and only by a complete PDF.
+    Images are listed by :func:`list_images` (``ignore``: the scanner's ignore
+    patterns; none by default) and opened beneath ``root`` (default
+    ``image_dir``) under the same ``limits`` as OCR. The rest as :func:`build_pdf`.
 
     Raises ``BadArguments`` for missing directories, a folder without
     (decodable) images or a bad ``chunk_pages``; ``OutputError`` when the
     output cannot be written.
     """
-    log = log or _log
     image_dir, json_dir, out_pdf = Path(image_dir), Path(json_dir), Path(out_pdf)
     if not image_dir.is_dir():
         raise BadArguments(f"image folder not found: {image_dir}")
@@ -515,83 +624,14 @@ def build_folder_pdf(
     if chunk_pages < 1:
         raise BadArguments(f"chunk_pages must be at least 1, not {chunk_pages}")
     try:
-        names = list_images(image_dir, first_prefixes, root)
+        names = list_images(image_dir, first_prefixes, root, ignore)
     except OSError as exc:
         raise BadArguments(f"cannot list {image_dir}: {exc}") from exc
     if not names:
         raise BadArguments(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {image_dir}")
-    try:
-        out_pdf.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out_pdf.parent}: {exc}") from exc
-    work = work_dir_for(out_pdf, work_dir)
-
-    log.info("pdf_build_started", image_dir=str(image_dir), images=len(names), out=str(out_pdf))
-    image_only: list[PageIssue] = []
-    left_out: list[PageIssue] = []
-    toc: list[list[Any]] = []
-    with _work_area(work, out_pdf, log):
-        writer = _ChunkWriter(work, chunk_pages)
-        try:
-            for name in names:
-                _add_image(writer, image_dir / name, json_dir / (name + document.JSON_SUFFIX),
-                           max_pixels, toc, image_only, left_out, log)
-            writer.flush()
-        finally:
-            writer.close()
-        if not toc:
-            raise BadArguments(f"no decodable images in {image_dir}")
-        tmp = atomic.temp_path_for(out_pdf)
-        try:
-            _merge(writer.chunks, tmp, image_dir.resolve().name, toc)
-            atomic.publish(tmp, out_pdf)
-        except _WRITE_ERRORS as exc:
-            raise OutputError(f"cannot write {out_pdf}: {exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    report = PdfReport(out_pdf, len(toc), tuple(image_only), tuple(left_out))
-    log.info("pdf_built", out=str(out_pdf), pages=report.pages,
-             image_only=len(report.image_only), left_out=len(report.left_out))
-    return report
-
-
-def _add_image(
-    writer: _ChunkWriter,
-    image: Path,
-    json_file: Path,
-    max_pixels: int,
-    toc: list[list[Any]],
-    image_only: list[PageIssue],
-    left_out: list[PageIssue],
-    log: Any,
-) -> None:
-    """Add every page of one image file; record what went in without text or not at all."""
-    name = image.name
-    try:
-        frames = load_images(image, max_pixels)
-    except _Undecodable as exc:
-        left_out.append(PageIssue(name, exc.reason, None, exc.detail))
-        log.warning("pdf_image_left_out", image=name, reason=exc.reason, detail=exc.detail)
-        return
-    pages, reason, detail = _json_pages(json_file, image)
-    multi = len(frames) > 1
-    for i, frame in enumerate(frames):
-        frame_no = i if multi else None
-        if isinstance(frame, _Undecodable):
-            left_out.append(PageIssue(name, frame.reason, frame_no, frame.detail))
-            log.warning("pdf_image_left_out", image=name, frame=frame_no, reason=frame.reason, detail=frame.detail)
-            continue
-        text_page = pages[i] if i < len(pages) else None
-        why, why_detail = reason, detail
-        if text_page is None and not why:
-            why, why_detail = "json_page_missing", f"the JSON has {len(pages)} page(s)"
-        elif text_page is not None and (text_page.width, text_page.height) != frame.shown_size:
-            why = "json_size_mismatch"
-            why_detail = f"JSON {text_page.width}x{text_page.height} != image {frame.shown_size[0]}x{frame.shown_size[1]}"
-            text_page = None
-        if text_page is None:
-            image_only.append(PageIssue(name, why, frame_no, why_detail))
-            log.warning("pdf_page_without_text", image=name, frame=frame_no, reason=why, detail=why_detail)
-        writer.add(frame, text_page)
-        toc.append([1, f"{name} ({i + 1}/{len(frames)})" if multi else name, len(toc) + 1])
+    real_root, prefix = _folder_root(image_dir, root)
+    pages = [PageSource(prefix + name, json_dir / (name + JSON_SUFFIX), None, None) for name in names]
+    return build_pdf(
+        Path(real_root), pages, out_pdf, title=image_dir.resolve().name,
+        limits=limits, chunk_pages=chunk_pages, work_dir=work_dir, log=log,
+    )

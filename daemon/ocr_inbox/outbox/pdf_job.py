@@ -66,8 +66,8 @@ def _main(conn: Connection, req: PdfRequest) -> None:
     from ocr_inbox.outbox import names, pdf
 
     outbox = Path(req.outbox)
-    pages = [pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns) for p in req.pages]
     try:
+        pages = [pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns) for p in req.pages]
         report = pdf.build_pdf(
             Path(req.inbox),
             pages,

@@ -1,6 +1,6 @@
 """The invisible text layer of one page: geometry and PDF content stream.
 
-Pure functions of a :class:`~ocr_inbox.outbox.document.Page`: no PDF library.
+Pure functions of a :class:`~ocr_inbox.ocr.results.Page`: no PDF library.
 Every text line becomes glyphs of the glyphless font (see ``font.py``) drawn in
 render mode 3 (invisible) along the line's polygon:
 
@@ -25,8 +25,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ocr_inbox.outbox import font
 from ocr_inbox.ocr.results import Line, Page, Point
+from ocr_inbox.outbox import font
 
 Vec = tuple[float, float]
 
@@ -232,7 +232,8 @@ def word_runs(line: Line, frame: LineFrame, tf: PixelToPoint) -> list[Run]:
     return runs
 
 
-def _num(v: float, digits: int = 2) -> str:
+def num(v: float, digits: int = 2) -> str:
+    """``v`` as a short PDF number: at most ``digits`` decimals, no trailing zeros, never ``-0``."""
     s = f"{v:.{digits}f}".rstrip("0").rstrip(".")
     return "0" if s in ("", "-0") else s
 
@@ -247,7 +248,7 @@ def line_ops(line: Line, tf: PixelToPoint, font_name: str) -> list[str]:
     baseline = _add(frame.origin, _scale(frame.up, _DESCENT * size))
     a, b = frame.along
     c, d = frame.up
-    ops = [f"/{font_name} {_num(size)} Tf"]
+    ops = [f"/{font_name} {num(size)} Tf"]
     for run in runs:
         n = font.glyph_count(run.text)
         if n == 0:
@@ -255,8 +256,8 @@ def line_ops(line: Line, tf: PixelToPoint, font_name: str) -> list[str]:
         natural = n * _ADVANCE * size
         width = max(run.end - run.start, natural * _MIN_STRETCH)
         x, y = _add(baseline, _scale(frame.along, run.start))
-        ops.append(f"{_num(a, 5)} {_num(b, 5)} {_num(c, 5)} {_num(d, 5)} {_num(x)} {_num(y)} Tm")
-        ops.append(f"{_num(100 * width / natural)} Tz")
+        ops.append(f"{num(a, 5)} {num(b, 5)} {num(c, 5)} {num(d, 5)} {num(x)} {num(y)} Tm")
+        ops.append(f"{num(100 * width / natural)} Tz")
         ops.append(f"<{font.encode_text(run.text)}> Tj")
     return ops
 
