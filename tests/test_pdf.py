@@ -25,6 +25,7 @@ import ocr_inbox
 from ocr_inbox import atomic
 from ocr_inbox.config import DEFAULT_IGNORE
 from ocr_inbox.errors import BadArguments, OutputError
+from ocr_inbox.ocr.images import Limits as image_limits
 from ocr_inbox.ocr.results import Line, Page, Word
 from ocr_inbox.outbox import document, names, pdf
 from ocr_inbox.outbox.document import Document, SourceInfo
