@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ class FakeEngine:
             os._exit(3)
         if marker == 4:
             raise RuntimeError("boom")
+        # FAKE_ENGINE_DELAY_S: the seconds an image "costs", so a test can interrupt a run midway
+        time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY_S", "0")))
         text = f"fake {w}x{h}"
         return [Line(text=text, score=1.0, poly=((0.0, 0.0), (float(w), 0.0), (float(w), float(h)), (0.0, float(h))))]
 
