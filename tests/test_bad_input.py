@@ -44,6 +44,8 @@ from daemon_harness import Daemon, json_files, temp_files
 from ocr_inbox.logs import _escape
 from ocr_inbox.outbox.pdf_job import pdf_path_for
 
+pytestmark = [pytest.mark.slow, pytest.mark.corpus]
+
 FAST = """
 [watch]
 settle_seconds = 0.5

@@ -17,6 +17,8 @@ import structlog
 from conftest import CORPUS, run_cli
 from ocr_inbox import logs
 
+pytestmark = [pytest.mark.corpus]
+
 
 def test_pdf_command_with_json_dir_and_mirrored(corpus_ocr: tuple[Path, Path], tmp_path: Path, models_dir: Path) -> None:
     inbox, outbox = corpus_ocr

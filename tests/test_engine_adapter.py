@@ -76,6 +76,8 @@ def test_v4_yml_is_written_with_the_full_dictionary(tmp_path: Path, models_dir: 
     assert det["PostProcess"]["name"] == "DBPostProcess"
 
 
+@pytest.mark.slow
+@pytest.mark.corpus
 @pytest.mark.parametrize("profile", ["ppocrv6-tiny", "ppocrv6-small", "ppocrv4-mobile-onnx", "ppocrv4-mobile"])
 def test_every_offline_profile_reads_real_pages(profile: str, models_dir: Path, tmp_path: Path) -> None:
     import importlib.util

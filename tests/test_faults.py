@@ -24,6 +24,8 @@ from imagemaker import POISON_EXIT, POISON_SEGV, POISON_SIGKILL, plain
 from ocr_inbox.atomic import TMP_PREFIX
 from ocr_inbox.ledger import DB_NAME, Ledger
 
+pytestmark = [pytest.mark.slow, pytest.mark.corpus]
+
 def config(fake: bool = False, **sections: dict[str, object]) -> str:
     """A fast test configuration in TOML; ``fake`` uses the test engine plug-in."""
     base: dict[str, dict[str, object]] = {

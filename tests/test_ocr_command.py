@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import shutil
@@ -12,6 +14,8 @@ from PIL import Image
 
 from conftest import CORPUS, PAGES, char_f1, copy_pages, ground_truth, run_cli
 from imagemaker import png_with_declared_size
+
+pytestmark = [pytest.mark.slow, pytest.mark.corpus]
 
 
 def _doc(outbox: Path, rel: str) -> dict:

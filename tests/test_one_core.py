@@ -22,7 +22,7 @@ from conftest import CORPUS, run_cli
 from daemon_harness import Daemon, cli_env, json_files
 from imagemaker import plain
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.corpus]
 
 FAST = """
 [watch]
