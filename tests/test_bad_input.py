@@ -42,7 +42,7 @@ import imagemaker as im
 from conftest import CORPUS
 from daemon_harness import Daemon, json_files, temp_files
 from ocr_inbox.logs import _escape
-from ocr_inbox.outbox.pdf_job import pdf_path_for
+from ocr_inbox.outbox.names import pdf_path_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.corpus]
 

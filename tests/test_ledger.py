@@ -287,7 +287,7 @@ def test_recover_after_a_crash(tmp_path: Path) -> None:
     led.observe("a/2.jpg", 1, 1, now=1.0)
     led.claim(10, now=2.0)
     led.done("a/2.jpg", 1, 1, "a/2.json", 5, now=3.0)
-    led.pdf_started("a", now=3.5)  # cut off while building, too
+    led.pdf_started("a")  # cut off while building, too
     led.close()  # a crash: nothing marked
 
     with Ledger.open(tmp_path) as led:
@@ -436,7 +436,7 @@ def test_quiet_folder_needs_time_and_all_images_done(ledger: Ledger) -> None:
     [f] = ledger.quiet_folders(now=161.0, quiet_seconds=60)  # quiet since the last change
     assert (f.folder, f.pdf_state) == ("a", "needed")
 
-    ledger.pdf_started("a", now=162.0)
+    ledger.pdf_started("a")
     assert ledger.quiet_folders(now=163.0, quiet_seconds=60) == []
     assert reports.stats(ledger, now=163.0).folders_waiting == 1
     assert ledger.pdf_done("a", pages=1, now=164.0)
@@ -456,7 +456,7 @@ def test_folder_without_a_done_image_gets_no_pdf(ledger: Ledger) -> None:
 def test_late_page_rearms_the_pdf(ledger: Ledger) -> None:
     ledger.observe("a/1.jpg", 1, 1, now=1.0)
     finish_all(ledger, now=2.0)
-    ledger.pdf_started("a", now=100.0)
+    ledger.pdf_started("a")
     ledger.pdf_done("a", pages=1, now=101.0)
     ledger.observe("a/2.jpg", 1, 1, now=200.0)  # a late page
     row = ledger.folder("a")
@@ -470,7 +470,7 @@ def test_late_page_rearms_the_pdf(ledger: Ledger) -> None:
 def test_page_arriving_during_the_build_keeps_the_pdf_needed(ledger: Ledger) -> None:
     ledger.observe("a/1.jpg", 1, 1, now=1.0)
     finish_all(ledger, now=2.0)
-    ledger.pdf_started("a", now=100.0)
+    ledger.pdf_started("a")
     ledger.observe("a/2.jpg", 1, 1, now=101.0)
     assert not ledger.pdf_done("a", pages=1, now=102.0)
     row = ledger.folder("a")
@@ -480,14 +480,14 @@ def test_page_arriving_during_the_build_keeps_the_pdf_needed(ledger: Ledger) -> 
 def test_pdf_failed_until_the_folder_changes(ledger: Ledger) -> None:
     ledger.observe("a/1.jpg", 1, 1, now=1.0)
     finish_all(ledger, now=2.0)
-    ledger.pdf_started("a", now=100.0)
+    ledger.pdf_started("a")
     assert ledger.pdf_failed("a", "disk full", now=101.0)
     row = ledger.folder("a")
     assert row is not None and (row.pdf_state, row.pdf_error) == ("failed", "disk full")
     assert ledger.quiet_folders(now=1000.0, quiet_seconds=60) == []
     ledger.observe("a/1.jpg", 2, 2, now=1001.0)  # the folder changes: try again
     assert ledger.folder("a").pdf_state == "needed"  # type: ignore[union-attr]
-    ledger.pdf_started("a", now=1002.0)
+    ledger.pdf_started("a")
     assert ledger.folder("a").pdf_error is None  # type: ignore[union-attr]
 
 

@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("config_invalid", file=exc.file, key=exc.key, reason=exc.reason)
         return int(exc.exit_code)
     logs.configure(settings.log.level, settings.log.format)
+    if "max_image_pixels" in settings.pdf.model_fields_set:
+        log.warning("config_deprecated", key="pdf.max_image_pixels", note="ignored: PDFs use ocr.max_image_pixels")
     try:
         return int(COMMANDS[args.command](args, settings))
     except OcrInboxError as exc:

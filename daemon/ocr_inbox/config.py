@@ -150,7 +150,7 @@ class PdfSettings(_Section):
     chunk_pages: int = Field(default=50, ge=1, le=10000)
     #: file-name prefixes that go first, in this order (covers, front matter ...)
     first_prefixes: list[str] = []
-    #: pixel limit for images embedded in PDFs
+    #: deprecated and ignored: PDFs read images under [ocr]'s limits (one image module)
     max_image_pixels: int = Field(default=200_000_000, ge=1)
 
 
@@ -168,7 +168,7 @@ class LogSettings(_Section):
 
 
 class InboxSettings(_Section):
-    #: delete source images from the inbox once their JSON is written (off: never touch the inbox)
+    #: delete a source once its folder's PDF (or, without PDFs, its JSON) is written, if unchanged
     delete_processed: bool = False
 
 

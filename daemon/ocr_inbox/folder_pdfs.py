@@ -63,7 +63,7 @@ class FolderPdfs:
         for folder, due in list(self._retry.items()):
             if now_m >= due:
                 del self._retry[folder]
-                self.ledger.pdf_rearm(folder, time.time())
+                self.ledger.pdf_rearm(folder)
         if self.build is not None or not may_start or not self.settings.pdf.enabled or now_m < self._next_check:
             return
         self._next_check = now_m + QUIET_CHECK_S
@@ -86,7 +86,7 @@ class FolderPdfs:
             return
         ordered = order.page_order(rows, self.settings.pdf.first_prefixes)
         title = folder.rsplit("/", 1)[-1] if folder else Path(os.path.realpath(self.inbox)).name
-        self.ledger.pdf_started(folder, time.time())
+        self.ledger.pdf_started(folder)
         log.info("pdf_start", folder=folder, out=str(out), pages=len(ordered))
         s = self.settings
         self.build = PdfBuild(

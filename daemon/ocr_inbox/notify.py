@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-import sdnotify  # type: ignore[import-untyped]
+import sdnotify
 import structlog
 
 log = structlog.get_logger(__name__)

@@ -609,7 +609,7 @@ class Ledger:
                 > 0
             )
 
-    def pdf_started(self, folder: str, now: float) -> None:
+    def pdf_started(self, folder: str) -> None:
         with self._tx() as c:
             c.execute(
                 "UPDATE folders SET pdf_state = 'building', pdf_error = NULL WHERE folder = ?", (folder,)
@@ -617,37 +617,27 @@ class Ledger:
 
     def pdf_done(self, folder: str, pages: int, now: float) -> bool:
         """building -> done. False when a page arrived meanwhile: it stays needed."""
-        with self._tx() as c:
-            c.execute("UPDATE folders SET pdf_pages = ?, pdf_at = ? WHERE folder = ?", (pages, now, folder))
-            return (
-                c.execute(
-                    "UPDATE folders SET pdf_state = 'done' WHERE folder = ? AND pdf_state = 'building'",
-                    (folder,),
-                ).rowcount
-                > 0
-            )
+        return self._pdf_finished(folder, PdfState.done, "pdf_pages", pages, now)
 
     def pdf_failed(self, folder: str, error: str, now: float) -> bool:
         """building -> failed (until the folder changes again); False when re-armed meanwhile."""
-        with self._tx() as c:
-            c.execute("UPDATE folders SET pdf_error = ?, pdf_at = ? WHERE folder = ?", (error, now, folder))
-            return (
-                c.execute(
-                    "UPDATE folders SET pdf_state = 'failed' WHERE folder = ? AND pdf_state = 'building'",
-                    (folder,),
-                ).rowcount
-                > 0
-            )
+        return self._pdf_finished(folder, PdfState.failed, "pdf_error", error, now)
 
-    def pdf_rearm(self, folder: str, now: float) -> bool:
+    def _pdf_finished(self, folder: str, state: PdfState, column: str, value: object, now: float) -> bool:
+        with self._tx() as c:
+            c.execute(f"UPDATE folders SET {column} = ?, pdf_at = ? WHERE folder = ?", (value, now, folder))
+            cur = c.execute(
+                "UPDATE folders SET pdf_state = ? WHERE folder = ? AND pdf_state = 'building'", (state, folder)
+            )
+            return cur.rowcount > 0
+
+    def pdf_rearm(self, folder: str) -> bool:
         """failed -> needed: try the PDF again (its failure was the disk's, not the folder's)."""
         with self._tx() as c:
-            return (
-                c.execute(
-                    "UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'failed'", (folder,)
-                ).rowcount
-                > 0
+            cur = c.execute(
+                "UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'failed'", (folder,)
             )
+            return cur.rowcount > 0
 
     @property
     def connection(self) -> sqlite3.Connection:

@@ -62,7 +62,7 @@ def _line(d: dict[str, Any]) -> Line:
     if len(poly) != 4:
         raise ValueError("poly must have 4 points")
     words = tuple(Word(w["text"], _box(w["box"])) for w in d.get("words", ()))
-    return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words)  # type: ignore[arg-type]
+    return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words)
 
 
 def from_json(obj: dict[str, Any]) -> Document:
@@ -73,7 +73,7 @@ def from_json(obj: dict[str, Any]) -> Document:
             width=int(p["width"]),
             height=int(p["height"]),
             lines=tuple(_line(ln) for ln in p.get("lines", ())),
-            dpi=tuple(p["dpi"]) if p.get("dpi") else None,  # type: ignore[arg-type]
+            dpi=tuple(p["dpi"]) if p.get("dpi") else None,
         )
         for p in obj["pages"]
     )
