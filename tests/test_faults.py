@@ -259,17 +259,27 @@ def test_things_vanishing_or_renamed_mid_work(tmp_path: Path, models_dir: Path) 
     assert d.stop() == 0
 
 
-def test_unwritable_outbox_folder_pauses_then_resumes(tmp_path: Path, models_dir: Path) -> None:
+def test_a_file_in_the_way_of_an_output_folder_fails_only_its_images(tmp_path: Path, models_dir: Path) -> None:
+    # An output path blocked by a *name* (a file where a folder must go, a folder where
+    # a JSON must go) is that image's problem: it fails with a reason; nothing pauses.
     d = Daemon(tmp_path, models_dir, FAST)
-    rels = _small_pages(d.inbox, folders=1, per_folder=2)
+    rels = _small_pages(d.inbox, folders=2, per_folder=2)
     d.outbox.mkdir()
     (d.outbox / "box0").write_text("a file where the daemon needs a folder")
+    (d.outbox / "box1" / "p1.png.json").mkdir(parents=True)  # a folder where a JSON must go
     d.start()
     d.ready()
-    d.until(lambda: d.events("output_paused"), "the pause")
-    assert d.events("output_paused")[0]["reason"] == "output_error"
+    d.until(lambda: d.status()["totals"]["done"] + d.status()["totals"]["failed"] == len(rels), "all accounted for")
+    failed = {f["rel"]: f["reason"] for f in d.status()["failures"]}
+    assert failed == {"box0/p0.png": "output_name", "box0/p1.png": "output_name", "box1/p1.png": "output_name"}
+    assert not d.events("output_paused")
+    written = lambda: {p.relative_to(d.outbox).as_posix()[: -len(".json")] for p in d.outbox.rglob("*.json") if p.is_file()}  # noqa: E731
+    assert written() == {"box1/p0.png"}
+    # once the blocker is gone, a new version of the image is done as usual
     (d.outbox / "box0").unlink()
-    d.until(lambda: d.status()["totals"]["done"] == len(rels), "resumed")
+    page = d.inbox / "box0" / "p0.png"
+    os.utime(page, ns=(page.stat().st_atime_ns, page.stat().st_mtime_ns + 10**9))
+    d.until(lambda: "box0/p0.png" in written(), "redone")
     assert d.stop() == 0
 
 

@@ -82,7 +82,9 @@ class FolderPdfs:
         rows = {r.rel.rsplit("/", 1)[-1]: r for r in self.ledger.pages_of(folder)}
         keep_previous = self.ledger.has_deleted_sources(folder)
         out = names.pdf_path_for(self.outbox, self.inbox, folder)
-        if not rows and not keep_previous:
+        if not rows and not keep_previous:  # nothing to build: say so instead of asking again each second
+            self.ledger.pdf_started(folder)
+            self.ledger.pdf_failed(folder, "no page to put in it", time.time())
             return
         ordered = order.page_order(rows, self.settings.pdf.first_prefixes)
         title = folder.rsplit("/", 1)[-1] if folder else Path(os.path.realpath(self.inbox)).name
