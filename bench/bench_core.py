@@ -35,15 +35,19 @@ sys.path.insert(0, str(REPO / "tests"))
 from imagemaker import plain  # noqa: E402
 
 REAL = "[watch]\nsettle_seconds = 0.5\n[pdf]\nquiet_seconds = 1\n"
-FAKE = REAL + '[ocr]\nengine_plugin = "fake_engine:create"\n'
+# each version's own test engine, under a name the tests' fakes/ folder (first on the path) does not shadow
+FAKE = REAL + '[ocr]\nengine_plugin = "bench_fake_engine:create"\n'
 
 
 def _with_source(src: Path, fn: Callable[[], float]) -> float:
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(src / "daemon")
+    fakes = Path(tempfile.mkdtemp(prefix="bench-fakes-"))
+    shutil.copy(src / "tests" / "fakes" / "fake_engine.py", fakes / "bench_fake_engine.py")
+    os.environ["PYTHONPATH"] = f"{fakes}{os.pathsep}{src / 'daemon'}"
     try:
         return fn()
     finally:
+        shutil.rmtree(fakes, ignore_errors=True)
         if old is None:
             os.environ.pop("PYTHONPATH", None)
         else:
