@@ -9,6 +9,7 @@ pool with ``WorkerBootError`` instead of being restarted forever.
 
 from __future__ import annotations
 
+import enum
 import multiprocessing
 import os
 import signal
@@ -34,13 +35,20 @@ _CTX = multiprocessing.get_context("spawn")
 MAX_BOOT_FAILURES = 3
 
 
+class WorkerState(enum.StrEnum):
+    booting = "booting"  # loading its models
+    idle = "idle"
+    busy = "busy"  # has a batch
+    retiring = "retiring"  # told to exit after its batch (recycling)
+
+
 @dataclass
 class _Worker:
     slot: WorkerSlot
     process: Any  # multiprocessing's SpawnProcess
     conn: Connection
     started: float
-    state: str = "booting"  # booting | idle | busy | retiring
+    state: WorkerState = WorkerState.booting
     last_beat: float = 0.0
     batch: m.Batch | None = None
     current: int | None = None
@@ -97,23 +105,20 @@ class LocalExecutor:
         return len(self.slots)
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state != "booting")
-
-    def all_ready(self) -> bool:
-        return self.ready_count() == len(self.slots)
+        return sum(1 for w in self.workers.values() if w.state != WorkerState.booting)
 
     def healthy(self) -> bool:
         """Some worker can take work, or one is still within its time to load models."""
         now = time.monotonic()
         return any(
-            w.state != "booting" or now - w.started < self.settings.boot_timeout_s for w in self.workers.values()
+            w.state != WorkerState.booting or now - w.started < self.settings.boot_timeout_s for w in self.workers.values()
         )
 
     def capacity(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state == "idle")
+        return sum(1 for w in self.workers.values() if w.state == WorkerState.idle)
 
     def busy(self) -> bool:
-        return any(w.state == "busy" for w in self.workers.values())
+        return any(w.state == WorkerState.busy for w in self.workers.values())
 
     def in_flight(self) -> list[m.Job]:
         jobs: list[m.Job] = []
@@ -123,11 +128,11 @@ class LocalExecutor:
         return jobs
 
     def submit(self, batch: m.Batch) -> None:
-        w = next((w for w in self.workers.values() if w.state == "idle"), None)
+        w = next((w for w in self.workers.values() if w.state == WorkerState.idle), None)
         if w is None:
             raise RuntimeError("submit() without capacity: no worker is idle")
         w.conn.send(batch)
-        w.state, w.batch, w.finished, w.current = "busy", batch, set(), None
+        w.state, w.batch, w.finished, w.current = WorkerState.busy, batch, set(), None
         w.last_beat = time.monotonic()
 
     # the loop's step -------------------------------------------------------
@@ -158,7 +163,7 @@ class LocalExecutor:
     def _handle(self, w: _Worker, msg: m.WorkerMessage) -> list[m.Event]:
         w.last_beat = time.monotonic()
         if isinstance(msg, m.Ready):
-            w.state, w.info = "idle", msg.info
+            w.state, w.info = WorkerState.idle, msg.info
             self.boot_failures[w.slot.slot] = 0
             log.info("worker_ready", slot=msg.slot, pid=msg.pid, load_s=msg.load_s, **msg.info)
         elif isinstance(msg, m.Started):
@@ -169,7 +174,7 @@ class LocalExecutor:
             w.images += 1
         elif isinstance(msg, m.BatchDone):
             w.batch, w.current = None, None
-            w.state = "idle"
+            w.state = WorkerState.idle
             self._maybe_recycle(w, msg.rss_bytes)
         elif isinstance(msg, m.BootFailed):
             if msg.fatal:  # missing models, no such device: respawning cannot help
@@ -186,7 +191,7 @@ class LocalExecutor:
             reason = "max_rss"
         if reason and not self.stopping:
             log.info("worker_recycle", slot=w.slot.slot, reason=reason, images=w.images, rss_mb=rss >> 20)
-            w.state = "retiring"
+            w.state = WorkerState.retiring
             try:
                 w.conn.send(m.Stop())
             except OSError:
@@ -198,9 +203,9 @@ class LocalExecutor:
         w.conn.close()
         del self.workers[slot]
         events: list[m.Event] = []
-        if w.state == "retiring" and w.batch is None:
+        if w.state == WorkerState.retiring and w.batch is None:
             log.info("worker_retired", slot=slot, pid=w.process.pid)
-        elif w.state == "booting":
+        elif w.state == WorkerState.booting:
             n = self.boot_failures.get(slot, 0) + 1
             self.boot_failures[slot] = n
             log.error("worker_died_booting", slot=slot, pid=w.process.pid, cause=cause, failures=n)
@@ -228,8 +233,8 @@ class LocalExecutor:
     def _kill_stuck(self) -> None:
         now = time.monotonic()
         for slot, w in self.workers.items():
-            limit = self.settings.boot_timeout_s if w.state == "booting" else self.settings.image_timeout_s
-            if w.state in ("booting", "busy") and now - w.last_beat > limit and w.process.is_alive():
+            limit = self.settings.boot_timeout_s if w.state == WorkerState.booting else self.settings.image_timeout_s
+            if w.state in (WorkerState.booting, WorkerState.busy) and now - w.last_beat > limit and w.process.is_alive():
                 log.error("worker_stuck", slot=slot, pid=w.process.pid, state=w.state, silent_s=round(now - w.last_beat))
                 self._kill(w)
 
