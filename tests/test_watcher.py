@@ -153,7 +153,7 @@ class _NoWatchesObserver(PollingObserver):
 
 
 def test_auto_falls_back_to_polling(inbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watcher_mod, "NativeObserver", _NoWatchesObserver)
+    monkeypatch.setattr(watcher_mod, "NativeObserver", lambda **_: _NoWatchesObserver())
     w = InboxWatcher(inbox, settings("auto"))
     with capture_logs() as logs:
         w.start()
@@ -169,7 +169,7 @@ def test_auto_falls_back_to_polling(inbox: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_native_forced_does_not_fall_back(inbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watcher_mod, "NativeObserver", _NoWatchesObserver)
+    monkeypatch.setattr(watcher_mod, "NativeObserver", lambda **_: _NoWatchesObserver())
     w = InboxWatcher(inbox, settings("native"))
     with pytest.raises(OSError):
         w.start()
