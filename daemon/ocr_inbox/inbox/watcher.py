@@ -37,6 +37,7 @@ import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
+    DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -49,6 +50,7 @@ from watchdog.events import (
 from watchdog.observers.api import DEFAULT_EMITTER_TIMEOUT, DEFAULT_OBSERVER_TIMEOUT, BaseObserver, EventQueue, ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask
+from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
 from watchdog.observers.polling import PollingObserverVFS
 
 from ocr_inbox.config import WatchSettings
@@ -225,9 +227,12 @@ class InboxWatcher:
     def healthy(self) -> bool:
         """False when the inbox was removed or the observer died: call ``restart``."""
         obs = self._observer
+        if obs is None or not obs.is_alive() or self._lost:
+            return False
         if isinstance(obs, _BoundedInotifyObserver) and not obs.reader_alive:
             return False  # the thread reading inotify events died: nothing more would come
-        return obs is not None and obs.is_alive() and not self._lost
+        # an emitter thread that died of an error (not stopped) reports nothing any more
+        return all(e.is_alive() or e.stopped_event.is_set() for e in obs.emitters)
 
     # -- the supervisor's side -----------------------------------------------
 
@@ -475,6 +480,27 @@ class _BoundedInotifyEmitter(InotifyEmitter):
     ) -> None:
         super().__init__(event_queue, watch, timeout=timeout, event_filter=event_filter, inotify_fd=inotify_fd)
         self._max_depth = max_depth
+
+    def build_and_queue_event(self, event: GroupedInotifyEvent, *, full_events: bool = False) -> None:
+        """watchdog's, less the synthetic events for a moved folder's content: making them
+        walks the folder with ``os.walk`` (recursive, unbounded). The folder's own
+        event is enough here: intake walks a moved-in or renamed folder itself."""
+        if isinstance(event, PathedInotifyEvent):
+            if not (event.ev.is_moved_to and event.ev.is_directory) or full_events:
+                super().build_and_queue_event(event, full_events=full_events)
+                return
+            path = self._decode_path(event.path)
+            self.queue_event(DirCreatedEvent(path))
+            self.queue_event(DirModifiedEvent(os.path.dirname(path)))
+            return
+        move_from, move_to = event
+        if not move_from.ev.is_directory:
+            super().build_and_queue_event(event, full_events=full_events)
+            return
+        src, dest = self._decode_path(move_from.path), self._decode_path(move_to.path)
+        self.queue_event(DirMovedEvent(src, dest))
+        self.queue_event(DirModifiedEvent(os.path.dirname(src)))
+        self.queue_event(DirModifiedEvent(os.path.dirname(dest)))
 
     def on_thread_start(self) -> None:
         self._inotify = _BoundedWatchGroup(
