@@ -16,6 +16,7 @@ import pytest
 
 from daemon_harness import Daemon, json_files
 from imagemaker import plain
+from ocr_inbox import atomic
 
 pytestmark = [pytest.mark.slow]
 
@@ -74,6 +75,13 @@ def remove_tree(top: Path) -> None:
         os.rmdir(d)
 
 
+def kill_if_running(d: Daemon) -> None:
+    """After a failed assertion: no daemon of ours outlives its test."""
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.wait_exit()
+
+
 def failures(d: Daemon) -> dict[str, str]:
     return {f["rel"]: f["reason"] for f in d.status()["failures"]}
 
@@ -108,6 +116,7 @@ def test_a_deep_tree_is_refused_once_and_the_daemon_stays_up(tmp_path: Path, mod
     try:
         _deep_tree(tmp_path, d)
     finally:
+        kill_if_running(d)
         for top in (d.inbox / "deep", d.inbox / "moved", tmp_path / "moved"):
             if top.exists():
                 remove_tree(top)
@@ -152,12 +161,13 @@ def _deep_tree(tmp_path: Path, d: Daemon) -> None:
 
 @pytest.mark.parametrize("swap", ["folder", "parent"])
 def test_a_folder_swapped_for_a_link_out_of_the_inbox_never_reaches_the_outbox(
-    tmp_path: Path, models_dir: Path, swap: str
+    tmp_path: Path, models_dir: Path, swap: str, request: pytest.FixtureRequest
 ) -> None:
     """Its images were OCR'd; before the folder is quiet, it (or a folder above it) becomes a
     link to a directory outside the inbox holding other images under the same names."""
     # quiet_seconds: time enough to swap the folder between its images' JSON and its PDF
     d = Daemon(tmp_path / "d", models_dir, config(pdf={"quiet_seconds": 3}))
+    request.addfinalizer(lambda: kill_if_running(d))
     swapped, folder = ("book", "book") if swap == "folder" else ("a", "a/b")
     names = ("p1.png", "p2.png")
     for n in names:
@@ -193,9 +203,10 @@ def test_a_folder_swapped_for_a_link_out_of_the_inbox_never_reaches_the_outbox(
     )
 
 
-def test_polling_never_follows_a_folder_link(tmp_path: Path, models_dir: Path) -> None:
+def test_polling_never_follows_a_folder_link(tmp_path: Path, models_dir: Path, request: pytest.FixtureRequest) -> None:
     """``x/l -> ..`` made the polling snapshot walk x/l/x/l/..., and each image was OCR'd again."""
     d = Daemon(tmp_path / "d", models_dir, config(watch={"observer": "polling"}))
+    request.addfinalizer(lambda: kill_if_running(d))
     plain(d.inbox / "x" / "p1.png")
     d.start()
     d.ready()
@@ -213,3 +224,17 @@ def test_polling_never_follows_a_folder_link(tmp_path: Path, models_dir: Path) -
     assert failures(d) == {"x/l": "directory_symlink"}
     assert refusals(d) == [("x/l", "directory_symlink")]
     assert d.stop() == 0
+
+
+def test_the_sweep_of_a_deep_outbox_is_bounded_and_never_raises(tmp_path: Path) -> None:
+    """The outbox mirrors the inbox: the start-up sweep walked it with os.walk (recursive)."""
+    outbox = tmp_path / "outbox"
+    try:
+        bottom = nested(outbox, DEEP)
+        shallow = outbox.joinpath(*(["d"] * 10))
+        for folder in (shallow, bottom):
+            (folder / f"{atomic.TMP_PREFIX}x.part").write_bytes(b"x")
+        assert atomic.sweep_temp_files(outbox) == 1  # only down to SWEEP_MAX_DEPTH
+        assert not (shallow / f"{atomic.TMP_PREFIX}x.part").exists()
+    finally:
+        remove_tree(outbox)
