@@ -88,3 +88,71 @@ def test_classify_refuses_a_directory_symlink_by_any_name(tmp_path: Path) -> Non
         got = scan.classify(root, rel)
         assert isinstance(got, scan.Refused) and got.reason == "directory_symlink", rel
     assert scan.classify(root, "missing.png") is None
+
+
+def _remove_tree(top: Path) -> None:
+    """``shutil.rmtree`` without recursion: pytest's own clean-up of old temp dirs
+    recurses once per level, so a deep tree left behind breaks later sessions."""
+    folders, stack = [], [str(top)]
+    while stack:
+        d = stack.pop()
+        folders.append(d)
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                else:
+                    os.unlink(e.path)
+    for d in reversed(folders):
+        os.rmdir(d)
+
+
+def _nested(top: Path, levels: int) -> Path:
+    """``top/d/d/...`` made without recursion (``os.makedirs`` recurses once per level)."""
+    path = top
+    path.mkdir(parents=True)
+    for _ in range(levels):
+        path = path / "d"
+        path.mkdir()
+    return path
+
+
+def test_a_deep_tree_is_walked_without_recursion_and_refused_once(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    try:
+        _deep_walk(inbox)
+    finally:
+        _remove_tree(inbox)
+
+
+def _deep_walk(inbox: Path) -> None:
+    plain(_nested(inbox / "deep", 1200) / "bottom.png")
+    plain(_nested(inbox / "ok", 3) / "p.png")
+    items = list(scan.walk(inbox, DEFAULT_IGNORE, max_depth=5))
+    too_deep = "deep" + "/d" * 5
+    assert [(i.rel, isinstance(i, scan.Candidate)) for i in items] == [(too_deep, False), ("ok/d/d/d/p.png", True)]
+    assert isinstance(items[0], scan.Refused) and items[0].reason == "too_deep"
+    # a watcher event deep inside, and a walk of a folder deep inside: the same one refusal
+    deep_rel = "deep" + "/d" * 1200 + "/bottom.png"
+    got = scan.classify(os.path.realpath(inbox), deep_rel, max_depth=5)
+    assert isinstance(got, scan.Refused) and (got.rel, got.reason) == (too_deep, "too_deep")
+    sub = list(scan.walk(inbox, subdir="deep" + "/d" * 10, max_depth=5))
+    assert [(i.rel, i.reason) for i in sub if isinstance(i, scan.Refused)] == [(too_deep, "too_deep")]
+    assert len(sub) == 1
+
+
+def test_no_path_through_a_symlinked_folder(tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    plain(inbox / "x" / "p1.png")
+    plain(outside / "b" / "p1.png")
+    os.symlink("..", inbox / "x" / "l")
+    os.symlink(outside, inbox / "a")
+    root = os.path.realpath(inbox)
+    for rel, link in (("x/l/x/p1.png", "x/l"), ("x/l/x/l/x/p1.png", "x/l"), ("a/b/p1.png", "a")):
+        got = scan.classify(root, rel)
+        assert isinstance(got, scan.Refused) and (got.rel, got.reason) == (link, "directory_symlink"), rel
+    for subdir, link in (("x/l/x", "x/l"), ("a/b", "a"), ("a", "a")):
+        assert [(i.rel, i.reason) for i in scan.walk(inbox, subdir=subdir) if isinstance(i, scan.Refused)] == [
+            (link, "directory_symlink")
+        ]
+    assert _walk(inbox) == ({"x/p1.png"}, {"x/l": "directory_symlink", "a": "directory_symlink"})

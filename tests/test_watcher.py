@@ -153,7 +153,7 @@ class _NoWatchesObserver(PollingObserver):
 
 
 def test_auto_falls_back_to_polling(inbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watcher_mod, "NativeObserver", _NoWatchesObserver)
+    monkeypatch.setattr(watcher_mod, "NativeObserver", lambda **_: _NoWatchesObserver())
     w = InboxWatcher(inbox, settings("auto"))
     with capture_logs() as logs:
         w.start()
@@ -169,7 +169,7 @@ def test_auto_falls_back_to_polling(inbox: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_native_forced_does_not_fall_back(inbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watcher_mod, "NativeObserver", _NoWatchesObserver)
+    monkeypatch.setattr(watcher_mod, "NativeObserver", lambda **_: _NoWatchesObserver())
     w = InboxWatcher(inbox, settings("native"))
     with pytest.raises(OSError):
         w.start()
@@ -194,3 +194,67 @@ def test_relative_paths(inbox: Path) -> None:
     assert w.relative(os.path.join(root, "x.tmp", "x.jpg")) is None
     assert w.relative(os.path.join(root, ".Trash", "x.jpg")) == ".Trash/x.jpg"  # defaults replaced
     w.close()
+
+
+def _remove_tree(top: Path) -> None:
+    """``shutil.rmtree`` without recursion: pytest's own clean-up of old temp dirs
+    recurses once per level, so a deep tree left behind breaks later sessions."""
+    folders, stack = [], [str(top)]
+    while stack:
+        d = stack.pop()
+        folders.append(d)
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                else:
+                    os.unlink(e.path)
+    for d in reversed(folders):
+        os.rmdir(d)
+
+
+def _nested(top: Path, levels: int) -> Path:
+    path = top
+    path.mkdir(parents=True)
+    for _ in range(levels):
+        path = path / "d"
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_a_deep_tree_neither_stops_the_watcher_nor_hides_the_rest(inbox: Path, observer: str) -> None:
+    moved_from = inbox.parent / "moved"
+    _nested(inbox / "deep", 1200)
+    w = InboxWatcher(inbox, settings(observer, max_depth=8))
+    try:
+        w.start()  # RecursionError in watchdog's walks before
+        assert w.kind == ("inotify" if observer == "native" else "polling")
+        (inbox / "a").mkdir()
+        (inbox / "a" / "p.png").write_bytes(b"x")
+        _nested(moved_from, 1200)  # a deep tree moved in while watching
+        os.rename(moved_from, inbox / "moved")
+        (inbox / "b.png").write_bytes(b"x")
+        seen = wait_for(w, lambda s: {"a/p.png", "moved", "b.png"} <= s)
+        assert w.healthy
+        assert max(rel.count("/") for rel in seen) <= 8  # nothing reported below max_depth + 1 levels
+    finally:
+        w.close()
+        for top in (inbox / "deep", inbox / "moved", moved_from):
+            if top.exists():
+                _remove_tree(top)
+
+
+def test_polling_reports_a_folder_link_once_and_never_follows_it(inbox: Path) -> None:
+    (inbox / "x").mkdir()
+    w = InboxWatcher(inbox, settings("polling"))
+    w.start()
+    try:
+        os.symlink("..", inbox / "x" / "l")
+        (inbox / "x" / "p.png").write_bytes(b"x")
+        seen = wait_for(w, lambda s: {"x/l", "x/p.png"} <= s)
+        (inbox / "x" / "q.png").write_bytes(b"x")
+        seen = wait_for(w, lambda s: "x/q.png" in s, seen)
+        assert not any(rel.startswith("x/l/") for rel in seen), sorted(seen)
+    finally:
+        w.close()

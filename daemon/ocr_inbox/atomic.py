@@ -74,28 +74,52 @@ def publish(tmp: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
+#: folder levels below the outbox that the sweep looks into: deeper than any
+#: folder the outbox mirrors (``[watch] max_depth`` is at most 256)
+SWEEP_MAX_DEPTH = 300
+
+
 def sweep_temp_files(root: Path, older_than_s: float = 0.0) -> int:
     """Remove temp files and work directories left by a crash under ``root``; returns how many.
 
-    A work directory that a running build holds (flock) is left alone.
+    A work directory that a running build holds (flock) is left alone. The
+    walk is iterative, never follows a link and stops ``SWEEP_MAX_DEPTH``
+    levels down: no outbox tree can make it raise.
     """
     if not root.is_dir():
         return 0
     now = time.time()
     removed = 0
-    for dirpath, dirs, files in os.walk(root):
-        for name in [d for d in dirs if d.startswith(TMP_PREFIX)]:
-            dirs.remove(name)  # never descend into a work directory
-            if _remove_unlocked_dir(Path(dirpath, name), now - older_than_s):
-                removed += 1
-        for name in files:
-            if name.startswith(TMP_PREFIX):
-                p = Path(dirpath, name)
-                with contextlib.suppress(FileNotFoundError):
-                    if now - p.lstat().st_mtime >= older_than_s:
-                        p.unlink()
-                        removed += 1
+    stack: list[tuple[str, int]] = [(str(root), 0)]
+    while stack:
+        dirpath, depth = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError:
+            continue  # vanished or unreadable: nothing of ours to sweep there
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if entry.name.startswith(TMP_PREFIX):
+                # a work directory is removed whole, never descended
+                remove = _remove_unlocked_dir if is_dir else _remove_old_file
+                removed += remove(Path(entry.path), now - older_than_s)
+            elif is_dir and depth < SWEEP_MAX_DEPTH:
+                stack.append((entry.path, depth + 1))
     return removed
+
+
+def _remove_old_file(path: Path, not_after: float) -> bool:
+    try:
+        if path.lstat().st_mtime > not_after:
+            return False
+        path.unlink()
+    except OSError:  # gone meanwhile, or not ours to remove
+        return False
+    return True
 
 
 def _remove_unlocked_dir(path: Path, not_after: float) -> bool:

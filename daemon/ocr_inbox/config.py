@@ -136,6 +136,10 @@ class WatchSettings(_Section):
     ignore: list[str] = []
     #: replace the default ignore patterns instead of extending them
     replace_default_ignore: bool = False
+    #: folder levels below the inbox that are walked and watched; a deeper folder is
+    #: refused (reason ``too_deep``). At most 256: watchdog's polling snapshot
+    #: recurses once per level, and Python stops recursing near 1,000.
+    max_depth: int = Field(default=64, ge=1, le=256)
 
     def ignore_patterns(self) -> tuple[str, ...]:
         base = () if self.replace_default_ignore else DEFAULT_IGNORE

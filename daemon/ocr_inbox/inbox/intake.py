@@ -96,7 +96,7 @@ class Intake:
         known = {row.rel: row for row in self.ledger.known_paths()}
         seen: set[str] = set()
         new = refused = 0
-        for item in scan.walk(self.inbox, self.settings.ignore_patterns()):
+        for item in scan.walk(self.inbox, self.settings.ignore_patterns(), max_depth=self.settings.max_depth):
             seen.add(item.rel)
             if isinstance(item, scan.Refused):
                 refused += self._refuse(item)
@@ -117,7 +117,7 @@ class Intake:
 
     def track(self, rel: str) -> None:
         """Look at one path again (a watcher event, or a file that moved under a worker)."""
-        item = scan.classify(self.root, rel, self.settings.ignore_patterns())
+        item = scan.classify(self.root, rel, self.settings.ignore_patterns(), self.settings.max_depth)
         if item is None:
             if not os.path.lexists(os.path.join(self.root, rel)):
                 # a file or a whole folder moved away / deleted (the ledger knows names by their printable form)
@@ -126,6 +126,8 @@ class Intake:
                 self.ledger.gone(name, time.time())
                 self.ledger.gone_tree(name, time.time())
             return
+        if isinstance(item, scan.Refused):
+            self.tracker.forget(rel)  # the refusal may name a folder or link above it
         self._take(item)
 
     def step(self) -> None:
@@ -134,7 +136,9 @@ class Intake:
             for rel in self.watcher.drain():
                 path = os.path.join(self.root, rel)
                 if os.path.isdir(path) and not os.path.islink(path):
-                    for item in scan.walk(self.inbox, self.settings.ignore_patterns(), subdir=rel):
+                    # walk refuses a folder reached through a symlinked one, or too deep, as the scan does
+                    s = self.settings
+                    for item in scan.walk(self.inbox, s.ignore_patterns(), subdir=rel, max_depth=s.max_depth):
                         self._take(item)
                 else:
                     self.track(rel)
@@ -182,7 +186,7 @@ class Intake:
             self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m)
         ready: list[tuple[str, int, int]] = []
         for rel in self.tracker.settled(now_m, settle_s):
-            item = scan.classify(self.root, rel, self.settings.ignore_patterns())
+            item = scan.classify(self.root, rel, self.settings.ignore_patterns(), self.settings.max_depth)
             if isinstance(item, scan.Candidate):
                 ready.append((rel, item.size, item.mtime_ns))
             elif isinstance(item, scan.Refused):

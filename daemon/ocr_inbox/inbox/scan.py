@@ -1,9 +1,11 @@
 """Walk the inbox safely: which files are images to OCR, which are refused and why.
 
 Never follows a symlink out of the inbox, never descends symlinked directories
-(a loop or a second path to the same files), refuses fifos, sockets and
-devices, and skips OS junk by the ignore patterns. Nothing here opens a file's
-content.
+(a loop or a second path to the same files) nor takes a path that goes
+through one, refuses fifos, sockets and devices, and skips OS junk by the
+ignore patterns. The walk is iterative and stops ``max_depth`` folder levels
+below the inbox: a deeper folder is refused once (``too_deep``), whatever
+hangs below it. Nothing here opens a file's content.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 #: the longest file name (bytes) Linux file systems take; an image's JSON is ``<name>.json``
 NAME_MAX = 255
 JSON_SUFFIX = ".json"
+#: folder levels below the inbox that are walked (``[watch] max_depth``)
+DEFAULT_MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -89,15 +93,59 @@ def check_layout(inbox: Path, *others: tuple[str, Path]) -> str | None:
     return None
 
 
-def classify(inbox_real: str, rel: str, patterns: Sequence[str] = ()) -> Candidate | Refused | None:
+def depth_of(rel_dir: str) -> int:
+    """Folder levels of ``rel_dir`` below the inbox ('' is the inbox itself: 0)."""
+    return rel_dir.count("/") + 1 if rel_dir else 0
+
+
+def too_deep(rel: str, max_depth: int) -> Refused:
+    """The refusal of the folder ``rel`` (``max_depth + 1`` levels down) and all below it."""
+    return Refused(
+        printable_rel(rel), "too_deep", f"more than {max_depth} folder levels below the inbox ([watch] max_depth)"
+    )
+
+
+def _outside_limits(inbox_real: str, rel_dir: str, max_depth: int) -> Refused | None:
+    """Why nothing in the folder ``rel_dir`` may be taken: too deep, or reached through a
+    symlinked directory (the refusal names that folder or link); None when it may be walked."""
+    parts = rel_dir.split("/") if rel_dir else []
+    if len(parts) > max_depth:
+        return too_deep("/".join(parts[: max_depth + 1]), max_depth)
+    path = inbox_real
+    for i, part in enumerate(parts):
+        path = os.path.join(path, part)
+        try:
+            linked = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:
+            return None  # vanished: the caller finds nothing there
+        if linked:
+            return Refused(
+                printable_rel("/".join(parts[: i + 1])), "directory_symlink", "symlinked directories are not followed"
+            )
+    return None
+
+
+def classify(
+    inbox_real: str, rel: str, patterns: Sequence[str] = (), max_depth: int = DEFAULT_MAX_DEPTH
+) -> Candidate | Refused | None:
     """Look at one path relative to the inbox; None means 'not ours' (ignored or no image).
 
     A symlink to a directory is refused whatever its name (the watcher reports
-    it like a file; the walk never descends it).
+    it like a file; the walk never descends it). A path below a symlinked
+    directory, or in a folder deeper than ``max_depth``, gets that folder's
+    refusal instead (the same one the walk records).
     """
-    name = rel.rsplit("/", 1)[-1]
     if is_ignored(rel, patterns):
         return None
+    problem = _outside_limits(inbox_real, folder_of(rel), max_depth)
+    if problem is not None:
+        return problem
+    return _classify(inbox_real, rel)
+
+
+def _classify(inbox_real: str, rel: str) -> Candidate | Refused | None:
+    """``classify`` for a path whose folder is known to be inside the limits and not ignored."""
+    name = rel.rsplit("/", 1)[-1]
     path = os.path.join(inbox_real, rel)
     image = is_image_name(name)
     try:
@@ -139,30 +187,61 @@ def classify(inbox_real: str, rel: str, patterns: Sequence[str] = ()) -> Candida
     return Candidate(rel, real, st.st_size, st.st_mtime_ns)
 
 
-def walk(inbox: Path, patterns: Sequence[str] = (), subdir: str = "") -> Iterator[Candidate | Refused]:
+def walk(
+    inbox: Path, patterns: Sequence[str] = (), subdir: str = "", max_depth: int = DEFAULT_MAX_DEPTH
+) -> Iterator[Candidate | Refused]:
     """Every image under ``inbox`` (or the reason it is refused), folders in sorted order.
 
     ``subdir`` limits the walk to one folder of the inbox; paths stay relative
-    to (and links are judged against) the inbox itself.
+    to (and links are judged against) the inbox itself. Iterative (a tree of
+    any depth costs no recursion): a folder ``max_depth + 1`` levels down is
+    refused as ``too_deep`` and not entered. A ``subdir`` reached through a
+    symlinked directory yields that link's refusal only. A folder that cannot
+    be listed (vanished, unreadable) is skipped.
     """
     root = os.path.realpath(inbox)
-    start = os.path.join(root, subdir) if subdir else root
-    for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
-        reldir = os.path.relpath(dirpath, root)
-        reldir = "" if reldir == "." else reldir.replace(os.sep, "/") + "/"
-        keep = []
-        for d in sorted(dirnames):
-            if is_ignored(reldir + d, patterns):
+    if subdir:
+        subdir = subdir.strip("/")
+        if is_ignored(subdir, patterns):
+            return
+        problem = _outside_limits(root, subdir, max_depth)
+        if problem is None and os.path.islink(os.path.join(root, subdir)):
+            problem = Refused(printable_rel(subdir), "directory_symlink", "symlinked directories are not followed")
+        if problem is not None:
+            yield problem
+            return
+    # (folder path, rel prefix of its entries, its depth); popped in sorted order
+    stack = [(os.path.join(root, subdir) if subdir else root, subdir + "/" if subdir else "", depth_of(subdir))]
+    while stack:
+        dirpath, reldir, depth = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs: list[tuple[str, str, int]] = []
+        files: list[str] = []
+        for entry in entries:
+            rel = reldir + entry.name
+            if is_ignored(rel, patterns):
                 continue
-            if os.path.islink(os.path.join(dirpath, d)):
-                yield Refused(printable_rel(reldir + d), "directory_symlink", "symlinked directories are not followed")
-                continue
-            keep.append(d)
-        dirnames[:] = keep
-        for f in sorted(filenames):
-            got = classify(root, reldir + f, patterns)
+            try:
+                is_dir = entry.is_dir()  # follows a link: a link to a folder is refused here
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(rel)
+            elif entry.is_symlink():
+                yield Refused(printable_rel(rel), "directory_symlink", "symlinked directories are not followed")
+            elif depth >= max_depth:
+                yield too_deep(rel, max_depth)
+            else:
+                subdirs.append((entry.path, rel + "/", depth + 1))
+        for rel in files:
+            got = _classify(root, rel)
             if got is not None:
                 yield got
+        stack.extend(reversed(subdirs))
 
 
 def folder_of(rel: str) -> str:

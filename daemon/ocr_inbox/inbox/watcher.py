@@ -8,6 +8,16 @@ everything under a vanished one gone (``Ledger.gone_tree``).
 
 Wake-up: a byte on a ``socketpair``; pass ``watcher.waitable`` (the read end)
 to ``multiprocessing.connection.wait`` next to the pool's pipes, then ``drain()``.
+
+Bounded by ``[watch] max_depth``, like the scan: watchdog's own tree walks
+(``os.walk`` when inotify watches are added, a recursive ``DirectorySnapshot``
+when polling) recurse once per folder level, so a tree about 1,000 levels deep
+raised RecursionError out of ``start()``. The observers here are watchdog's,
+with those walks replaced: inotify watches folders down to ``max_depth`` with
+an iterative walk, polling lists folders down to ``max_depth`` only and never
+follows a symlink (``lstat``), so a link such as ``x/l -> ..`` is reported
+once, as a link, and refused by intake. A folder one level deeper is still
+reported (created, moved in) so intake can refuse it.
 """
 
 from __future__ import annotations
@@ -19,13 +29,15 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
+    DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -35,9 +47,11 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer as NativeObserver
-from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.api import DEFAULT_EMITTER_TIMEOUT, DEFAULT_OBSERVER_TIMEOUT, BaseObserver, EventQueue, ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask
+from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
+from watchdog.observers.polling import PollingObserverVFS
 
 from ocr_inbox.config import WatchSettings
 from ocr_inbox.inbox.scan import is_ignored
@@ -93,6 +107,7 @@ class InboxWatcher:
         self._mode: ObserverMode = s.observer
         self._poll_interval_s = s.poll_interval_s
         self._ignore = s.ignore_patterns()
+        self._max_depth = s.max_depth
         self._lock = threading.Lock()
         self._touched: set[str] = set()
         self._observer: BaseObserver | None = None
@@ -116,7 +131,7 @@ class InboxWatcher:
         self._incomplete = None
         if self._mode in ("auto", "native"):
             try:
-                self._observer = self._start(NativeObserver())
+                self._observer = self._start(NativeObserver(max_depth=self._max_depth))
                 self._kind = _kind_of(self._observer)
                 # watchdog watches the root or raises, but skips sub-folders it
                 # cannot watch without a word: check that the limit did not bite.
@@ -124,14 +139,18 @@ class InboxWatcher:
                 if problem is not None:
                     self.stop()
                     raise OSError(errno.ENOSPC, problem)
-            except OSError as exc:
+            except (OSError, RecursionError) as exc:
+                # RecursionError: only if a watchdog walk we did not replace recursed on a deep tree
+                self.stop()
                 if self._mode == "native":
+                    if isinstance(exc, RecursionError):
+                        raise OSError(errno.ELOOP, f"the native observer failed: {exc}") from exc
                     raise
                 log.warning(
                     "watch_fallback_polling",
                     inbox=self.root,
-                    reason=exc.strerror or str(exc),
-                    errno=exc.errno,
+                    reason=(exc.strerror if isinstance(exc, OSError) else None) or str(exc),
+                    errno=exc.errno if isinstance(exc, OSError) else None,
                     poll_interval_s=self._poll_interval_s,
                 )
         if self._observer is None:
@@ -140,7 +159,7 @@ class InboxWatcher:
         log.info("watch_started", inbox=self.root, kind=self._kind)
 
     def _start_polling(self) -> None:
-        self._observer = self._start(PollingObserver(timeout=self._poll_interval_s))
+        self._observer = self._start(_bounded_polling_observer(self.root, self._max_depth, self._poll_interval_s))
         self._kind = "polling"
 
     def _coverage_problem(self) -> str | None:
@@ -150,10 +169,10 @@ class InboxWatcher:
         """
         if self._kind != "inotify":
             return None
-        missing, total = _unwatched_dirs(self.root)
+        missing, total = _unwatched_dirs(self.root, self._max_depth)
         if missing:
             time.sleep(0.2)  # a folder created during the start may be getting its watch right now
-            missing, total = _unwatched_dirs(self.root)
+            missing, total = _unwatched_dirs(self.root, self._max_depth)
         if not missing:
             return None
         return (
@@ -208,7 +227,12 @@ class InboxWatcher:
     def healthy(self) -> bool:
         """False when the inbox was removed or the observer died: call ``restart``."""
         obs = self._observer
-        return obs is not None and obs.is_alive() and not self._lost
+        if obs is None or not obs.is_alive() or self._lost:
+            return False
+        if isinstance(obs, _BoundedInotifyObserver) and not obs.reader_alive:
+            return False  # the thread reading inotify events died: nothing more would come
+        # an emitter thread that died of an error (not stopped) reports nothing any more
+        return all(e.is_alive() or e.stopped_event.is_set() for e in obs.emitters)
 
     # -- the supervisor's side -----------------------------------------------
 
@@ -247,7 +271,7 @@ class InboxWatcher:
         self.stop()
         # The supervisor walks every touched folder: files that arrived in the
         # unwatched ones before polling took its first snapshot are found that way.
-        missing, _ = _unwatched_dirs(self.root, watched=set())
+        missing, _ = _unwatched_dirs(self.root, self._max_depth, watched=set())
         try:
             self._start_polling()
         except OSError as exc:
@@ -284,6 +308,9 @@ class InboxWatcher:
         """Observer thread: a folder appeared; flag the watcher if inotify could not watch it."""
         if self._kind != "inotify" or self._incomplete is not None:
             return
+        rel = self.relative(path)
+        if rel is not None and rel.count("/") + 1 > self._max_depth:
+            return  # not watched on purpose: intake refuses it as too deep
         try:
             ino = os.stat(path, follow_symlinks=False).st_ino
         except OSError:
@@ -331,18 +358,19 @@ def _watched_inodes() -> set[int] | None:
     return found
 
 
-def _unwatched_dirs(root: str, watched: set[int] | None = None) -> tuple[list[str], int]:
-    """Readable folders under ``root`` (itself included, no symlinks) that have no inotify watch,
-    and how many folders there are. ``watched=set()``: every folder."""
+def _unwatched_dirs(root: str, max_depth: int, watched: set[int] | None = None) -> tuple[list[str], int]:
+    """Readable folders under ``root`` down to ``max_depth`` levels (itself included, no
+    symlinks) that have no inotify watch, and how many folders there are. ``watched=set()``:
+    every folder."""
     if watched is None:
         watched = _watched_inodes()
         if watched is None:
             return [], 0
     missing: list[str] = []
     total = 0
-    stack = [root]
+    stack = [(root, 0)]
     while stack:
-        d = stack.pop()
+        d, depth = stack.pop()
         try:
             ino = os.stat(d, follow_symlinks=False).st_ino
             with os.scandir(d) as it:
@@ -352,7 +380,8 @@ def _unwatched_dirs(root: str, watched: set[int] | None = None) -> tuple[list[st
         total += 1
         if ino not in watched:
             missing.append(d)
-        stack.extend(subdirs)
+        if depth < max_depth:
+            stack.extend((sub, depth + 1) for sub in subdirs)
     return missing, total
 
 
@@ -370,3 +399,161 @@ def _kind_of(obs: BaseObserver) -> str:
         if kind in name:
             return kind
     return name.removesuffix("observer") or "native"
+
+
+# -- watchdog's observers, bounded ---------------------------------------------
+
+
+def _depth_below(root: bytes, path: bytes) -> int:
+    """Folder levels of ``path`` below ``root`` (0 for ``root`` itself)."""
+    rel = os.path.relpath(path, root)
+    return 0 if rel == b"." else rel.count(b"/") + 1
+
+
+def _bounded_tree(top: bytes, top_depth: int, max_depth: int) -> Iterator[tuple[bytes, int, list[bytes], list[bytes]]]:
+    """``os.walk(top)`` without recursion: (folder, its depth, sub-folders, other entries)
+    for every folder down to ``max_depth``; links are entries, never descended."""
+    stack = [(top, top_depth)]
+    while stack:
+        d, depth = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue  # vanished, unreadable or a path too long: nothing to watch there
+        dirs: list[bytes] = []
+        files: list[bytes] = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(e.name)
+        yield d, depth, dirs, files
+        if depth < max_depth:
+            stack.extend((os.path.join(d, n), depth + 1) for n in reversed(dirs))
+
+
+class _BoundedWatchGroup(InotifyWatchGroup):
+    """watchdog's inotify watch group, its two tree walks made iterative and depth-limited."""
+
+    def __init__(self, *args: Any, max_depth: int, **kwargs: Any) -> None:
+        self.max_depth = max_depth  # before the dataclass __init__: it adds the watches
+        super().__init__(*args, **kwargs)
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        depth = _depth_below(self.path, path)
+        if depth > self.max_depth:
+            return  # its creation was reported; intake refuses it as too deep
+        self._add_callback(path)
+        if not self.is_recursive or os.path.islink(path) or not os.path.isdir(path):
+            return
+        for d, d_depth, dirs, _ in _bounded_tree(path, depth, self.max_depth):
+            if d_depth < self.max_depth:
+                for name in dirs:
+                    self._add_callback(os.path.join(d, name))
+
+    def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+        # the events for what a new folder already holds (mkdir -p a/b; cp -r), as watchdog does
+        events = []
+        for d, _, dirs, files in _bounded_tree(src_path, _depth_below(self.path, src_path), self.max_depth):
+            wd = self._active_callbacks_by_path.get(d)
+            if wd is None:
+                continue  # not watched: too deep, or its own IN_CREATE will come
+            for name in dirs:
+                events.append(InotifyEvent(wd, Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR), 0, name))
+            for name in files:
+                events.append(InotifyEvent(wd, InotifyConstants.IN_CREATE, 0, name))
+        return events
+
+
+class _BoundedInotifyEmitter(InotifyEmitter):
+    def __init__(
+        self,
+        event_queue: EventQueue,
+        watch: ObservedWatch,
+        *,
+        timeout: float = DEFAULT_EMITTER_TIMEOUT,
+        event_filter: list[type[FileSystemEvent]] | None = None,
+        inotify_fd: InotifyFD | None = None,
+        max_depth: int,
+    ) -> None:
+        super().__init__(event_queue, watch, timeout=timeout, event_filter=event_filter, inotify_fd=inotify_fd)
+        self._max_depth = max_depth
+
+    def build_and_queue_event(self, event: GroupedInotifyEvent, *, full_events: bool = False) -> None:
+        """watchdog's, less the synthetic events for a moved folder's content: making them
+        walks the folder with ``os.walk`` (recursive, unbounded). The folder's own
+        event is enough here: intake walks a moved-in or renamed folder itself."""
+        if isinstance(event, PathedInotifyEvent):
+            if not (event.ev.is_moved_to and event.ev.is_directory) or full_events:
+                super().build_and_queue_event(event, full_events=full_events)
+                return
+            path = self._decode_path(event.path)
+            self.queue_event(DirCreatedEvent(path))
+            self.queue_event(DirModifiedEvent(os.path.dirname(path)))
+            return
+        move_from, move_to = event
+        if not move_from.ev.is_directory:
+            super().build_and_queue_event(event, full_events=full_events)
+            return
+        src, dest = self._decode_path(move_from.path), self._decode_path(move_to.path)
+        self.queue_event(DirMovedEvent(src, dest))
+        self.queue_event(DirModifiedEvent(os.path.dirname(src)))
+        self.queue_event(DirModifiedEvent(os.path.dirname(dest)))
+
+    def on_thread_start(self) -> None:
+        self._inotify = _BoundedWatchGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=False,
+            max_depth=self._max_depth,
+        )
+
+
+class _BoundedInotifyObserver(BaseObserver):
+    """watchdog's ``InotifyObserver`` with ``_BoundedInotifyEmitter``."""
+
+    def __init__(self, *, max_depth: int, timeout: float = DEFAULT_OBSERVER_TIMEOUT) -> None:
+        self._inotify_fd = InotifyFD()
+        self._inotify_fd.start()
+        super().__init__(_BoundedInotifyEmitter, timeout=timeout, inotify_fd=self._inotify_fd, max_depth=max_depth)
+
+    @property
+    def reader_alive(self) -> bool:
+        return self._inotify_fd.is_alive()
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self._inotify_fd.stop()
+        self._inotify_fd.join()
+
+
+#: the native observer (a name tests can replace)
+NativeObserver = _BoundedInotifyObserver
+
+#: a folder that cannot be listed is empty to the poller (watchdog's own rule for ENOENT,
+#: ENOTDIR, EINVAL and, below the root, EACCES), so one bad folder cannot stop all polling
+_UNLISTABLE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def _bounded_polling_observer(root: str, max_depth: int, interval_s: float) -> BaseObserver:
+    """watchdog's polling observer that lists folders down to ``max_depth`` and never follows
+    a link (``lstat``: a link to a folder is an entry, reported when it appears)."""
+    root_b = os.fsencode(root)
+
+    def listdir(path: str | None) -> Iterator[os.DirEntry[str]]:
+        assert path is not None  # DirectorySnapshot always names the folder
+        if _depth_below(root_b, os.fsencode(path)) > max_depth:
+            return iter(())
+        try:
+            with os.scandir(path) as it:
+                return iter(list(it))
+        except OSError as exc:
+            if path == root or exc.errno not in _UNLISTABLE:
+                raise  # the inbox itself, or a passing I/O error: watchdog keeps its last snapshot
+            return iter(())
+
+    return PollingObserverVFS(stat=os.lstat, listdir=listdir, polling_interval=interval_s)
