@@ -10,6 +10,8 @@ from pathlib import Path
 from PIL import Image
 
 POISON_SIGKILL, POISON_SEGV, POISON_EXIT, POISON_RAISE = 1, 2, 3, 4
+#: hangs in the engine; segfaults the decoder; SIGKILL while $FAKE_ENGINE_CRASH_FLAG exists
+POISON_HANG, POISON_DECODE_SEGV, POISON_WHILE_FLAG = 5, 6, 7
 
 
 def plain(path: Path, size: tuple[int, int] = (64, 48), marker: int = 200, fmt: str | None = None) -> Path:

@@ -4,6 +4,7 @@
     ocr-inbox ocr     INBOX OUTBOX [--pdf] [--workers N] [--threads-per-worker N] [--device D]...
     ocr-inbox pdf     IMAGE_DIR [JSON_DIR] OUT.pdf
     ocr-inbox status  [--json]
+    ocr-inbox retry   [--reason R]... [PATH]...                                  failed images again
     ocr-inbox models  install|list
 
 Exit statuses: see ``errors.ExitCode`` and the README's table.
@@ -83,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what the daemon has done: folders, PDFs, failures")
     _common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "retry",
+        help="queue failed images again (all, those failed for --reason, and/or under PATH)",
+        description="Failed images go back to the queue with fresh attempts. With a daemon running on the "
+        "state dir, it is asked to do it (it applies the request within a second and logs retry_applied); "
+        "otherwise the ledger is updated here. Example: ocr-inbox retry --reason worker_crashed scans/2026",
+    )
+    _common(p)
+    p.add_argument("--reason", action="append", dest="reasons", default=[], help="only failures with this reason (repeatable)")
+    p.add_argument("--inbox", type=Path, help="to make absolute PATHs relative (default: paths.inbox)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="images or folders, relative to the inbox or beneath it")
 
     p = sub.add_parser("models", help="prepare offline model directories")
     msub = p.add_subparsers(dest="models_command", required=True)
@@ -185,7 +198,29 @@ def _cmd_status(args: argparse.Namespace, s: config.Settings) -> int:
     return status.show(s, as_json=args.json)
 
 
-COMMANDS = {"ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run, "status": _cmd_status}
+def _cmd_retry(args: argparse.Namespace, s: config.Settings) -> int:
+    import os.path
+
+    from ocr_inbox.dispatch import retry_failed
+
+    inbox = os.path.realpath(args.inbox or s.paths.inbox)
+    rels = []
+    for p in args.paths:
+        if os.path.isabs(p):
+            real = os.path.realpath(p)
+            if os.path.commonpath([inbox, real]) != inbox:
+                raise BadArguments(f"{p} is not inside the inbox {inbox}: give paths relative to the inbox, or --inbox")
+            p = os.path.relpath(real, inbox)
+        rels.append(os.path.normpath(p).replace(os.sep, "/"))
+    n = retry_failed(s.paths.state_dir, list(args.reasons), rels)
+    if n is None:
+        print("asked the running daemon to queue them again (its log says retry_applied)")
+    else:
+        print(f"queued {n} failed image(s) again")
+    return ExitCode.ok
+
+
+COMMANDS = {"retry": _cmd_retry, "ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run, "status": _cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,9 @@ class OcrSettings(_Section):
     max_file_mb: int = Field(default=512, ge=1)
     #: pages of a multi-page TIFF beyond this are refused
     max_pages: int = Field(default=2000, ge=1)
+    #: pixels of all pages of one file together (from the headers, before decoding): a small
+    #: multi-page TIFF whose pages are each under max_image_pixels can still be a bomb
+    max_total_pixels: int = Field(default=1_000_000_000, ge=1)
     #: a Python "module:callable" returning an engine, instead of PaddleX (testing, plug-ins)
     engine_plugin: str = ""
 
@@ -113,7 +116,7 @@ class PoolSettings(_Section):
     max_images_per_worker: int = Field(default=2000, ge=0)
     #: recycle a worker whose resident memory exceeds this (0 = never)
     max_worker_rss_mb: int = Field(default=6000, ge=0)
-    #: a worker that makes no progress on one image for this long is killed
+    #: a worker that reports no progress (a page OCR'd) for this long: stacks dumped, then killed
     image_timeout_s: float = Field(default=600.0, gt=0)
     #: a worker that has not loaded its models after this long is killed
     boot_timeout_s: float = Field(default=300.0, gt=0)
@@ -121,6 +124,19 @@ class PoolSettings(_Section):
     max_attempts: int = Field(default=2, ge=1, le=10)
     #: after a full disk or an unwritable outbox/state dir, wait this long before trying again
     output_retry_s: float = Field(default=15.0, gt=0)
+    #: a worker's data memory ceiling (RLIMIT_DATA, MiB; 0 = none): an image that still blows
+    #: up fails alone as too_much_memory. A ppocrv6-tiny CPU worker measured 0.42 GiB of
+    #: it after real pages (VmData; VmSize 0.8 GiB); a page at max_image_pixels needs ~2.5 GiB
+    #: more while it is decoded. RLIMIT_AS would count the big address-space reservations of
+    #: ONNX Runtime, Paddle and CUDA, RLIMIT_DATA only private writable memory. CPU workers
+    #: only (GPU workers: the unit's MemoryMax= bounds them)
+    worker_memory_mb: int = Field(default=8192, ge=0)
+    #: this many different images crashing workers in a row, with no success between, is a
+    #: crash storm (the machine's fault: memory, GPU): dispatch pauses instead of
+    #: quarantining them (0 = never)
+    crash_breaker: int = Field(default=5, ge=0)
+    #: the first pause of a crash storm; it doubles while the storm goes on (up to 16x)
+    crash_pause_s: float = Field(default=60.0, gt=0)
 
 
 class WatchSettings(_Section):

@@ -153,6 +153,7 @@ class Daemon:
                 break
             try:
                 st.intake.step()
+                st.dispatch.take_requests()  # `ocr-inbox retry` while we hold the ledger
                 st.dispatch.fill()
                 st.pdfs.step(may_start=not st.dispatch.paused)
                 while st.pdfs.moved:
@@ -189,7 +190,8 @@ class Daemon:
 
     def _status(self, st: _Stages) -> None:
         t = reports.stats(st.ledger, time.time())
-        paused = " (output paused)" if st.dispatch.paused else ""
+        why = st.dispatch.pause_reason
+        paused = f" ({why})" if why else ""
         text = (
             f"queued {t.queued}, running {t.running}, done {t.done}, failed {t.failed}, "
             f"{t.rate:.2f} img/s, folders waiting for PDF {t.folders_waiting}{paused}"

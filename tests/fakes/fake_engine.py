@@ -4,19 +4,34 @@ Fast and deterministic, for scheduling and fault tests: every image yields one
 line naming its size. An image whose top-left pixel has the BGR value
 (N, N, N) with N in 1..4 misbehaves (see ``tests/imagemaker.py``): 1 kills the
 worker with SIGKILL (like the OOM killer), 2 crashes it with SIGSEGV, 3 calls
-``os._exit(3)``, 4 raises inside the engine.
+``os._exit(3)``, 4 raises inside the engine, 5 hangs (a stuck worker),
+6 crashes the *decoder* with SIGSEGV (in the worker's decode thread, before the
+engine sees it), 7 SIGKILLs the worker only while the file named by
+``FAKE_ENGINE_CRASH_FLAG`` exists (a fault of the machine the test can end).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
 import numpy as np
 
+from ocr_inbox.ocr import images
 from ocr_inbox.ocr.results import Line
+
+_upright_bgr = images.upright_bgr
+
+
+def _crashing_decoder(frame: images.Frame) -> np.ndarray:
+    """``images.upright_bgr`` that segfaults on marker 6, as a hostile file in a C decoder would."""
+    if frame.image.mode == "RGB" and frame.image.getpixel((0, 0)) == (6, 6, 6):
+        # to this thread, as a real fault is: the process dies before this thread does anything else
+        signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
+    return _upright_bgr(frame)
 
 
 class FakeEngine:
@@ -40,11 +55,22 @@ class FakeEngine:
             os._exit(3)
         if marker == 4:
             raise RuntimeError("boom")
+        if marker == 5:
+            hang_forever()
+        if marker == 7 and os.path.exists(os.environ.get("FAKE_ENGINE_CRASH_FLAG", "/nonexistent")):
+            os.kill(os.getpid(), signal.SIGKILL)
         # FAKE_ENGINE_DELAY_S: the seconds an image "costs", so a test can interrupt a run midway
         time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY_S", "0")))
         text = f"fake {w}x{h}"
         return [Line(text=text, score=1.0, poly=((0.0, 0.0), (float(w), 0.0), (float(w), float(h)), (0.0, float(h))))]
 
 
+def hang_forever() -> None:
+    """A stuck engine: the stack dump before the kill must name this frame."""
+    while True:
+        time.sleep(3600)
+
+
 def create(settings: Any) -> FakeEngine:
+    images.upright_bgr = _crashing_decoder  # only in the worker process that loads this plug-in
     return FakeEngine(settings)

@@ -1,10 +1,11 @@
 """The local executor: a pool of worker processes, supervised the way gunicorn's arbiter does it.
 
 One owner (the daemon's loop, or the one-shot run) calls ``poll()``; it returns worker messages
-and ``WorkerLost`` events, kills workers that stop making progress, respawns
-lost ones in the same slot, and recycles workers after N images or past a
-memory limit. A worker that cannot boot (missing models, bad device) halts the
-pool with ``WorkerBootError`` instead of being restarted forever.
+and ``WorkerLost`` events, kills workers that stop making progress (after a
+stack dump, so the log says where they hung), respawns lost ones in the same
+slot (with a backoff while a slot keeps crashing), and recycles workers after N
+images or past a memory limit. A worker that cannot boot (missing models, bad
+device) halts the pool with ``WorkerBootError`` instead of being restarted forever.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import structlog
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import EngineUnavailable, WorkerBootError
 from ocr_inbox.executors import messages as m
-from ocr_inbox.executors.worker import WorkerConfig
+from ocr_inbox.executors.worker import STACK_DUMP_SIGNAL, WorkerConfig
 from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
 
@@ -33,13 +34,26 @@ log = structlog.get_logger(__name__)
 _CTX = multiprocessing.get_context("spawn")
 #: consecutive boot failures of one slot before the pool gives up
 MAX_BOOT_FAILURES = 3
+#: a stuck worker gets STACK_DUMP_SIGNAL, then this long to write its stacks before SIGKILL
+STACK_DUMP_GRACE_S = 1.0
+#: respawn backoff while a slot keeps crashing with no image done between: the first crash
+#: respawns at once (one poison image must not slow the pool), then 1, 2, 4 ... s, at most 30
+RESPAWN_BACKOFF_S = 1.0
+RESPAWN_BACKOFF_MAX_S = 30.0
+
+
+def respawn_delay(crashes: int) -> float:
+    """Seconds before a slot's worker is respawned after ``crashes`` crashes in a row."""
+    if crashes <= 1:
+        return 0.0
+    return min(RESPAWN_BACKOFF_MAX_S, RESPAWN_BACKOFF_S * 2.0 ** (crashes - 2))
 
 
 class WorkerState(enum.StrEnum):
-    booting = "booting"  # loading its models
-    idle = "idle"
-    busy = "busy"  # has a batch
-    retiring = "retiring"  # told to exit after its batch (recycling)
+    booting = WorkerState.booting  # loading its models
+    idle = WorkerState.idle
+    busy = WorkerState.busy  # has a batch
+    retiring = WorkerState.retiring  # told to exit after its batch (recycling)
 
 
 @dataclass
@@ -52,6 +66,11 @@ class _Worker:
     last_beat: float = 0.0
     batch: m.Batch | None = None
     current: int | None = None
+    #: the job the decode thread is preparing beside ``current``
+    decoding: int | None = None
+    #: when STACK_DUMP_SIGNAL was sent (stuck); SIGKILL follows after STACK_DUMP_GRACE_S
+    dump_sent: float | None = None
+    killed: str = ""  # why the pool killed it ("" = it died by itself)
     finished: set[int] = field(default_factory=set)
     images: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +100,10 @@ class LocalExecutor:
         self.settings = settings
         self.workers: dict[int, _Worker] = {}
         self.boot_failures: dict[int, int] = {}
+        #: crashes per slot since its last image done (the respawn backoff)
+        self.crashes: dict[int, int] = {}
+        #: slots waiting out their backoff: slot -> monotonic time to respawn
+        self.respawn_at: dict[int, float] = {}
         self.stopping = False
 
     # lifecycle -------------------------------------------------------------
@@ -110,7 +133,7 @@ class LocalExecutor:
     def healthy(self) -> bool:
         """Some worker can take work, or one is still within its time to load models."""
         now = time.monotonic()
-        return any(
+        return bool(self.respawn_at) or any(
             w.state != WorkerState.booting or now - w.started < self.settings.boot_timeout_s for w in self.workers.values()
         )
 
@@ -132,7 +155,7 @@ class LocalExecutor:
         if w is None:
             raise RuntimeError("submit() without capacity: no worker is idle")
         w.conn.send(batch)
-        w.state, w.batch, w.finished, w.current = WorkerState.busy, batch, set(), None
+        w.state, w.batch, w.finished, w.current, w.decoding = WorkerState.busy, batch, set(), None, None
         w.last_beat = time.monotonic()
 
     # the loop's step -------------------------------------------------------
@@ -141,12 +164,15 @@ class LocalExecutor:
         """Wait up to ``timeout`` for worker traffic (or any ``extra`` waitable)."""
         waitables: list[Any] = [w.conn for w in self.workers.values()]
         waitables += [w.process.sentinel for w in self.workers.values()]
+        if self.respawn_at:
+            timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
         wait([*waitables, *extra], timeout)
         events: list[m.Event] = []
         for slot, w in list(self.workers.items()):
             events += self._drain(w)
             if not w.process.is_alive():
                 events += self._reap(slot, w)
+        self._respawn_due()
         self._kill_stuck()
         return events
 
@@ -162,16 +188,29 @@ class LocalExecutor:
 
     def _handle(self, w: _Worker, msg: m.WorkerMessage) -> list[m.Event]:
         w.last_beat = time.monotonic()
+        if w.dump_sent is not None and not w.killed:
+            # it spoke after all: slow, not stuck (its stacks are in the log)
+            log.warning("worker_not_stuck", slot=w.slot.slot, pid=w.process.pid)
+            w.dump_sent = None
         if isinstance(msg, m.Ready):
             w.state, w.info = WorkerState.idle, msg.info
             self.boot_failures[w.slot.slot] = 0
             log.info("worker_ready", slot=msg.slot, pid=msg.pid, load_s=msg.load_s, **msg.info)
         elif isinstance(msg, m.Started):
             w.current = msg.job_id
+            if w.decoding == msg.job_id:
+                w.decoding = None  # its decode, if still running, is now the current work
+        elif isinstance(msg, m.Decoding):
+            w.decoding = msg.job_id
+        elif isinstance(msg, m.Decoded):
+            if w.decoding == msg.job_id:
+                w.decoding = None
         elif isinstance(msg, m.Done | m.Failed):
             w.finished.add(msg.job.job_id)
             w.current = None
             w.images += 1
+            if isinstance(msg, m.Done):
+                self.crashes[w.slot.slot] = 0  # the slot works: no backoff for its next crash
         elif isinstance(msg, m.BatchDone):
             w.batch, w.current = None, None
             w.state = WorkerState.idle
@@ -202,7 +241,10 @@ class LocalExecutor:
         cause = describe_exit(w.process.exitcode)
         w.conn.close()
         del self.workers[slot]
+        if w.killed:
+            cause = f"{w.killed}; {cause}"
         events: list[m.Event] = []
+        crashed = False
         if w.state == WorkerState.retiring and w.batch is None:
             log.info("worker_retired", slot=slot, pid=w.process.pid)
         elif w.state == WorkerState.booting:
@@ -212,41 +254,87 @@ class LocalExecutor:
             if n >= MAX_BOOT_FAILURES:
                 raise WorkerBootError(f"worker {slot} could not start {n} times in a row ({cause})")
         elif w.batch is not None:
+            crashed = True
             pending = [j for j in w.batch.jobs if j.job_id not in w.finished]
             suspect = next((j for j in pending if j.job_id == w.current), None)
-            unstarted = tuple(j for j in pending if j is not suspect)
+            beside = next((j for j in pending if j.job_id == w.decoding and j is not suspect), None)
+            unstarted = tuple(j for j in pending if j is not suspect and j is not beside)
+            reason = "worker_stuck" if w.killed else "worker_crashed"
             log.error(
                 "worker_lost",
                 slot=slot,
                 pid=w.process.pid,
                 cause=cause,
                 image=suspect.rel if suspect else None,
+                decoding=beside.rel if beside else None,
                 unstarted=len(unstarted),
             )
-            events.append(m.WorkerLost(slot, cause, suspect, unstarted))
+            events.append(m.WorkerLost(slot, cause, suspect, unstarted, decoding=beside, reason=reason))
         elif not self.stopping:
+            crashed = True
             log.warning("worker_exited", slot=slot, pid=w.process.pid, cause=cause)
-        if not self.stopping:
+        if self.stopping:
+            pass
+        elif crashed:
+            self._respawn_later(w.slot)
+        else:
             self._spawn(w.slot)
         return events
 
+    def _respawn_later(self, slot: WorkerSlot) -> None:
+        n = self.crashes.get(slot.slot, 0) + 1
+        self.crashes[slot.slot] = n
+        delay = respawn_delay(n)
+        if delay <= 0:
+            self._spawn(slot)
+            return
+        log.warning("worker_respawn_delayed", slot=slot.slot, crashes=n, delay_s=delay)
+        self.respawn_at[slot.slot] = time.monotonic() + delay
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            at = self.respawn_at.get(slot.slot)
+            if at is not None and at <= now and not self.stopping:
+                del self.respawn_at[slot.slot]
+                self._spawn(slot)
+
     def _kill_stuck(self) -> None:
+        """A worker silent past its limit: dump its stacks (faulthandler, to the journal), then kill it."""
         now = time.monotonic()
         for slot, w in self.workers.items():
+            if w.state not in (WorkerState.booting, WorkerState.busy) or w.killed or not w.process.is_alive():
+                continue
+            if w.dump_sent is not None:
+                if now - w.dump_sent >= STACK_DUMP_GRACE_S:
+                    w.killed = f"stuck: silent for {round(now - w.last_beat)} s, killed"
+                    self._kill(w)
+                continue
             limit = self.settings.boot_timeout_s if w.state == WorkerState.booting else self.settings.image_timeout_s
-            if w.state in (WorkerState.booting, WorkerState.busy) and now - w.last_beat > limit and w.process.is_alive():
-                log.error("worker_stuck", slot=slot, pid=w.process.pid, state=w.state, silent_s=round(now - w.last_beat))
-                self._kill(w)
+            if now - w.last_beat > limit:
+                job = next((j for j in (w.batch.jobs if w.batch else ()) if j.job_id == w.current), None)
+                log.error(
+                    "worker_stuck",
+                    slot=slot,
+                    pid=w.process.pid,
+                    state=w.state,
+                    silent_s=round(now - w.last_beat),
+                    image=job.rel if job else None,
+                    note="its thread stacks follow on stderr, then it is killed",
+                )
+                w.dump_sent = now
+                self._kill(w, STACK_DUMP_SIGNAL)
 
-    def _kill(self, w: _Worker) -> None:
+    def _kill(self, w: _Worker, sig: int = signal.SIGKILL) -> None:
         try:
-            os.kill(w.process.pid, signal.SIGKILL)
+            os.kill(w.process.pid, sig)
         except ProcessLookupError:
             pass
 
     def stop(self, deadline_s: float = 10.0) -> None:
         """Ask every worker to exit after its current image; kill the ones that don't."""
         self.stopping = True
+        self.respawn_at.clear()
         for w in self.workers.values():
             try:
                 w.conn.send(m.Stop())

@@ -1,9 +1,10 @@
 """What travels between dispatch and the OCR workers, wherever they run.
 
-Picklable and small: a ``Batch`` of ``Job``\\ s goes out; ``Started``, ``Done``
-(with the OCR result; dispatch writes the JSON), ``Failed`` and ``BatchDone``
-come back, plus ``WorkerLost`` from the executor when a worker dies with work
-in hand.
+Picklable and small: a ``Batch`` of ``Job``\\ s goes out; ``Started``,
+``Decoding``/``Decoded`` (the next image being decoded meanwhile), ``Progress``
+(a page OCR'd), ``Done`` (with the OCR result; dispatch writes the JSON),
+``Failed`` and ``BatchDone`` come back, plus ``WorkerLost`` from the executor
+when a worker dies with work in hand.
 """
 
 from __future__ import annotations
@@ -55,8 +56,36 @@ class BootFailed:
 
 @dataclass(frozen=True)
 class Started:
+    """The worker's main thread took this image (waits for its decode, then OCRs it)."""
+
     slot: int
     job_id: int
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decode thread began reading and decoding this (next) image, beside the current one."""
+
+    slot: int
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The decode thread finished with this image (decoded, or refused: Failed follows)."""
+
+    slot: int
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A page OCR'd: the heartbeat of a long multi-page file."""
+
+    slot: int
+    job_id: int
+    page: int  # 1-based
+    pages: int
 
 
 @dataclass(frozen=True)
@@ -104,8 +133,17 @@ class WorkerLost:
     in_flight: Job | None
     #: images of its batch it had not started: not their fault
     unstarted: tuple[Job, ...]
+    #: the next image, when its decode was running beside ``in_flight`` at the death: either
+    #: may be the cause, so both are suspects (a retried image runs with nothing beside it)
+    decoding: Job | None = None
+    #: the failure reason a suspect gets: "worker_crashed", or "worker_stuck" (killed for silence)
+    reason: str = "worker_crashed"
+
+    @property
+    def suspects(self) -> tuple[Job, ...]:
+        return tuple(j for j in (self.in_flight, self.decoding) if j is not None)
 
 
-WorkerMessage = Ready | BootFailed | Started | Done | Failed | BatchDone
+WorkerMessage = Ready | BootFailed | Started | Decoding | Decoded | Progress | Done | Failed | BatchDone
 #: what an executor's ``poll`` returns
 Event = WorkerMessage | WorkerLost

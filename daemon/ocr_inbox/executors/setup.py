@@ -24,7 +24,12 @@ from ocr_inbox.ocr.engine import EngineSettings
 def limits_from(settings: Settings) -> images.Limits:
     """The per-file limits of the one image module: OCR and PDFs read files under the same ones."""
     o = settings.ocr
-    return images.Limits(max_pixels=o.max_image_pixels, max_file_bytes=o.max_file_mb << 20, max_pages=o.max_pages)
+    return images.Limits(
+        max_pixels=o.max_image_pixels,
+        max_file_bytes=o.max_file_mb << 20,
+        max_pages=o.max_pages,
+        max_total_pixels=o.max_total_pixels,
+    )
 
 
 def slots_for(settings: Settings) -> list[WorkerSlot]:
@@ -72,6 +77,9 @@ def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSl
             env=slot.child_env(),
             log_level=settings.log.level,
             log_format=log_format,
+            # CPU workers only: what the CUDA driver maps privately is unmeasured here, and a
+            # ceiling it hits would stop GPU workers from booting (docs/SECURITY.md: cgroup limits)
+            memory_mb=settings.pool.worker_memory_mb if slot.device.kind == "cpu" else 0,
         )
 
     return make

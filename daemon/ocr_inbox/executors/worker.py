@@ -1,21 +1,37 @@
 """The OCR worker: load the engine once, then OCR batches until told to stop.
 
 Runs in a fresh interpreter (``spawn``), so it sets up logging and the
-environment itself. Decoding the next image overlaps inference of the current
-one. Every image is opened beneath the inbox and decoded by ``ocr.images``
-(the limits live there). The worker writes nothing: it sends each result back
-and dispatch, the one writer, records it. ``Started`` before and
-``Done``/``Failed`` after every image double as the heartbeat: a worker that
-stops sending is stuck.
+environment itself. Every image is opened beneath the inbox and decoded by
+``ocr.images`` (the limits live there). The worker writes nothing: it sends each
+result back and dispatch, the one writer, records it.
+
+Memory stays bounded whatever the file: pages are decoded and OCR'd one at a
+time (page i is dropped before page i+1 is decoded), and the decode thread
+prepares only the *first* page of the next image while the current one is
+inferred. ``[pool] worker_memory_mb`` sets RLIMIT_DATA, so an image that still
+blows up fails alone (``too_much_memory``) instead of the machine's OOM killer
+choosing a victim.
+
+What the supervisor sees: ``Started`` when the main thread takes an image,
+``Decoding``/``Decoded`` around the decode thread's work on the next one (so a
+crash there is blamed on the right image), ``Progress`` after every page (a
+long multi-page file is not "stuck"), then ``Done``/``Failed``. A worker that
+stops sending is stuck: ``faulthandler`` dumps every thread's stack to stderr
+(the journal) on :data:`STACK_DUMP_SIGNAL`, which the supervisor sends before
+it kills it, so the log says where it hung.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import resource
 import signal
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -32,6 +48,10 @@ from ocr_inbox.ocr.results import Page
 
 #: reasons that say the file moved under us, not that it is bad: dispatch looks again
 _TRANSIENT = frozenset({"vanished", "changed_while_reading"})
+#: the supervisor sends this to a stuck worker before SIGKILL: every thread's stack goes to stderr
+STACK_DUMP_SIGNAL = signal.SIGUSR1
+
+Send = Callable[[m.WorkerMessage], None]
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,8 @@ class WorkerConfig:
     env: dict[str, str]
     log_level: str
     log_format: str
+    #: RLIMIT_DATA in MiB (0 = none)
+    memory_mb: int = 0
 
 
 def _rss_bytes() -> int:
@@ -53,47 +75,114 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _ocr(job: m.Job, loaded: images.LoadedImage, eng: engine_mod.Engine, cfg: WorkerConfig, info: dict[str, Any], t0: float) -> m.Done:
-    pages = tuple(
-        Page(pg.index, pg.width, pg.height, tuple(eng.recognise(pg.bgr)), pg.dpi) for pg in loaded.pages
-    )
+def limit_memory(mb: int) -> None:
+    """Cap this process's private writable memory (RLIMIT_DATA) at ``mb`` MiB; 0: leave it.
+
+    Not RLIMIT_AS: ONNX Runtime, Paddle and CUDA reserve large address ranges
+    they never touch. Past the cap malloc fails, so numpy and PIL raise MemoryError.
+    """
+    if mb <= 0:
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = mb << 20
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+class _Prepared:
+    """An image read and its first page decoded; the rest is decoded on demand, one page at a time."""
+
+    def __init__(self, file: images.ImageFile, first: images.PageImage | None, rest: Iterator[images.PageImage]) -> None:
+        self.file = file
+        self.first = first
+        self.rest = rest
+
+    def pages(self) -> Iterator[images.PageImage]:
+        """Each page once; the caller must drop a page before asking for the next."""
+        page, self.first = self.first, None
+        while page is not None:
+            yield page
+            page = None  # dropped here too, before the next page decodes
+            page = next(self.rest, None)
+
+
+def _prepare(job: m.Job, cfg: WorkerConfig, announce: Send | None) -> _Prepared:
+    """Read ``job``'s file and decode its first page (the decode thread); ``announce``: tell the
+    supervisor, because the main thread is OCR-ing another image meanwhile."""
+    if announce is not None:
+        announce(m.Decoding(cfg.slot, job.job_id))
+    try:
+        file = images.read(cfg.inbox, job.rel, cfg.limits)
+        rest = images.pages(file.data, cfg.limits)
+        return _Prepared(file, next(rest, None), rest)
+    finally:
+        if announce is not None:
+            announce(m.Decoded(cfg.slot, job.job_id))
+
+
+def _ocr(job: m.Job, prep: _Prepared, eng: engine_mod.Engine, cfg: WorkerConfig, info: dict[str, Any], t0: float, send: Send) -> m.Done:
+    out: list[Page] = []
+    for page in prep.pages():
+        out.append(Page(page.index, page.width, page.height, tuple(eng.recognise(page.bgr)), page.dpi))
+        send(m.Progress(cfg.slot, job.job_id, len(out), page.count))
+        del page  # before the next page is decoded
     # An image replaced while we read it must not get a result that describes the old bytes.
     try:
         st = os.stat(os.path.join(cfg.inbox, job.rel))
     except FileNotFoundError:
         raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
-    if st.st_size != loaded.data_size or st.st_mtime_ns != loaded.mtime_ns:
+    if st.st_size != prep.file.size or st.st_mtime_ns != prep.file.mtime_ns:
         raise BadImage("changed_while_reading", "the file changed while it was being OCR'd")
     elapsed = int((time.monotonic() - t0) * 1000)
-    return m.Done(cfg.slot, job, loaded.data_size, loaded.mtime_ns, loaded.sha256, info, pages, elapsed)
+    return m.Done(cfg.slot, job, prep.file.size, prep.file.mtime_ns, prep.file.sha256, info, tuple(out), elapsed)
 
 
 def _run_batch(
-    batch: m.Batch, cfg: WorkerConfig, eng: engine_mod.Engine, info: dict[str, Any], conn: Connection, prefetch: ThreadPoolExecutor
+    batch: m.Batch, cfg: WorkerConfig, eng: engine_mod.Engine, info: dict[str, Any], send: Send, decoder: ThreadPoolExecutor
 ) -> None:
     log = structlog.get_logger(__name__)
-
-    def load(job: m.Job) -> images.LoadedImage:
-        return images.load(cfg.inbox, job.rel, cfg.limits)
-
-    jobs = list(batch.jobs)
-    nxt: Future[images.LoadedImage] | None = prefetch.submit(load, jobs[0]) if jobs else None
+    jobs = batch.jobs
+    nxt: Future[_Prepared] | None = None
     for i, job in enumerate(jobs):
         t0 = time.monotonic()
-        conn.send(m.Started(cfg.slot, job.job_id))
-        fut = nxt
-        nxt = prefetch.submit(load, jobs[i + 1]) if i + 1 < len(jobs) else None
+        send(m.Started(cfg.slot, job.job_id))
+        # this image's decode: prepared beside the previous one, or now (the main thread waits)
+        fut = nxt if nxt is not None else decoder.submit(_prepare, job, cfg, None)
+        nxt = None
         try:
-            if fut is None:
-                raise RuntimeError("no decode was started for this image")
-            conn.send(_ocr(job, fut.result(), eng, cfg, info, t0))
+            prep = fut.result()
+            del fut
+            # The next image decodes while this one is inferred, unless either is a retry after
+            # a worker died: a retry runs with nothing beside it, so its crash is its own.
+            if i + 1 < len(jobs) and job.attempt == 1 and jobs[i + 1].attempt == 1:
+                nxt = decoder.submit(_prepare, jobs[i + 1], cfg, send)
+            done = _ocr(job, prep, eng, cfg, info, t0, send)
+            del prep
+            send(done)
         except BadImage as exc:
             log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)
-            conn.send(m.Failed(cfg.slot, job, exc.reason, exc.detail, transient=exc.reason in _TRANSIENT))
+            send(m.Failed(cfg.slot, job, exc.reason, exc.detail, transient=exc.reason in _TRANSIENT))
+        except MemoryError:
+            # past RLIMIT_DATA: this image alone fails; what it allocated is freed with the frames
+            detail = f"decoding or OCR needed more than the worker's {cfg.memory_mb} MiB (pool.worker_memory_mb)"
+            log.error("image_failed", path=job.rel, reason="too_much_memory", detail=detail)
+            send(m.Failed(cfg.slot, job, "too_much_memory", detail))
         except Exception as exc:  # an engine error on one image must not kill the worker
             log.exception("engine_error", path=job.rel)
-            conn.send(m.Failed(cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}"))
-    conn.send(m.BatchDone(cfg.slot, batch.batch_id, _rss_bytes()))
+            send(m.Failed(cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}"))
+    send(m.BatchDone(cfg.slot, batch.batch_id, _rss_bytes()))
+
+
+def _sender(conn: Connection) -> Send:
+    """``conn.send`` for two threads (the main one and the decode thread)."""
+    lock = threading.Lock()
+
+    def send(msg: m.WorkerMessage) -> None:
+        with lock:
+            conn.send(msg)
+
+    return send
 
 
 def die_with_parent() -> None:
@@ -109,6 +198,10 @@ def die_with_parent() -> None:
 
 def main(conn: Connection, cfg: WorkerConfig) -> None:
     """Entry point of a worker process."""
+    # First, so even a worker stuck loading models shows where: a fatal signal or
+    # STACK_DUMP_SIGNAL writes every thread's Python stack to stderr (the journal).
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
     die_with_parent()
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
@@ -121,6 +214,11 @@ def main(conn: Connection, cfg: WorkerConfig) -> None:
     log = structlog.get_logger(__name__)
     t0 = time.monotonic()
     try:
+        limit_memory(cfg.memory_mb)
+    except (OSError, ValueError) as exc:
+        conn.send(m.BootFailed(cfg.slot, f"pool.worker_memory_mb: cannot set RLIMIT_DATA: {exc}", fatal=True))
+        return
+    try:
         eng = engine_mod.create(cfg.engine)
         info = eng.info()
     except EngineUnavailable as exc:
@@ -131,7 +229,8 @@ def main(conn: Connection, cfg: WorkerConfig) -> None:
         conn.send(m.BootFailed(cfg.slot, f"{type(exc).__name__}: {exc}", fatal=False))
         return
     conn.send(m.Ready(cfg.slot, os.getpid(), info, round(time.monotonic() - t0, 2)))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as prefetch:
+    send = _sender(conn)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as decoder:
         while True:
             try:
                 msg = conn.recv()
@@ -140,6 +239,6 @@ def main(conn: Connection, cfg: WorkerConfig) -> None:
             if isinstance(msg, m.Stop):
                 return
             try:
-                _run_batch(msg, cfg, eng, info, conn, prefetch)
+                _run_batch(msg, cfg, eng, info, send, decoder)
             except (BrokenPipeError, ConnectionResetError):
                 return  # the supervisor is gone

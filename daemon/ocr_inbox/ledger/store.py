@@ -483,20 +483,39 @@ class Ledger:
             )
             return cur.rowcount > 0
 
-    def requeue_failed(self, now: float, reasons: Iterable[str] = ()) -> int:
-        """failed -> pending with fresh attempts (all, or those failed for one of ``reasons``).
+    def requeue_failed(self, now: float, reasons: Iterable[str] = (), paths: Iterable[str] = ()) -> int:
+        """failed -> pending with fresh attempts: all, or those failed for one of ``reasons``
+        and (when given) at or beneath one of ``paths`` (inbox-relative files or folders).
 
         Refused paths (no size recorded) are left alone: the scanner refuses them again.
         """
         self._requeued()
         wanted = list(reasons)
-        only = f" AND error_reason IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        where = [f" AND error_reason IN ({', '.join('?' * len(wanted))})"] if wanted else []
+        args: list[object] = [*wanted]
+        places = [p.strip("/") for p in paths]
+        if places:
+            if "" in places or "." in places:
+                places = []  # the whole inbox
+            else:
+                where.append(" AND (" + " OR ".join(["rel = ? OR substr(rel, 1, length(?) + 1) = ? || '/'"] * len(places)) + ")")
+                for p in places:
+                    args += [p, p, p]
         with self._tx() as c:
             return c.execute(
                 "UPDATE images SET status = 'pending', attempts = 0, updated = ?"
-                f" WHERE status = 'failed' AND size != ?{only}",
-                (now, NO_STAT, *wanted),
+                f" WHERE status = 'failed' AND size != ?{''.join(where)}",
+                (now, NO_STAT, *args),
             ).rowcount
+
+    def forgive(self, rels: Iterable[str], now: float) -> int:
+        """Queued images' attempts back to 0: the crashes counted were not theirs (a crash storm)."""
+        with self._tx() as c:
+            cur = c.executemany(
+                "UPDATE images SET attempts = 0, updated = ? WHERE rel = ? AND status = 'pending'",
+                [(now, rel) for rel in rels],
+            )
+            return cur.rowcount
 
     def release(self, rels: Iterable[str], now: float) -> int:
         """running -> pending without counting an attempt (never started, or shutdown)."""

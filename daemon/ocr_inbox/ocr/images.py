@@ -10,9 +10,11 @@ and both are held to the same safety rules:
   go (what we hash is what we decode);
 * :func:`frames` decodes one frame at a time, after checking the format against
   :data:`ACCEPTED_FORMATS` (PIL's other plugins, EPS included, never run), the
-  pixel count from the header and the page count.
+  page count, and the pixels of each page and of all pages together, from the
+  headers (every TIFF page's size is read by seeking, without decoding pixels).
 
-The OCR side turns frames into upright 8-bit BGR pages (:func:`load`); the PDF
+The OCR side turns frames into upright 8-bit BGR pages one at a time
+(:func:`pages`; a worker drops a page before it decodes the next); the PDF
 side stores each frame as it is (``outbox/pdf.py``). Refusals are
 :class:`~ocr_inbox.errors.BadImage` with short stable reasons.
 """
@@ -64,9 +66,11 @@ _UPRIGHT = {
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 200_000_000
+    max_pixels: int = 200_000_000  # per page
     max_file_bytes: int = 512 << 20
     max_pages: int = 2000
+    #: all pages of one file together
+    max_total_pixels: int = 1_000_000_000
 
 
 # --- opening beneath a root ---------------------------------------------------------------
@@ -337,22 +341,52 @@ def _frame(img: Image.Image, data: bytes, index: int, count: int, limits: Limits
     return Frame(index, count, fmt, w, h, _orientation(img), _dpi(img.info), _flatten(img))
 
 
+def _header_pixels(img: Image.Image, count: int, limits: Limits) -> None:
+    """Refuse a file whose pages together exceed ``max_total_pixels``, from the headers only.
+
+    Seeking a TIFF reads that page's directory (its size), not its pixels, so a
+    2 MB file claiming thousands of large pages is refused before any decoding.
+    """
+    total = 0
+    for i in range(count):
+        if count > 1:
+            img.seek(i)
+        w, h = img.size
+        total += max(0, w) * max(0, h)
+        if total > limits.max_total_pixels:
+            raise BadImage(
+                "too_many_pixels",
+                f"the {count} pages hold more than {limits.max_total_pixels} pixels together (page {i + 1} passes it)",
+            )
+    if count > 1:
+        img.seek(0)
+
+
 def frames(data: bytes, limits: Limits, *, draft_jpeg: bool = False) -> Iterator[Frame | BadFrame]:
     """Decode an image file held in memory, one frame at a time (one per TIFF page, else one).
 
     Raises :class:`BadImage` when the file as a whole is refused (not an image,
-    a format outside :data:`ACCEPTED_FORMATS`, too many pages); a frame that
-    fails on its own comes as a :class:`BadFrame`, so a caller may go on with
-    the rest (the PDF) or refuse the file (OCR). ``draft_jpeg``: see :class:`Frame`.
+    a format outside :data:`ACCEPTED_FORMATS`, too many pages, too many pixels
+    on all pages together: checked before the first frame is decoded); a frame
+    that fails on its own comes as a :class:`BadFrame`, so a caller may go on
+    with the rest (the PDF) or refuse the file (OCR). ``draft_jpeg``: see :class:`Frame`.
+    A frame's pixels are released when the next one is requested.
     """
     img = _open(data, limits)
     with img:
         fmt = img.format
         if fmt not in ACCEPTED_FORMATS:  # defence in depth: _open lets only these through
             raise BadImage("unsupported_format", str(fmt))
-        count = int(getattr(img, "n_frames", 1)) if fmt == "TIFF" else 1
+        try:
+            count = int(getattr(img, "n_frames", 1)) if fmt == "TIFF" else 1
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+            raise _decode_error(exc) from None
         if count > limits.max_pages:
             raise BadImage("too_many_pages", f"{count} > {limits.max_pages}")
+        try:
+            _header_pixels(img, count, limits)
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+            raise _decode_error(exc) from None
         for i in range(count):
             try:
                 frame: Frame | BadFrame = _frame(img, data, i, count, limits, draft_jpeg)
@@ -361,7 +395,7 @@ def frames(data: bytes, limits: Limits, *, draft_jpeg: bool = False) -> Iterator
             except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
                 frame = BadFrame(i, count, _decode_error(exc))
             yield frame
-
+            del frame  # not held while the next frame decodes
 
 
 # --- the OCR side -------------------------------------------------------------------------
@@ -372,6 +406,7 @@ class PageImage:
     index: int
     bgr: np.ndarray  # H x W x 3, uint8, EXIF orientation applied
     dpi: tuple[float, float] | None
+    count: int = 1  # pages in the file
 
     @property
     def width(self) -> int:
@@ -380,6 +415,19 @@ class PageImage:
     @property
     def height(self) -> int:
         return int(self.bgr.shape[0])
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """The bytes of an image file as read (what is hashed is what is decoded) and its version."""
+
+    data: bytes
+    mtime_ns: int
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 @dataclass(frozen=True)
@@ -401,9 +449,13 @@ def upright_bgr(frame: Frame) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
 
-def decode(data: bytes, limits: Limits) -> list[PageImage]:
-    """Every page of an image file as upright BGR; any bad frame refuses the whole file."""
-    pages: list[PageImage] = []
+def pages(data: bytes, limits: Limits) -> Iterator[PageImage]:
+    """The pages of an image file as upright BGR, decoded one at a time; a bad frame
+    raises :class:`BadImage` (OCR refuses the whole file).
+
+    Only the page last yielded is held here: drop it before asking for the next,
+    and a 1,000-page file needs the memory of one page.
+    """
     for frame in frames(data, limits):
         if isinstance(frame, BadFrame):
             raise frame.error
@@ -411,12 +463,25 @@ def decode(data: bytes, limits: Limits) -> list[PageImage]:
             bgr = upright_bgr(frame)
         except (OSError, ValueError) as exc:
             raise _decode_error(exc) from None
-        pages.append(PageImage(frame.index, bgr, frame.dpi))
-    return pages
+        page = PageImage(frame.index, bgr, frame.dpi, frame.count)
+        del frame, bgr
+        yield page
+        del page
+
+
+def read(root: str, rel: str, limits: Limits) -> ImageFile:
+    """Read ``root/rel`` beneath ``root`` (the inbox): bytes, mtime and hash, nothing decoded."""
+    data, st = read_file(root, rel, limits)
+    return ImageFile(data, st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+def decode(data: bytes, limits: Limits) -> list[PageImage]:
+    """Every page of an image file as upright BGR, all held at once (small files, tests);
+    the OCR worker iterates :func:`pages` instead."""
+    return list(pages(data, limits))
 
 
 def load(root: str, rel: str, limits: Limits) -> LoadedImage:
-    """Read ``root/rel`` beneath ``root`` (the inbox) and decode it into upright BGR pages."""
-    data, st = read_file(root, rel, limits)
-    pages = decode(data, limits)
-    return LoadedImage(len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest(), pages)
+    """Read ``root/rel`` beneath ``root`` (the inbox) and decode all its pages (see :func:`decode`)."""
+    f = read(root, rel, limits)
+    return LoadedImage(f.size, f.mtime_ns, f.sha256, decode(f.data, limits))
