@@ -284,6 +284,8 @@ class Daemon:
         None once they are ready, else why not. Only ``new``'s own failures are caught here."""
         limit = self.s.pool.boot_timeout_s
         end = time.monotonic() + limit
+        notify.status(f"reloading: loading models on {new.size} new workers, the running ones go on")
+        self.last_status = ""  # the loop's next summary replaces this line
         try:
             new.start()
             while new.ready_count() < new.size:
