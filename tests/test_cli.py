@@ -79,6 +79,20 @@ def test_journal_lines_carry_priorities_and_escape_names() -> None:
     assert "timestamp=" not in lines[1]  # journald stamps lines itself
 
 
+@pytest.mark.parametrize("fmt", ["journal", "logfmt", "console", "json"])
+def test_names_cannot_reach_the_terminal_in_any_format(fmt: str) -> None:
+    """A name arrives as a str, a Path, inside an exception or a library's message:
+    no raw control character (ESC, CSI, newline, bidi override) in any format."""
+    buf = io.StringIO()
+    logs.configure("info", fmt, stream=buf)
+    evil = "a\x1b[31m\nevent=forged \u202e\x9bz"
+    structlog.get_logger("t").warning("image_failed", path=evil, file=Path(evil), error=OSError(2, evil))
+    logging.getLogger("paddlex").error("cannot read %s", evil)
+    out = buf.getvalue()
+    assert len(out.splitlines()) == 2, out
+    assert not any(c in out for c in "\x1b\x9b\u202e\r"), out
+
+
 def test_auto_format_detects_the_journal(tmp_path: Path) -> None:
     f = open(tmp_path / "stream", "w")
     st = os.fstat(f.fileno())

@@ -85,3 +85,25 @@ def test_delete_source_only_removes_the_version_that_was_ocrd(tmp_path: Path) ->
     assert outside.exists()  # a link into the path never redirects the delete
     assert delete_source(str(os.path.realpath(root)), "f/p.png", st.st_size, st.st_mtime_ns) is None
     assert not page.exists()
+
+
+def test_a_folder_over_max_pages_gets_no_pdf_and_a_clear_reason(tmp_path: Path) -> None:
+    ledger, pdfs, _, outbox = _setup(tmp_path)  # two done pages
+    pdfs.settings = config.Settings.model_validate({"pdf": {"max_pages": 1}})
+    pdfs.step(may_start=True, quiet_seconds=0.0)
+    assert not pdfs.busy  # no build started
+    assert not (outbox / "book" / "book.pdf").exists()
+    folder = ledger.folder("book")
+    assert folder is not None and folder.pdf_state == PdfState.failed
+    assert folder.pdf_error == "too_many_pages: 2 pages, more than [pdf] max_pages = 1"
+    pdfs.step(may_start=True, quiet_seconds=0.0)  # not retried until the folder changes
+    assert not pdfs.busy
+    ledger.close()
+
+
+def test_max_pages_zero_is_no_limit(tmp_path: Path) -> None:
+    ledger, pdfs, _, outbox = _setup(tmp_path)
+    pdfs.settings = config.Settings.model_validate({"pdf": {"max_pages": 0}})
+    _build(pdfs)
+    assert (outbox / "book" / "book.pdf").exists()
+    ledger.close()

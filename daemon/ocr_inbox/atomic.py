@@ -4,12 +4,17 @@ A reader (or a crash) sees either the old file or the complete new one, never
 a half-written one. Temp names (files, and the PDF builder's work directories)
 start with ``.ocr-inbox-tmp-`` so leftovers from a crash can be recognised and swept.
 The names themselves are made in ``outbox/names.py``; this module only writes.
+
+Outputs get the mode a plain ``open()`` would give them, ``0o666`` less the
+process umask (``UMask=0027`` in the unit: ``0640``, group-readable), although
+``mkstemp`` creates its file ``0600``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -22,7 +27,7 @@ from typing import Any, BinaryIO
 from ocr_inbox.outbox.names import TMP_PREFIX, fit_name, temp_path_for, temp_stem
 
 __all__ = [
-    "TMP_PREFIX", "atomic_open", "fit_name", "fsync_dir", "publish", "sweep_temp_files",
+    "TMP_PREFIX", "atomic_open", "fit_name", "fsync_dir", "output_mode", "process_umask", "publish", "sweep_temp_files",
     "temp_path_for", "temp_stem", "write_bytes", "write_json",
 ]
 
@@ -35,12 +40,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def process_umask() -> int:
+    """The umask, read once per process without changing it (``os.umask`` can only set it,
+    and setting it back and forth races with any thread creating a file meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022  # no /proc (or a kernel older than 4.7): the common default
+
+
+def output_mode() -> int:
+    """The mode of a published output: what ``open()`` would create."""
+    return 0o666 & ~process_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(dest: Path) -> Iterator[BinaryIO]:
     """Yield a binary temp file next to ``dest``; on success it replaces ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=dest.parent)
     try:
+        os.fchmod(fd, output_mode())  # mkstemp's 0600 would hide outputs from the group
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

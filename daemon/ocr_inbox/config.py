@@ -172,6 +172,10 @@ class PdfSettings(_Section):
     first_prefixes: list[str] = []
     #: deprecated and ignored: PDFs read images under [ocr]'s limits (one image module)
     max_image_pixels: int = Field(default=200_000_000, ge=1)
+    #: a folder with more pages than this gets no PDF (failed, with the reason); 0 = no limit
+    max_pages: int = Field(default=5000, ge=0)
+    #: a build running longer is cancelled and the folder's PDF failed (reason timeout); 0 = no limit
+    build_timeout_s: float = Field(default=3600.0, ge=0)
 
 
 class CacheSettings(_Section):

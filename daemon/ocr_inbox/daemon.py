@@ -22,7 +22,7 @@ import structlog
 
 from ocr_inbox import atomic, cache, config, executors, logs, notify
 from ocr_inbox.dispatch import Dispatch
-from ocr_inbox.errors import BadArguments, ConfigError, ExitCode, OcrInboxError
+from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.executors.setup import preflight
 from ocr_inbox.folder_pdfs import FolderPdfs
@@ -183,8 +183,12 @@ class Daemon:
         if now_m >= self.next_status:
             self._status(st)
             self.next_status = now_m + STATUS_EVERY_S
-        # pinged from the loop itself, and only while some worker can work: a ping proves both
-        if self.watchdog_every and now_m >= self.next_watchdog and st.executor.healthy():
+        self._watchdog(st.executor)
+
+    def _watchdog(self, executor: Executor) -> None:
+        # pinged from a loop that records results, and only while some worker can work: a ping proves both
+        now_m = time.monotonic()
+        if self.watchdog_every and now_m >= self.next_watchdog and executor.healthy():
             notify.watchdog()
             self.next_watchdog = now_m + self.watchdog_every
 
@@ -238,18 +242,81 @@ class Daemon:
             try:
                 preflight(new)
             except OcrInboxError as exc:
-                log.error("reload_rejected", reason=str(exc), note="keeping the running workers")
-                self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool})
+                rejected: str | None = str(exc)
             else:
-                log.info("workers_restarting", reason="model or pool settings changed")
-                st.dispatch.drain(DRAIN_S)
-                st.dispatch.executor = executors.create(self.s, self.inbox)
-                self._boot(st)
+                rejected = self._replace_workers(st)
+            if rejected is not None:
+                log.error("reload_rejected", reason=rejected, note="keeping the running workers")
+                self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool})
         st.dispatch.settings = self.s.pool
         st.pdfs.settings = self.s
         if not changed:
             log.info("config_unchanged")
         notify.ready()
+
+    def _replace_workers(self, st: _Stages) -> str | None:
+        """Boot a pool for ``self.s`` beside the running one, which keeps working; switch
+        once every new worker is ready, then let the old pool finish its batches.
+
+        Returns why the new pool was given up (it could not boot in time, or at all);
+        the running pool is then untouched. Two pools at once hold the models twice
+        for a while (docs/OPERATIONS.md).
+        """
+        log.info("workers_restarting", reason="model or pool settings changed")
+        old, new = st.executor, executors.create(self.s, self.inbox)
+        failure = self._boot_beside(st, new)
+        if failure is not None:
+            new.stop()
+            return failure
+        st.dispatch.executor, st.dispatch.settings = new, self.s.pool  # from here on only the new pool gets work
+        log.info("workers_switched", workers=new.size, old_busy=old.busy())
+        end = time.monotonic() + DRAIN_S
+        while old.busy() and time.monotonic() < end:
+            self._work_beside(st)
+            st.dispatch.record(old.poll(0))
+        unfinished = old.in_flight()
+        old.stop()
+        if unfinished:
+            st.ledger.release([j.rel for j in unfinished], time.time())
+            log.info("returned_to_queue", images=len(unfinished))
+        return None
+
+    def _boot_beside(self, st: _Stages, new: Executor) -> str | None:
+        """Start ``new`` and wait for all its workers while the running pool goes on working;
+        None once they are ready, else why not. Only ``new``'s own failures are caught here."""
+        limit = self.s.pool.boot_timeout_s
+        end = time.monotonic() + limit
+        notify.status(f"reloading: loading models on {new.size} new workers, the running ones go on")
+        self.last_status = ""  # the loop's next summary replaces this line
+        try:
+            new.start()
+            while new.ready_count() < new.size:
+                if self.stopping:
+                    return "a stop was requested while the new workers loaded"
+                if time.monotonic() > end:
+                    return f"timeout: the new workers were not ready within pool.boot_timeout_s = {limit:g} s"
+                notify.extend_timeout(limit + 30)
+                self._work_beside(st)
+                new.poll(0)  # Ready / BootFailed: the executor counts them itself
+        except (EngineUnavailable, WorkerBootError) as exc:
+            return str(exc)
+        return None
+
+    def _work_beside(self, st: _Stages) -> None:
+        """One pass of the working pool (``st.executor``) while another one boots or finishes
+        its last batches: record, hand out work, note signals, feed the watchdog."""
+        st.dispatch.record(st.executor.poll(SETTLE_TICK_S, [self.signals.waitable]))
+        for sig in self.signals.pop_all():
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("stop_requested", signal=signal.Signals(sig).name, phase="reloading")
+                self.stopping = True
+            else:
+                self.reload_pending = True  # another SIGHUP: applied after this one
+        try:
+            st.dispatch.fill()
+        except sqlite3.OperationalError as exc:  # disk full: the transaction rolled back
+            st.dispatch.state_write_failed(exc)
+        self._watchdog(st.executor)
 
     # ---------------------------------------------------------------- stop
 

@@ -7,6 +7,11 @@ in page order, by a child process (one build at a time), while OCR goes on.
 An image that changed since its OCR stops the build: the folder waits for
 the new JSON. With ``[inbox] delete_processed`` the sources go only after the
 PDF that holds them is published.
+
+Limits (``[pdf]``): a folder with more than ``max_pages`` pages gets no PDF,
+and a build running longer than ``build_timeout_s`` is cancelled; both mark
+the folder's PDF failed with the reason, not to be retried until the folder
+changes (a retry would only hit the same limit again).
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ class FolderPdfs:
         return self.build is not None
 
     def step(self, *, may_start: bool, quiet_seconds: float | None = None) -> None:
-        """Collect a finished build; start the next due folder when ``may_start``."""
+        """Collect a finished build (or cancel one past its time); start the next due folder when ``may_start``."""
         self._collect()
+        self._enforce_timeout()
         now_m = time.monotonic()
         for folder, due in list(self._retry.items()):
             if now_m >= due:
@@ -78,6 +84,17 @@ class FolderPdfs:
             log.info("pdf_cancelled", folder=self.build.req.folder)
             self.build = None
 
+    def _enforce_timeout(self) -> None:
+        """Cancel a build still running past ``build_timeout_s``; its result is a failure, not retried.
+        (One that finished meanwhile was collected first: its PDF is published, it counts as done.)"""
+        limit = self.settings.pdf.build_timeout_s
+        if self.build is None or self._result is not None or not limit or self.build.elapsed_s() <= limit:
+            return
+        self.build.cancel()
+        error = f"timeout: the build ran longer than [pdf] build_timeout_s = {limit:g} s"
+        self._result = PdfResult(self.build.req.folder, False, error=error, reason="timeout")
+        self._collect()
+
     def _start(self, folder: str) -> None:
         rows = {r.rel.rsplit("/", 1)[-1]: r for r in self.ledger.pages_of(folder)}
         keep_previous = self.ledger.has_deleted_sources(folder)
@@ -89,6 +106,8 @@ class FolderPdfs:
         ordered = order.page_order(rows, self.settings.pdf.first_prefixes)
         title = folder.rsplit("/", 1)[-1] if folder else Path(os.path.realpath(self.inbox)).name
         self.ledger.pdf_started(folder)
+        if self._too_many_pages(folder, len(ordered), keep_previous):
+            return
         log.info("pdf_start", folder=folder, out=str(out), pages=len(ordered))
         s = self.settings
         self.build = PdfBuild(
@@ -106,6 +125,21 @@ class FolderPdfs:
                 log_format=logs.resolve_format(s.log.format, sys.stderr),
             )
         )
+
+    def _too_many_pages(self, folder: str, new_pages: int, keep_previous: bool) -> bool:
+        """Over ``max_pages``: the folder's PDF is failed with the reason (its JSONs stay)."""
+        limit = self.settings.pdf.max_pages
+        previous = 0
+        if keep_previous:  # pages whose sources were deleted live on in the published PDF
+            row = self.ledger.folder(folder)
+            previous = (row.pdf_pages or 0) if row is not None else 0
+        pages = previous + new_pages
+        if not limit or pages <= limit:
+            return False
+        error = f"too_many_pages: {pages} pages, more than [pdf] max_pages = {limit}"
+        self.ledger.pdf_failed(folder, error, time.time())
+        log.error("pdf_failed", folder=folder, reason="too_many_pages", pages=pages, max_pages=limit, retry=False)
+        return True
 
     def _collect(self) -> None:
         if self.build is None:
@@ -127,7 +161,7 @@ class FolderPdfs:
                 log.info("pdf_waits_for_ocr", folder=res.folder, changed=res.changed)
                 self.moved.append(res.changed)
             else:
-                log.error("pdf_failed", folder=res.folder, error=res.error, retry=res.transient)
+                log.error("pdf_failed", folder=res.folder, reason=res.reason, error=res.error, retry=res.transient)
             if res.transient:
                 self._retry[res.folder] = time.monotonic() + self.settings.pool.output_retry_s
         self.build = self._result = None

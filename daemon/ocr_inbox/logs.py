@@ -22,15 +22,28 @@ _PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 _NOISY_LIBRARIES = ("watchdog", "paddlex", "paddle", "PIL", "urllib3", "filelock", "modelscope")
 
 
-def _escape(value: str) -> str:
-    # File names come from the inbox: control characters must not forge log lines.
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+def printable(value: str) -> str:
+    """``value`` with every non-printable character written the way ``repr`` does (``\\n``, ``\\x1b``).
+
+    File names come from the inbox: control characters, ANSI escapes and bidi
+    overrides must not forge log lines or reach an operator's terminal.
+    """
+    return value if value.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
+_escape = printable  # the name older tests import
+
+#: values rendered as they are; anything else is rendered through ``str()`` by logfmt
+#: (a ``Path`` holding an ESC byte would reach the terminal raw), so it is escaped here
+_PLAIN = (int, float, bool, type(None))
 
 
 def escape_control_chars(_: WrappedLogger, __: str, ed: EventDict) -> EventDict:
     for k, v in ed.items():
-        if isinstance(v, str) and not v.isprintable():
-            ed[k] = _escape(v)
+        if isinstance(v, str):
+            ed[k] = printable(v)
+        elif not isinstance(v, _PLAIN) and not (text := str(v)).isprintable():
+            ed[k] = printable(text)
     return ed
 
 

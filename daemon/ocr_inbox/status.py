@@ -1,4 +1,10 @@
-"""``ocr-inbox status``: what the daemon has done, read from its ledger (read-only)."""
+"""``ocr-inbox status``: what the daemon has done, read from its ledger (read-only).
+
+Folder and file names come from whoever writes the inbox: in the tables they
+are shown as text, never as Rich markup (``[/]`` would end a style that was
+never opened, and fail), and their control characters are written out
+(``\\x1b``), so a name cannot paint or move the operator's terminal.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,20 @@ from datetime import datetime
 from typing import Any
 
 from ocr_inbox import config
+from ocr_inbox.logs import printable
 from ocr_inbox.errors import ExitCode
 from ocr_inbox.ledger import Ledger, reports
 
 
 def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).isoformat(timespec="seconds") if ts else "-"
+
+
+def _shown(value: str) -> Any:
+    """A name or reason as a Rich cell: plain text (no markup, no emoji codes), escaped."""
+    from rich.text import Text
+
+    return Text(printable(value))
 
 
 def collect(settings: config.Settings, failures_limit: int = 50) -> dict[str, Any]:
@@ -54,8 +68,8 @@ def show(settings: config.Settings, as_json: bool = False) -> int:
         ft.add_column(col)
     for f in data["folders"]:
         ft.add_row(
-            f["folder"] or ".", str(f["done"]), str(f["pending"]), str(f["failed"]),
-            f["pdf_state"], str(f["pdf_pages"] or "-"), _when(f["pdf_at"]),
+            _shown(f["folder"] or "."), str(f["done"]), str(f["pending"]), str(f["failed"]),
+            _shown(f["pdf_state"]), str(f["pdf_pages"] or "-"), _when(f["pdf_at"]),
         )
     con.print(ft)
     if data["failures"]:
@@ -63,6 +77,6 @@ def show(settings: config.Settings, as_json: bool = False) -> int:
         for col in ("image", "reason", "detail", "attempts"):
             xt.add_column(col)
         for x in data["failures"]:
-            xt.add_row(x["rel"], x["reason"], x["detail"], str(x["attempts"]))
+            xt.add_row(_shown(x["rel"]), _shown(x["reason"]), _shown(x["detail"]), str(x["attempts"]))
         con.print(xt)
     return ExitCode.ok

@@ -74,3 +74,18 @@ def hang_forever() -> None:
 def create(settings: Any) -> FakeEngine:
     images.upright_bgr = _crashing_decoder  # only in the worker process that loads this plug-in
     return FakeEngine(settings)
+
+
+def create_broken(settings: Any) -> FakeEngine:
+    """``engine_plugin = "fake_engine:create_broken"``: every worker fails while loading
+    (a reload to it must keep the running workers)."""
+    raise RuntimeError("fake boot failure (create_broken)")
+
+
+def create_gated(settings: Any) -> FakeEngine:
+    """``engine_plugin = "fake_engine:create_gated"``: loading lasts until the file named by
+    ``$FAKE_ENGINE_GATE`` exists, so a test holds a (re)boot open as long as it needs."""
+    gate = os.environ.get("FAKE_ENGINE_GATE", "")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.05)  # checking for the test's gate file, not a timing assumption
+    return FakeEngine(settings)

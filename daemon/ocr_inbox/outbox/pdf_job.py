@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,6 +56,8 @@ class PdfResult:
     transient: bool = False
     #: an image changed since its OCR (rel): the PDF waits for its new JSON
     changed: str = ""
+    #: a short stable code for the log: error, output, timeout (too_many_pages never starts a build)
+    reason: str = "error"
 
 
 def _main(conn: Connection, req: PdfRequest) -> None:
@@ -82,7 +85,7 @@ def _main(conn: Connection, req: PdfRequest) -> None:
     except pdf.SourceChanged as exc:
         conn.send(PdfResult(req.folder, False, error=str(exc), transient=True, changed=exc.rel))
     except (OutputError, OSError) as exc:
-        conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}", transient=True))
+        conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}", transient=True, reason="output"))
     except Exception as exc:  # reported to the daemon, which records it in the ledger
         conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}"))
 
@@ -95,7 +98,11 @@ class PdfBuild:
         self._conn, child = _CTX.Pipe(duplex=False)
         self.process: Any = _CTX.Process(target=_main, args=(child, req), name="ocr-inbox-pdf", daemon=True)
         self.process.start()
+        self.started = time.monotonic()
         child.close()
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
 
     @property
     def waitables(self) -> list[Any]:
