@@ -50,10 +50,10 @@ def respawn_delay(crashes: int) -> float:
 
 
 class WorkerState(enum.StrEnum):
-    booting = WorkerState.booting  # loading its models
-    idle = WorkerState.idle
-    busy = WorkerState.busy  # has a batch
-    retiring = WorkerState.retiring  # told to exit after its batch (recycling)
+    booting = "booting"  # loading its models
+    idle = "idle"
+    busy = "busy"  # has a batch
+    retiring = "retiring"  # told to exit after its batch (recycling)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,19 @@ def read(path: Path) -> Document:
 
 
 def is_current(json_file: Path, size: int, mtime_ns: int) -> bool:
-    """True when ``json_file`` is a valid document for the source version (``size``, ``mtime_ns``)."""
+    """True when ``json_file`` is a valid document for the source version (``size``, ``mtime_ns``).
+
+    Opened non-blocking and read only if it is a regular file: a FIFO planted in the
+    outbox must not hang the daemon.
+    """
     try:
-        with open(json_file, encoding="utf-8") as fh:
+        fd = os.open(json_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, encoding="utf-8") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return False
             src = json.load(fh)["source"]
         return bool(src["size"] == size and src["mtime_ns"] == mtime_ns)
     except (OSError, ValueError, KeyError, TypeError):
