@@ -63,13 +63,16 @@ def test_pdf_holds_exactly_the_done_images(tmp_path: Path, models_dir: Path) -> 
     shutil.copy(CORPUS / "cnocr/multi-line_en_black.png", book / "p3 draft.png")  # ignored by the config
     shutil.copy(CORPUS / "cnocr/multi-line_en_black.png", book / ".p4.png")  # ignored by default
     (book / "p5.png").write_text("not an image at all\n")  # refused by the worker: no page
+    # PostScript under an image name: refused, and never handed to Ghostscript by the PDF builder
+    (book / "p6.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n")
     (book / "notes.txt").write_text("not an image name\n")
     out = d.outbox / "book" / "book.pdf"
     d.until(out.exists, "the folder PDF")
     pages = _pdf(out)
     assert [title for title, _ in pages] == ["p1.tif", "p2.jpg"]
     assert "quick brown dog" in pages[0][1] and "hello" in pages[1][1].lower()
-    assert {f["rel"]: f["reason"] for f in d.status()["failures"]} == {"book/p5.png": "not_an_image"}
+    failed = {f["rel"]: f["reason"] for f in d.status()["failures"]}
+    assert failed == {"book/p5.png": "not_an_image", "book/p6.png": "unsupported_format"}
 
     # p2 is replaced by another picture: the PDF is rebuilt with its new text, never the old layer
     first = out.stat().st_mtime_ns
