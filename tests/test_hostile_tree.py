@@ -17,6 +17,7 @@ import pytest
 from daemon_harness import Daemon, json_files
 from imagemaker import plain
 from ocr_inbox import atomic
+from deeptree import nested, remove_tree
 
 pytestmark = [pytest.mark.slow]
 
@@ -41,38 +42,8 @@ def config(**sections: dict[str, object]) -> str:
     )
 
 
-def nested(top: Path, levels: int, name: str = "d") -> Path:
-    """``top/name/name/...``, ``levels`` deep, made without recursion (``os.makedirs``
-    recurses once per missing level); returns the bottom folder (short names keep its
-    path under PATH_MAX)."""
-    top.mkdir()
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(levels):
-            os.mkdir(name, dir_fd=fd)
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = sub
-    finally:
-        os.close(fd)
-    return top.joinpath(*([name] * levels))
 
 
-def remove_tree(top: Path) -> None:
-    """``shutil.rmtree`` without recursion (it recurses once per level, and so does pytest's
-    clean-up of old temp dirs: a deep tree left behind breaks later test sessions)."""
-    folders, stack = [], [str(top)]
-    while stack:
-        d = stack.pop()
-        folders.append(d)
-        with os.scandir(d) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                else:
-                    os.unlink(e.path)
-    for d in reversed(folders):
-        os.rmdir(d)
 
 
 def kill_if_running(d: Daemon) -> None:

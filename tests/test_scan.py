@@ -9,6 +9,7 @@ from pathlib import Path
 from imagemaker import plain
 from ocr_inbox.config import DEFAULT_IGNORE
 from ocr_inbox.inbox import scan
+from deeptree import nested, remove_tree
 
 
 def _walk(inbox: Path) -> tuple[set[str], dict[str, str]]:
@@ -90,31 +91,8 @@ def test_classify_refuses_a_directory_symlink_by_any_name(tmp_path: Path) -> Non
     assert scan.classify(root, "missing.png") is None
 
 
-def _remove_tree(top: Path) -> None:
-    """``shutil.rmtree`` without recursion: pytest's own clean-up of old temp dirs
-    recurses once per level, so a deep tree left behind breaks later sessions."""
-    folders, stack = [], [str(top)]
-    while stack:
-        d = stack.pop()
-        folders.append(d)
-        with os.scandir(d) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                else:
-                    os.unlink(e.path)
-    for d in reversed(folders):
-        os.rmdir(d)
 
 
-def _nested(top: Path, levels: int) -> Path:
-    """``top/d/d/...`` made without recursion (``os.makedirs`` recurses once per level)."""
-    path = top
-    path.mkdir(parents=True)
-    for _ in range(levels):
-        path = path / "d"
-        path.mkdir()
-    return path
 
 
 def test_a_deep_tree_is_walked_without_recursion_and_refused_once(tmp_path: Path) -> None:
@@ -122,12 +100,12 @@ def test_a_deep_tree_is_walked_without_recursion_and_refused_once(tmp_path: Path
     try:
         _deep_walk(inbox)
     finally:
-        _remove_tree(inbox)
+        remove_tree(inbox)
 
 
 def _deep_walk(inbox: Path) -> None:
-    plain(_nested(inbox / "deep", 1200) / "bottom.png")
-    plain(_nested(inbox / "ok", 3) / "p.png")
+    plain(nested(inbox / "deep", 1200) / "bottom.png")
+    plain(nested(inbox / "ok", 3) / "p.png")
     items = list(scan.walk(inbox, DEFAULT_IGNORE, max_depth=5))
     too_deep = "deep" + "/d" * 5
     assert [(i.rel, isinstance(i, scan.Candidate)) for i in items] == [(too_deep, False), ("ok/d/d/d/p.png", True)]

@@ -17,6 +17,7 @@ from watchdog.observers.polling import PollingObserver
 from ocr_inbox.config import WatchSettings
 from ocr_inbox.inbox import watcher as watcher_mod
 from ocr_inbox.inbox.watcher import InboxWatcher
+from deeptree import nested, remove_tree
 
 TIMEOUT_S = 30.0  # only reached when something is broken
 
@@ -196,43 +197,21 @@ def test_relative_paths(inbox: Path) -> None:
     w.close()
 
 
-def _remove_tree(top: Path) -> None:
-    """``shutil.rmtree`` without recursion: pytest's own clean-up of old temp dirs
-    recurses once per level, so a deep tree left behind breaks later sessions."""
-    folders, stack = [], [str(top)]
-    while stack:
-        d = stack.pop()
-        folders.append(d)
-        with os.scandir(d) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                else:
-                    os.unlink(e.path)
-    for d in reversed(folders):
-        os.rmdir(d)
 
 
-def _nested(top: Path, levels: int) -> Path:
-    path = top
-    path.mkdir(parents=True)
-    for _ in range(levels):
-        path = path / "d"
-        path.mkdir()
-    return path
 
 
 @pytest.mark.parametrize("observer", ["native", "polling"])
 def test_a_deep_tree_neither_stops_the_watcher_nor_hides_the_rest(inbox: Path, observer: str) -> None:
     moved_from = inbox.parent / "moved"
-    _nested(inbox / "deep", 1200)
+    nested(inbox / "deep", 1200)
     w = InboxWatcher(inbox, settings(observer, max_depth=8))
     try:
         w.start()  # RecursionError in watchdog's walks before
         assert w.kind == ("inotify" if observer == "native" else "polling")
         (inbox / "a").mkdir()
         (inbox / "a" / "p.png").write_bytes(b"x")
-        _nested(moved_from, 1200)  # a deep tree moved in while watching
+        nested(moved_from, 1200)  # a deep tree moved in while watching
         os.rename(moved_from, inbox / "moved")
         (inbox / "b.png").write_bytes(b"x")
         seen = wait_for(w, lambda s: {"a/p.png", "moved", "b.png"} <= s)
@@ -242,7 +221,7 @@ def test_a_deep_tree_neither_stops_the_watcher_nor_hides_the_rest(inbox: Path, o
         w.close()
         for top in (inbox / "deep", inbox / "moved", moved_from):
             if top.exists():
-                _remove_tree(top)
+                remove_tree(top)
 
 
 def test_polling_reports_a_folder_link_once_and_never_follows_it(inbox: Path) -> None:
