@@ -166,3 +166,28 @@ def test_outputs_are_group_readable_under_the_units_umask(tmp_path: Path, models
     assert (d.outbox / "book" / "p1.png.json").stat().st_mode & 0o777 == 0o640
     assert (d.outbox / "book" / "book.pdf").stat().st_mode & 0o777 == 0o640
     assert d.stop() == 0
+
+
+def test_nothing_outlives_a_killed_daemon_not_even_a_pdf_build(tmp_path: Path, models_dir: Path) -> None:
+    import psutil
+
+    d = Daemon(tmp_path, models_dir, config(pdf={"enabled": False}))
+    for i in range(2):
+        plain(d.inbox / "held" / f"p{i}.png")
+    d.start()
+    d.ready()
+    d.until(lambda: _done(d, 2), "the pages OCR'd")
+    # a JSON that never finishes reading (a FIFO nobody writes) holds the PDF build open
+    stuck = d.outbox / "held" / "p1.png.json"
+    stuck.unlink()
+    os.mkfifo(stuck)
+    d.config_path.write_text(config(pdf={"enabled": True, "quiet_seconds": 0.5}))
+    d.signal(signal.SIGHUP)
+    d.until(lambda: d.events("pdf_start"), "the build started")
+    assert d.proc is not None
+    children = psutil.Process(d.proc.pid).children(recursive=True)
+    assert len(children) >= 3  # the workers and the PDF child
+    d.kill9()
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert [" ".join(p.cmdline()) for p in alive] == []  # PR_SET_PDEATHSIG: workers and the PDF child die with the daemon
+    assert not (d.outbox / "held" / "held.pdf").exists()

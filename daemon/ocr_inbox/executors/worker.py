@@ -186,7 +186,11 @@ def _sender(conn: Connection) -> Send:
 
 
 def die_with_parent() -> None:
-    """Ask Linux to kill us if the supervisor dies (even by SIGKILL): no orphans."""
+    """Ask Linux to kill us if the daemon dies (even by SIGKILL): no orphans.
+
+    For a worker and for the PDF child alike. A parent that died before the
+    request took effect (while this child was still importing) is noticed here.
+    """
     try:
         import ctypes
 
@@ -194,6 +198,9 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)  # orphaned already: nothing of ours to finish
 
 
 def main(conn: Connection, cfg: WorkerConfig) -> None:
@@ -203,9 +210,6 @@ def main(conn: Connection, cfg: WorkerConfig) -> None:
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
     die_with_parent()
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:
-        return  # the parent died before prctl took effect
     os.environ.update(cfg.env)
     # The supervisor owns shutdown: SIGINT from a terminal goes to the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
