@@ -24,7 +24,6 @@ it kills it, so the log says where it hung.
 from __future__ import annotations
 
 import faulthandler
-import multiprocessing
 import os
 import resource
 import signal
@@ -40,6 +39,7 @@ from typing import Any
 import structlog
 
 from ocr_inbox import logs
+from ocr_inbox.signals import die_with_parent
 from ocr_inbox.errors import BadImage, EngineUnavailable
 from ocr_inbox.executors import messages as m
 from ocr_inbox.ocr import engine as engine_mod
@@ -183,24 +183,6 @@ def _sender(conn: Connection) -> Send:
             conn.send(msg)
 
     return send
-
-
-def die_with_parent() -> None:
-    """Ask Linux to kill us if the daemon dies (even by SIGKILL): no orphans.
-
-    For a worker and for the PDF child alike. A parent that died before the
-    request took effect (while this child was still importing) is noticed here.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:
-        os._exit(0)  # orphaned already: nothing of ours to finish
 
 
 def main(conn: Connection, cfg: WorkerConfig) -> None:

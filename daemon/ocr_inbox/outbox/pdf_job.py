@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox import logs
+from ocr_inbox.signals import die_with_parent
 from ocr_inbox.errors import OutputError
 from ocr_inbox.ocr import images
 
@@ -61,8 +62,6 @@ class PdfResult:
 
 
 def _main(conn: Connection, req: PdfRequest) -> None:
-    from ocr_inbox.executors.worker import die_with_parent
-
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(req.log_level, req.log_format, pdf=req.folder or ".")
