@@ -261,3 +261,19 @@ def test_a_crash_storm_pauses_instead_of_quarantining_and_retry_requeues(
     with Ledger.open_readonly(d.state) as ledger:
         row = ledger.get("b/two.png")
         assert row is not None and row.status == "pending" and row.attempts == 0
+
+
+@pytest.mark.slow
+def test_an_image_past_the_worker_memory_ceiling_fails_alone(tmp_path: Path, models_dir: Path) -> None:
+    # 12,000 x 12,000 white RGB: a tiny file within the pixel limits set here, but its
+    # decode and BGR copy need ~0.9 GB, far past a 400 MiB ceiling (RLIMIT_DATA)
+    cfg = daemon_config(ocr={"max_image_pixels": 500_000_000}, pool={"worker_memory_mb": 400})
+    d = Daemon(tmp_path, models_dir, cfg)
+    Image.new("RGB", (12_000, 12_000), (255, 255, 255)).save(d.inbox / "huge.png", optimize=True)
+    plain(d.inbox / "small.png")
+    d.start()
+    d.ready()
+    d.until(lambda: "huge.png" in _failures(d) and "small.png" in json_files(d.outbox), "both accounted for")
+    assert _failures(d)["huge.png"]["reason"] == "too_much_memory"
+    assert not d.events("worker_lost")  # the worker survived it
+    assert d.stop() == 0

@@ -173,11 +173,13 @@ def read_file(root: str, rel: str, limits: Limits) -> tuple[bytes, os.stat_resul
         raise
     with os.fdopen(fd, "rb") as fh:
         try:
-            data = fh.read(limits.max_file_bytes + 1)
+            # read(n) allocates n bytes up front: ask for the size fstat gave, plus one
+            # byte to notice growth (not the limit: 512 MiB reserved for every small file)
+            data = fh.read(st.st_size + 1)
         except OSError as exc:
             raise BadImage("unreadable", exc.strerror or str(exc)) from None
-    if len(data) > limits.max_file_bytes:  # it grew after fstat
-        raise BadImage("file_too_large", f"more than {limits.max_file_bytes} bytes")
+    if len(data) != st.st_size:  # still being written, or truncated, after fstat
+        raise BadImage("changed_while_reading", f"{st.st_size} bytes at open, {len(data)}+ read")
     return data, st
 
 
