@@ -44,7 +44,8 @@ def test_lifecycle_notify_and_clean_stop(tmp_path: Path, models_dir: Path) -> No
     # READY only after the workers loaded their models, with the start timeout extended meanwhile
     assert any(m.startswith("STATUS=loading models") for m in before)
     assert any("EXTEND_TIMEOUT_USEC=" in m for m in before)
-    assert len(d.events("worker_ready")) == int(d.events("ready")[0]["workers"]) >= 1  # one per core by default
+    (logged,) = d.until(lambda: d.events("ready"), "the ready event")  # logged just after READY=1
+    assert len(d.events("worker_ready")) == int(logged["workers"]) >= 1  # one per core by default
     d.wait_notify(lambda m: m == "WATCHDOG=1", start=ready)
     d.wait_notify(lambda m: m.startswith("STATUS=queued 0, running 0, done 0"), start=ready)
     shutil.copy(CORPUS / "cnocr/helloworld.jpg", d.inbox / "hello.jpg")
