@@ -241,7 +241,7 @@ class _Bridge:
             for _ in range(max(0, want - have)):
                 if self.cfg.max_actors is not None and len(self.actors) >= self.cfg.max_actors:
                     break
-                self.add_actor(node_id, str(node.get("NodeManagerAddress", node_id[:8])))
+                self.add_actor(node_id, f"{node.get('NodeManagerAddress', '?')}/{node_id[:8]}")
         return len(nodes)
 
     def add_actor(self, node_id: str, node: str) -> None:
@@ -360,6 +360,16 @@ def _connect_env(cfg: BridgeConfig) -> None:
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_TIMEOUT_S))
 
 
+def _probe(address: str) -> None:
+    """Ask the GCS for the cluster's id: a refused token fails here at once (``AuthenticationError``),
+    where ``ray.init`` retries for ~20 s and then reports a bare ConnectionError."""
+    try:
+        from ray._raylet import GcsClient  # Ray's own client; private, hence the fallback
+    except ImportError:
+        return
+    GcsClient(address=address).cluster_id
+
+
 def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
     """Entry point of the bridge process: connect, then serve the daemon until Stop or the cluster is lost."""
     die_with_parent()
@@ -373,6 +383,7 @@ def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
     import ray
 
     try:
+        _probe(cfg.address)
         ray.init(
             address=cfg.address,
             namespace="ocr-inbox",
