@@ -66,6 +66,9 @@ NODE_SCAN_S = 2.0
 WAIT_TICK_S = 0.05
 #: a Ray driver whose GCS is silent this long exits (Ray's default: 60 s): the bridge, not the daemon
 GCS_RECONNECT_TIMEOUT_S = 15
+#: a bridge whose node scans went unanswered this long is given up: the cluster is lost (a Ray
+#: driver whose GCS went away can block in a call for minutes instead of failing)
+CLUSTER_SILENT_S = 15.0
 #: a node whose actors failed to load this many times gets no more actors (until it rejoins)
 MAX_BOOT_FAILURES = 3
 
@@ -76,6 +79,13 @@ MAX_BOOT_FAILURES = 3
 @dataclass(frozen=True)
 class Connected:
     address: str
+    nodes: int
+
+
+@dataclass(frozen=True)
+class Beat:
+    """The bridge heard from the cluster's GCS (a node scan answered)."""
+
     nodes: int
 
 
@@ -107,7 +117,7 @@ class Submit:
     batch: m.Batch
 
 
-BridgeEvent = Connected | Unreachable | ActorAdded | ActorGone | m.Event
+BridgeEvent = Connected | Beat | Unreachable | ActorAdded | ActorGone | m.Event
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,7 @@ class _Bridge:
                 if self.cfg.max_actors is not None and len(self.actors) >= self.cfg.max_actors:
                     break
                 self.add_actor(node_id, f"{node.get('NodeManagerAddress', '?')}/{node_id[:8]}")
+        self.send(Beat(len(nodes)))
         return len(nodes)
 
     def add_actor(self, node_id: str, node: str) -> None:
@@ -363,11 +374,11 @@ def _connect_env(cfg: BridgeConfig) -> None:
 def _probe(address: str) -> None:
     """Ask the GCS for the cluster's id: a refused token fails here at once (``AuthenticationError``),
     where ``ray.init`` retries for ~20 s and then reports a bare ConnectionError."""
-    try:
-        from ray._raylet import GcsClient  # Ray's own client; private, hence the fallback
-    except ImportError:
-        return
-    GcsClient(address=address).cluster_id
+    import ray._raylet
+
+    raylet: Any = ray._raylet  # Ray's own client: private, hence the fallback
+    if hasattr(raylet, "GcsClient"):
+        raylet.GcsClient(address=address).cluster_id
 
 
 def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
@@ -444,6 +455,7 @@ class RayExecutor:
         self.failures = 0
         self.reconnect_at: float | None = None
         self.stopping = False
+        self.last_beat = 0.0
         self.booted = False  # start() done: later boot failures drop an actor instead of stopping the daemon
 
     # lifecycle -----------------------------------------------------------------
@@ -456,6 +468,7 @@ class RayExecutor:
         self.conn = parent
         self.connected = False
         self.reconnect_at = None
+        self.last_beat = time.monotonic()
 
     def start(self) -> None:
         """Connect (within ``executor.connect_timeout_s``); an unreachable cluster or a refused
@@ -553,6 +566,10 @@ class RayExecutor:
         events = self._drain()
         if self.proc is not None and not self.proc.is_alive() and self.conn is not None and not self.conn.poll():
             events += self._cluster_lost(f"the Ray driver exited ({self.proc.exitcode})")
+        elif self.connected and time.monotonic() - self.last_beat > CLUSTER_SILENT_S:
+            events += self._cluster_lost(f"no answer from the cluster's GCS for {CLUSTER_SILENT_S:g} s")
+        elif self.proc is not None and not self.connected and time.monotonic() - self.last_beat > self.settings.connect_timeout_s:
+            self._unreachable(f"no answer within executor.connect_timeout_s = {self.settings.connect_timeout_s:g} s")
         if self.reconnect_at is not None and time.monotonic() >= self.reconnect_at and not self.stopping:
             self._spawn()
         return events
@@ -569,8 +586,11 @@ class RayExecutor:
         return out
 
     def _handle(self, ev: BridgeEvent) -> list[m.Event]:
+        if isinstance(ev, Beat):
+            self.last_beat = time.monotonic()
+            return []
         if isinstance(ev, Connected):
-            self.connected = True
+            self.connected, self.last_beat = True, time.monotonic()
             if self.outage:
                 log.info("ray_cluster_back", address=ev.address, nodes=ev.nodes, down_for=self.outage)
             else:
