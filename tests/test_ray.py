@@ -225,3 +225,26 @@ def test_ray_runs_in_a_loopback_only_namespace(netns: None) -> None:
         capture_output=True, text=True, env=cli_env(), timeout=60,
     )
     assert res.stdout.strip() == "['lo']"
+
+
+def test_settings_and_placement_plan(tmp_path: Path) -> None:
+    """No address, no Ray (never a private cluster by surprise); actors per node from its resources."""
+    from ocr_inbox import config
+    from ocr_inbox.errors import ConfigError
+    from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config
+
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"executor": {"kind": "ray"}})
+    assert err.value.key == "executor" and "executor.address" in err.value.reason
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"executor": {"kind": "ray", "address": "auto"}})
+    assert err.value.key == "executor.address"
+    s = config.from_mapping({"executor": {"kind": "ray", "address": "10.0.0.5:6379", "workers_per_gpu": 3}})
+    cfg = bridge_config(s, tmp_path)
+    assert cfg.worker.engine.device == "gpu:0" and cfg.worker.env == {}
+    assert actors_for({"CPU": 16.0, "GPU": 2.0}, cfg) == 6
+    assert actors_for({"CPU": 4.0, "GPU": 2.0}, cfg) == 4  # CPUs bound it too
+    assert actors_for({"CPU": 16.0}, cfg) == 0  # no GPU: no GPU actors
+    assert actor_options("ab" * 28, cfg)["num_gpus"] == 0.3333
+    cpu = bridge_config(config.from_mapping({"executor": {"kind": "ray", "address": "h:1", "workers_per_gpu": 0, "cpus_per_worker": 2}}), tmp_path)
+    assert actors_for({"CPU": 7.0, "GPU": 1.0}, cpu) == 3 and cpu.worker.engine.device == "cpu"
