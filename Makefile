@@ -19,9 +19,9 @@ $(BIN)/ocr-inbox: pyproject.toml
 
 setup: $(BIN)/ocr-inbox
 
-# Tests also exercise Paddle's own engine (the ppocrv4-mobile profile).
+# Tests also exercise Paddle's own engine (the ppocrv4-mobile profile) and a Ray cluster.
 $(VENV)/.test-deps: $(BIN)/ocr-inbox
-	$(BIN)/python -m pip install -q -e '.[test,paddle]'
+	$(BIN)/python -m pip install -q -e '.[test,paddle,ray]'
 	touch $@
 
 setup-test: $(VENV)/.test-deps

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ocr_inbox.errors import ConfigError
 
@@ -196,6 +196,39 @@ class InboxSettings(_Section):
     delete_processed: bool = False
 
 
+class ExecutorSettings(_Section):
+    #: "local": worker processes on this machine ([ocr] devices); "ray": Ray actors on a cluster
+    kind: Literal["local", "ray"] = "local"
+    #: the Ray cluster's GCS, "host:port" (explicit: ocr-inbox never starts a private cluster)
+    address: str = ""
+    #: a file holding the cluster's token (RAY_AUTH_MODE=token), readable only by the service user
+    token_file: str = ""
+    #: OCR actors per GPU on every node (fractional num_gpus when > 1); 0 = CPU actors by cpus_per_worker
+    workers_per_gpu: int = Field(default=3, ge=0, le=64)
+    #: CPUs reserved per actor (on CPU-only placement: actors per node = node CPUs / this)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=256)
+    #: the Ray resource that stands for a GPU ("GPU"; another name, e.g. for tests: CPU inference)
+    gpu_resource: str = "GPU"
+    #: "bytes": the daemon reads each image and ships it through Ray's object store;
+    #: "paths": every node mounts the inbox at the same path and reads it itself
+    transport: Literal["bytes", "paths"] = "bytes"
+    #: how long the daemon waits for the cluster at start before giving up
+    connect_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v and ("://" in v or v.strip() in ("auto", "local")):
+            raise ValueError('"host:port" of the cluster\'s head (not "auto", "local" or a URL)')
+        return v
+
+    @model_validator(mode="after")
+    def _ray_needs_address(self) -> ExecutorSettings:
+        if self.kind == "ray" and not self.address:
+            raise ValueError('executor.address: kind = "ray" needs the address of the cluster\'s head ("host:port")')
+        return self
+
+
 class Settings(_Section):
     paths: PathSettings = PathSettings()
     ocr: OcrSettings = OcrSettings()
@@ -205,6 +238,8 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
     inbox: InboxSettings = InboxSettings()
+    executor: ExecutorSettings = ExecutorSettings()
+
 
 
 def _first_error(file: str, exc: ValidationError) -> ConfigError:

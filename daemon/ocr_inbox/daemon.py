@@ -196,6 +196,8 @@ class Daemon:
         t = reports.stats(st.ledger, time.time())
         why = st.dispatch.pause_reason
         paused = f" ({why})" if why else ""
+        note = st.executor.status_note()  # e.g. a Ray cluster that is unreachable
+        paused += f"; {note}" if note else ""
         text = (
             f"queued {t.queued}, running {t.running}, done {t.done}, failed {t.failed}, "
             f"{t.rate:.2f} img/s, folders waiting for PDF {t.folders_waiting}{paused}"

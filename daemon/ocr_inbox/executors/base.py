@@ -46,5 +46,8 @@ class Executor(Protocol):
     def in_flight(self) -> list[Job]:
         """Jobs handed out and not finished."""
 
+    def status_note(self) -> str:
+        """A note for the daemon's STATUS= line ("" = nothing to add), e.g. a cluster that is unreachable."""
+
     def stop(self, deadline_s: float = 10.0) -> None:
         """Ask every worker to exit after its current image; kill those that don't."""

@@ -140,6 +140,9 @@ class LocalExecutor:
     def capacity(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == WorkerState.idle)
 
+    def status_note(self) -> str:
+        return ""
+
     def busy(self) -> bool:
         return any(w.state == WorkerState.busy for w in self.workers.values())
 

@@ -38,7 +38,13 @@ def slots_for(settings: Settings) -> list[WorkerSlot]:
 
 
 def preflight(settings: Settings) -> None:
-    """Fail before spawning anything when a device, the profile or its model files are missing."""
+    """Fail before spawning anything when a device, the profile or its model files are missing.
+
+    With ``[executor] kind = "ray"`` the models live on the cluster's hosts: an actor
+    that cannot load them fails its boot with the reason (``worker_boot_failed``)."""
+    if settings.executor.kind == "ray":
+        profiles.get(settings.ocr.profile)
+        return
     for slot in slots_for(settings):
         try:
             slot.child_env()

@@ -67,7 +67,7 @@ class WorkerConfig:
     memory_mb: int = 0
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -121,19 +121,33 @@ def _prepare(job: m.Job, cfg: WorkerConfig, announce: Send | None) -> _Prepared:
             announce(m.Decoded(cfg.slot, job.job_id))
 
 
-def _ocr(job: m.Job, prep: _Prepared, eng: engine_mod.Engine, cfg: WorkerConfig, info: dict[str, Any], t0: float, send: Send) -> m.Done:
+def check_unchanged(inbox: str, rel: str, size: int, mtime_ns: int) -> None:
+    """An image replaced while we read it must not get a result that describes the old bytes."""
+    try:
+        st = os.stat(os.path.join(inbox, rel))
+    except FileNotFoundError:
+        raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
+    if st.st_size != size or st.st_mtime_ns != mtime_ns:
+        raise BadImage("changed_while_reading", "the file changed while it was being OCR'd")
+
+
+def _ocr(
+    job: m.Job,
+    prep: _Prepared,
+    eng: engine_mod.Engine,
+    cfg: WorkerConfig,
+    info: dict[str, Any],
+    t0: float,
+    send: Send,
+    check_source: bool = True,
+) -> m.Done:
     out: list[Page] = []
     for page in prep.pages():
         out.append(Page(page.index, page.width, page.height, tuple(eng.recognise(page.bgr)), page.dpi))
         send(m.Progress(cfg.slot, job.job_id, len(out), page.count))
         del page  # before the next page is decoded
-    # An image replaced while we read it must not get a result that describes the old bytes.
-    try:
-        st = os.stat(os.path.join(cfg.inbox, job.rel))
-    except FileNotFoundError:
-        raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
-    if st.st_size != prep.file.size or st.st_mtime_ns != prep.file.mtime_ns:
-        raise BadImage("changed_while_reading", "the file changed while it was being OCR'd")
+    if check_source:
+        check_unchanged(cfg.inbox, job.rel, prep.file.size, prep.file.mtime_ns)
     elapsed = int((time.monotonic() - t0) * 1000)
     return m.Done(cfg.slot, job, prep.file.size, prep.file.mtime_ns, prep.file.sha256, info, tuple(out), elapsed)
 
@@ -141,7 +155,6 @@ def _ocr(job: m.Job, prep: _Prepared, eng: engine_mod.Engine, cfg: WorkerConfig,
 def _run_batch(
     batch: m.Batch, cfg: WorkerConfig, eng: engine_mod.Engine, info: dict[str, Any], send: Send, decoder: ThreadPoolExecutor
 ) -> None:
-    log = structlog.get_logger(__name__)
     jobs = batch.jobs
     nxt: Future[_Prepared] | None = None
     for i, job in enumerate(jobs):
@@ -150,28 +163,62 @@ def _run_batch(
         # this image's decode: prepared beside the previous one, or now (the main thread waits)
         fut = nxt if nxt is not None else decoder.submit(_prepare, job, cfg, None)
         nxt = None
-        try:
+
+        def work(i: int = i, job: m.Job = job, fut: Future[_Prepared] = fut, t0: float = t0) -> m.Done:
+            nonlocal nxt
             prep = fut.result()
-            del fut
             # The next image decodes while this one is inferred, unless either is a retry after
             # a worker died: a retry runs with nothing beside it, so its crash is its own.
             if i + 1 < len(jobs) and job.attempt == 1 and jobs[i + 1].attempt == 1:
                 nxt = decoder.submit(_prepare, jobs[i + 1], cfg, send)
-            done = _ocr(job, prep, eng, cfg, info, t0, send)
-            del prep
-            send(done)
-        except BadImage as exc:
-            log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)
-            send(m.Failed(cfg.slot, job, exc.reason, exc.detail, transient=exc.reason in _TRANSIENT))
-        except MemoryError:
-            # past RLIMIT_DATA: this image alone fails; what it allocated is freed with the frames
-            detail = f"decoding or OCR needed more than the worker's {cfg.memory_mb} MiB (pool.worker_memory_mb)"
-            log.error("image_failed", path=job.rel, reason="too_much_memory", detail=detail)
-            send(m.Failed(cfg.slot, job, "too_much_memory", detail))
-        except Exception as exc:  # an engine error on one image must not kill the worker
-            log.exception("engine_error", path=job.rel)
-            send(m.Failed(cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}"))
-    send(m.BatchDone(cfg.slot, batch.batch_id, _rss_bytes()))
+            return _ocr(job, prep, eng, cfg, info, t0, send)
+
+        del fut
+        send(outcome(job, cfg, work))
+        del work  # the image's decoded pages go with it, before the next one is waited for
+    send(m.BatchDone(cfg.slot, batch.batch_id, rss_bytes()))
+
+
+def outcome(job: m.Job, cfg: WorkerConfig, work: Callable[[], m.Done]) -> m.Done | m.Failed:
+    """``work()``'s result, or the image's failure: what a worker sends for one image,
+    wherever it runs (the local pool and the Ray actors share this)."""
+    log = structlog.get_logger(__name__)
+    try:
+        return work()
+    except BadImage as exc:
+        log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)
+        return m.Failed(cfg.slot, job, exc.reason, exc.detail, transient=exc.reason in _TRANSIENT)
+    except MemoryError:
+        # past RLIMIT_DATA: this image alone fails; what it allocated is freed with the frames
+        detail = f"decoding or OCR needed more than the worker's {cfg.memory_mb} MiB (pool.worker_memory_mb)"
+        log.error("image_failed", path=job.rel, reason="too_much_memory", detail=detail)
+        return m.Failed(cfg.slot, job, "too_much_memory", detail)
+    except Exception as exc:  # an engine error on one image must not kill the worker
+        log.exception("engine_error", path=job.rel)
+        return m.Failed(cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}")
+
+
+def ocr_one(
+    job: m.Job, cfg: WorkerConfig, eng: engine_mod.Engine, info: dict[str, Any], file: images.ImageFile | None = None
+) -> m.Done | m.Failed:
+    """One image, start to end, with nothing decoded beside it (a Ray actor's call).
+
+    ``file``: the image as the daemon read it (Ray's "bytes" transport); the daemon then
+    checks that the source did not change. None: read it beneath ``cfg.inbox`` here ("paths").
+    """
+    t0 = time.monotonic()
+
+    def work() -> m.Done:
+        f = file if file is not None else images.read(cfg.inbox, job.rel, cfg.limits)
+        rest = images.pages(f.data, cfg.limits)
+        prep = _Prepared(f, next(rest, None), rest)
+        return _ocr(job, prep, eng, cfg, info, t0, _discard, check_source=file is None)
+
+    return outcome(job, cfg, work)
+
+
+def _discard(msg: m.WorkerMessage) -> None:
+    """A ``Send`` for a worker whose results travel as return values (Ray)."""
 
 
 def _sender(conn: Connection) -> Send:

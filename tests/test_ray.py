@@ -1,0 +1,250 @@
+"""``[executor] kind = "ray"``: a real two-node Ray cluster on this machine.
+
+The whole module runs in its own network namespace with only loopback (Ray
+listens on all interfaces, its agent probes cloud metadata addresses), with token
+authentication on and usage stats off (``fakes/ray_cluster.py``). Both nodes carry
+one unit of the custom resource ``fake_gpu``, standing in for a GPU, and one CPU:
+one actor per node, so placement across nodes is real. The fake engine serves the
+scheduling and fault cases; one case runs real inference (same JSON as local).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CORPUS, PAGES, copy_pages, run_cli
+from daemon_harness import Daemon, cli_env, json_files
+from imagemaker import POISON_SIGKILL, plain
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
+import ray_cluster  # noqa: E402
+
+pytestmark = [pytest.mark.slow]
+
+if ray_cluster.ray_bin() is None:
+    pytest.skip("Ray is not installed (pip install 'ocr-inbox[ray]'; `make test` installs it)", allow_module_level=True)
+
+#: the seconds an image "costs" the fake engine: long enough to kill a node mid-run
+DELAY_S = "0.3"
+
+
+def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, **executor: object) -> str:
+    ex: dict[str, object] = {
+        "kind": "ray",
+        "address": cluster.address,
+        "token_file": str(cluster.token_file),
+        "workers_per_gpu": 1,
+        "cpus_per_worker": 1,
+        "gpu_resource": "fake_gpu",
+        "connect_timeout_s": 60,
+    }
+    ex.update(executor)
+    sections: dict[str, dict[str, object]] = {
+        "watch": {"settle_seconds": 0.3, "rescan_interval_s": 2},
+        "pdf": {"quiet_seconds": 0.5},
+        "pool": {"output_retry_s": 1.0, "batch_size": 3},
+        "executor": ex,
+    }
+    if fake:
+        sections["ocr"] = {"engine_plugin": "fake_engine:create"}
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in sections.items()
+    )
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[None]:
+    try:
+        old = ray_cluster.enter_netns()
+    except OSError as exc:
+        pytest.skip(f"cannot make a loopback-only network namespace for Ray (needs root): {exc}")
+    try:
+        assert ray_cluster.only_loopback()
+        yield
+    finally:
+        ray_cluster.leave_netns(old)
+
+
+@pytest.fixture(scope="module")
+def cluster(netns: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ray_cluster.Cluster]:
+    root = tmp_path_factory.mktemp("ray")
+    c = ray_cluster.Cluster(root, env={"FAKE_ENGINE_DELAY_S": DELAY_S})
+    try:
+        yield c.start(workers=1)
+    finally:
+        c.stop()
+
+
+def _images(inbox: Path, n: int, folders: int = 2) -> list[str]:
+    rels = [f"f{i % folders}/p{i:02d}.png" for i in range(n)]
+    for i, rel in enumerate(rels):
+        plain(inbox / rel, size=(64 + i, 48))
+    return rels
+
+
+def _done_once(d: Daemon, rels: list[str]) -> None:
+    """Every image has its JSON, and each was recorded done exactly once."""
+    assert sorted(json_files(d.outbox)) == sorted(rels)
+    counts = collections.Counter(e["path"] for e in d.events("image_done"))
+    assert counts == {rel: 1 for rel in rels}, counts
+
+
+def _same_json(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for doc in (a, b):
+        doc.pop("elapsed_ms", None)
+    assert a == b
+
+
+@pytest.mark.corpus
+def test_same_json_as_the_local_pool(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """Real inference on corpus pages: the JSONs and the PDF text match the local executor's."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"needs the corpus at {CORPUS}")
+    pages = PAGES[:2]
+    inbox = copy_pages(tmp_path / "inbox", pages)
+    outs = {}
+    for kind in ("local", "ray"):
+        cfg = tmp_path / f"{kind}.toml"
+        cfg.write_text(ray_config(cluster, fake=False) if kind == "ray" else "")
+        out = tmp_path / f"out-{kind}"
+        res = run_cli("ocr", inbox, out, "--pdf", "--no-progress", "--config", cfg, state_dir=tmp_path / f"s-{kind}", models=models_dir)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs[kind] = out
+    local, ray = json_files(outs["local"]), json_files(outs["ray"])
+    assert sorted(local) == sorted(ray) == sorted(pages)
+    for rel in pages:
+        _same_json(local[rel], ray[rel])
+    for pdf in outs["local"].rglob("*.pdf"):
+        import pymupdf
+
+        other = outs["ray"] / pdf.relative_to(outs["local"])
+        with pymupdf.open(pdf) as a, pymupdf.open(other) as b:
+            assert [p.get_text() for p in a] == [p.get_text() for p in b]
+
+
+def test_wrong_token_names_the_setting(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    bad = tmp_path / "wrong-token"
+    bad.write_text("0" * 32)
+    bad.chmod(0o600)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ray_config(cluster, token_file=str(bad)))
+    plain(tmp_path / "in" / "a.png")
+    res = run_cli("ocr", tmp_path / "in", tmp_path / "out", "--config", cfg, state_dir=tmp_path / "s", models=models_dir)
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert "executor.token_file" in res.stderr, res.stderr[-3000:]
+    assert not (tmp_path / "out" / "a.png.json").exists()
+
+
+def test_a_node_killed_mid_run_loses_nothing(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """SIGKILL of the worker node's raylet while it OCRs: its batch is retried on the head's
+    actor; every image is done exactly once; a node that joins gets an actor."""
+    rels = _images(tmp_path / "inbox", 24)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d.ready()
+    d.until(lambda: len(d.events("worker_ready")) >= 2, "an actor ready on each node")
+    nodes = {e["node"] for e in d.events("worker_ready")}
+    assert len(nodes) == 2, nodes
+    d.until(lambda: len(d.events("image_done")) >= 4, "work under way on the cluster")
+    cluster.raylet(1).send_signal(signal.SIGKILL)
+    d.until(lambda: d.events("worker_lost"), "the dead node's actor reported lost")
+    d.until(lambda: d.status()["totals"]["done"] == len(rels), "every image done after the node died")
+    _done_once(d, rels)
+    assert d.status()["failures"] == []
+    # the lost node comes back as a new one: it gets an actor, and it works
+    cluster.nodes.pop(1).wait(timeout=60)
+    cluster.add_node()
+    ready_before = len(d.events("worker_ready"))
+    d.until(lambda: len(d.events("worker_ready")) > ready_before, "an actor on the node that joined")
+    assert d.stop() == 0
+
+
+def test_daemon_kill9_with_work_on_the_cluster(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    rels = _images(tmp_path / "inbox", 16)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster), name="first").start()
+    d.ready()
+    d.until(lambda: len(d.events("image_done")) >= 2 and d.status()["totals"]["running"] > 0, "batches on the cluster")
+    d.kill9()
+    d = Daemon(tmp_path, models_dir, name="second").start()
+    d.ready()
+    d.until(lambda: d.status()["totals"]["done"] == len(rels), "every image done after the restart")
+    assert sorted(json_files(d.outbox)) == sorted(rels)
+    assert d.status()["failures"] == []
+    assert d.stop() == 0
+
+
+def test_poison_image_quarantined_across_nodes(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """An image that kills its actor is retried (elsewhere or on a new actor), then quarantined;
+    the others are done."""
+    rels = _images(tmp_path / "inbox", 6)
+    plain(tmp_path / "inbox" / "f0" / "poison.png", marker=POISON_SIGKILL)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d.ready()
+    d.until(lambda: d.status()["totals"]["done"] == len(rels) and d.status()["failures"], "the good ones done, the poison failed")
+    failures = d.status()["failures"]
+    assert [(f["rel"], f["reason"]) for f in failures] == [("f0/poison.png", "worker_crashed")]
+    assert len([e for e in d.events("worker_lost") if e.get("image") == "f0/poison.png"]) == 2
+    assert d.stop() == 0
+
+
+def test_cluster_stopped_and_started_under_a_running_daemon(
+    cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path
+) -> None:
+    """The daemon keeps watching while the cluster is gone, says so, and resumes by itself."""
+    rels = _images(tmp_path / "inbox", 4)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d.ready()
+    d.until(lambda: d.status()["totals"]["done"] == len(rels), "the first images done")
+    cluster.stop()
+    d.until(lambda: d.events("ray_cluster_unreachable"), "the daemon noticed the cluster is gone")
+    d.wait_notify(lambda msg: "ray cluster unreachable" in msg)
+    late = _images(tmp_path / "late", 3)  # arrives while the cluster is down
+    for rel in late:
+        (d.inbox / "late" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp_path / "late" / rel, d.inbox / "late" / rel)
+    d.until(lambda: d.status()["totals"]["queued"] == len(late), "new images queued while the cluster is down")
+    cluster.start(workers=1)
+    d.until(lambda: d.events("ray_cluster_back"), "the daemon reconnected by itself")
+    d.until(lambda: d.status()["totals"]["done"] == len(rels) + len(late), "the late images done")
+    assert d.stop() == 0
+
+
+def test_ray_runs_in_a_loopback_only_namespace(netns: None) -> None:
+    """What every Ray process of this module sees: loopback and nothing else."""
+    res = subprocess.run(
+        [sys.executable, "-c", "import socket; print([n for _, n in socket.if_nameindex()])"],
+        capture_output=True, text=True, env=cli_env(), timeout=60,
+    )
+    assert res.stdout.strip() == "['lo']"
+
+
+def test_settings_and_placement_plan(tmp_path: Path) -> None:
+    """No address, no Ray (never a private cluster by surprise); actors per node from its resources."""
+    from ocr_inbox import config
+    from ocr_inbox.errors import ConfigError
+    from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config
+
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"executor": {"kind": "ray"}})
+    assert err.value.key == "executor" and "executor.address" in err.value.reason
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"executor": {"kind": "ray", "address": "auto"}})
+    assert err.value.key == "executor.address"
+    s = config.from_mapping({"executor": {"kind": "ray", "address": "10.0.0.5:6379", "workers_per_gpu": 3}})
+    cfg = bridge_config(s, tmp_path)
+    assert cfg.worker.engine.device == "gpu:0" and cfg.worker.env == {}
+    assert actors_for({"CPU": 16.0, "GPU": 2.0}, cfg) == 6
+    assert actors_for({"CPU": 4.0, "GPU": 2.0}, cfg) == 4  # CPUs bound it too
+    assert actors_for({"CPU": 16.0}, cfg) == 0  # no GPU: no GPU actors
+    assert actor_options("ab" * 28, cfg)["num_gpus"] == 0.3333
+    cpu = bridge_config(config.from_mapping({"executor": {"kind": "ray", "address": "h:1", "workers_per_gpu": 0, "cpus_per_worker": 2}}), tmp_path)
+    assert actors_for({"CPU": 7.0, "GPU": 1.0}, cpu) == 3 and cpu.worker.engine.device == "cpu"
