@@ -23,6 +23,16 @@ FAKES = Path(__file__).resolve().parent / "fakes"
 DEADLINE_S = 240.0
 
 
+def toml_config(base: dict[str, dict[str, object]], sections: dict[str, dict[str, object]]) -> str:
+    """A test configuration in TOML: ``base`` (section -> key -> value) updated by ``sections``."""
+    merged = {name: dict(values) for name, values in base.items()}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in merged.items()
+    )
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment for an ``ocr-inbox`` child: none of our own systemd
     variables leak in, and the test engine plug-in is importable."""

@@ -4,7 +4,6 @@ full disks, things vanishing mid-work, locked/corrupt state, SIGTERM at awkward 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -19,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import CORPUS, run_cli
-from daemon_harness import Daemon, json_files, temp_files
+from daemon_harness import Daemon, json_files, temp_files, toml_config
 from imagemaker import POISON_EXIT, POISON_SEGV, POISON_SIGKILL, plain
 from ocr_inbox.atomic import TMP_PREFIX
 from ocr_inbox.ledger import DB_NAME, Ledger
@@ -34,11 +33,7 @@ def config(fake: bool = False, **sections: dict[str, object]) -> str:
         "pool": {"output_retry_s": 1.0},
         "ocr": {"engine_plugin": "fake_engine:create", "workers_per_device": 2} if fake else {},
     }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    return "".join(
-        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in base.items()
-    )
+    return toml_config(base, sections)
 
 
 FAST = config()

@@ -4,7 +4,6 @@ the running workers, PDF builds that never end, output modes. Real daemon, test 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import Daemon, cli_env, json_files
+from daemon_harness import Daemon, cli_env, json_files, toml_config
 from imagemaker import plain
 
 pytestmark = [pytest.mark.slow]
@@ -27,11 +26,7 @@ def config(**sections: dict[str, object]) -> str:
         "pool": {"output_retry_s": 1.0},
         "ocr": {"engine_plugin": "fake_engine:create", "workers_per_device": 2},
     }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    return "".join(
-        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in base.items()
-    )
+    return toml_config(base, sections)
 
 
 def _done(d: Daemon, n: int) -> bool:
@@ -127,19 +122,26 @@ def test_reload_to_workers_that_cannot_boot_keeps_the_old_ones(tmp_path: Path, m
     assert d.stop() == 0
 
 
-def test_a_pdf_build_past_its_time_is_cancelled_and_not_retried(tmp_path: Path, models_dir: Path) -> None:
+def _held_pdf_build(tmp_path: Path, models_dir: Path, folder: str, pages: int, **pdf: object) -> Daemon:
+    """A daemon whose next PDF build, of ``folder``, never ends: the folder's pages are OCR'd
+    with PDFs off, one JSON is replaced by a FIFO nobody writes, then PDFs are turned on
+    (SIGHUP, with the ``[pdf]`` settings given)."""
     d = Daemon(tmp_path, models_dir, config(pdf={"enabled": False}))
-    for i in range(3):
-        plain(d.inbox / "slow" / f"p{i}.png")
+    for i in range(pages):
+        plain(d.inbox / folder / f"p{i}.png")
     d.start()
     d.ready()
-    d.until(lambda: _done(d, 3), "the pages OCR'd")
-    # a JSON that never finishes reading (a FIFO nobody writes) holds the build forever
-    stuck = d.outbox / "slow" / "p1.png.json"
+    d.until(lambda: _done(d, pages), "the pages OCR'd")
+    stuck = d.outbox / folder / "p1.png.json"
     stuck.unlink()
     os.mkfifo(stuck)
-    d.config_path.write_text(config(pdf={"enabled": True, "quiet_seconds": 0.5, "build_timeout_s": 1.0}))
+    d.config_path.write_text(config(pdf={"enabled": True, "quiet_seconds": 0.5, **pdf}))
     d.signal(signal.SIGHUP)
+    return d
+
+
+def test_a_pdf_build_past_its_time_is_cancelled_and_not_retried(tmp_path: Path, models_dir: Path) -> None:
+    d = _held_pdf_build(tmp_path, models_dir, "slow", 3, build_timeout_s=1.0)
     d.until(lambda: d.events("pdf_failed"), "the build cancelled")
     (failed,) = d.events("pdf_failed")
     assert failed["folder"] == "slow" and failed["reason"] == "timeout" and failed["retry"] == "false"
@@ -171,18 +173,7 @@ def test_outputs_are_group_readable_under_the_units_umask(tmp_path: Path, models
 def test_nothing_outlives_a_killed_daemon_not_even_a_pdf_build(tmp_path: Path, models_dir: Path) -> None:
     import psutil
 
-    d = Daemon(tmp_path, models_dir, config(pdf={"enabled": False}))
-    for i in range(2):
-        plain(d.inbox / "held" / f"p{i}.png")
-    d.start()
-    d.ready()
-    d.until(lambda: _done(d, 2), "the pages OCR'd")
-    # a JSON that never finishes reading (a FIFO nobody writes) holds the PDF build open
-    stuck = d.outbox / "held" / "p1.png.json"
-    stuck.unlink()
-    os.mkfifo(stuck)
-    d.config_path.write_text(config(pdf={"enabled": True, "quiet_seconds": 0.5}))
-    d.signal(signal.SIGHUP)
+    d = _held_pdf_build(tmp_path, models_dir, "held", 2)
     d.until(lambda: d.events("pdf_start"), "the build started")
     assert d.proc is not None
     children = psutil.Process(d.proc.pid).children(recursive=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from daemon_harness import Daemon, json_files
+from daemon_harness import Daemon, json_files, toml_config
 from imagemaker import plain
 from ocr_inbox import atomic
 from deeptree import nested, remove_tree
@@ -35,11 +35,7 @@ def config(**sections: dict[str, object]) -> str:
         "pdf": {"quiet_seconds": 0.5},
         "ocr": {"engine_plugin": "fake_engine:create", "workers_per_device": 1},
     }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    return "".join(
-        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in base.items()
-    )
+    return toml_config(base, sections)
 
 
 

@@ -6,7 +6,6 @@ Unit tests first (images, the worker loop, the pool), then the real daemon with 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import weakref
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon_harness import FAKES, Daemon, cli_env, json_files
+from daemon_harness import FAKES, Daemon, cli_env, json_files, toml_config
 from imagemaker import POISON_DECODE_SEGV, POISON_HANG, POISON_WHILE_FLAG, plain
 from ocr_inbox import config
 from ocr_inbox.errors import BadImage
@@ -175,9 +174,7 @@ def daemon_config(**sections: dict[str, object]) -> str:
         "pool": {"output_retry_s": 1.0},
         "ocr": {"engine_plugin": "fake_engine:create", "workers_per_device": 2},
     }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    return "".join(f"[{n}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vals.items()) for n, vals in base.items())
+    return toml_config(base, sections)
 
 
 def _failures(d: Daemon) -> dict[str, dict[str, Any]]:
