@@ -154,6 +154,12 @@ def test_a_node_killed_mid_run_loses_nothing(cluster: ray_cluster.Cluster, tmp_p
     d.until(lambda: len(d.events("worker_ready")) >= 2, "an actor ready on each node")
     nodes = {e["node"] for e in d.events("worker_ready")}
     assert len(nodes) == 2, nodes
+    # `ocr-inbox status` shows the actors per node
+    live = d.until(lambda: v if len((v := d.status()["daemon"])["workers"]) == 2 else None, "both actors in the live view")
+    assert live["executor"] == "ray" and {w["node"] for w in live["workers"]} == nodes
+    assert {w["device"] for w in live["workers"]} == {"fake_gpu x 1"}
+    human = run_cli("status", state_dir=d.state, models=models_dir).stdout
+    assert "workers per node" in human and all(n.split("/")[0] in human for n in nodes), human
     d.until(lambda: len(d.events("image_done")) >= 4, "work under way on the cluster")
     cluster.raylet(1).send_signal(signal.SIGKILL)
     d.until(lambda: d.events("worker_lost"), "the dead node's actor reported lost")

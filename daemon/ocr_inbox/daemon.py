@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocr_inbox import atomic, cache, config, executors, logs, notify
+from ocr_inbox import atomic, cache, config, executors, live, logs, notify
 from ocr_inbox.dispatch import Dispatch
 from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
 from ocr_inbox.executors.base import Executor
@@ -68,6 +68,7 @@ class Daemon:
         self.watchdog_every = notify.watchdog_interval()
         self.next_watchdog = self.next_status = self.next_purge = 0.0
         self.last_status = ""
+        self.last_live: object = None
 
     # ---------------------------------------------------------------- start
 
@@ -138,6 +139,7 @@ class Daemon:
                     return False
                 self.reload_pending = True  # SIGHUP: applied once the workers are up
             notify.status(f"loading models: {ex.ready_count()}/{ex.size} workers ready")
+            self._live(ex, "")
             notify.extend_timeout(self.s.pool.boot_timeout_s + 30)
         return True
 
@@ -205,6 +207,19 @@ class Daemon:
         if text != self.last_status:
             notify.status(text)
             self.last_status = text
+        self._live(st.executor, why or "")
+
+    def _live(self, executor: Executor, paused: str) -> None:
+        """``status``'s view of the workers (per node), rewritten only when it changed."""
+        view = (executor.workers_view(), executor.status_note(), paused)
+        if view == self.last_live:
+            return
+        try:
+            live.write(self.s.paths.state_dir, self.inbox, self.outbox, self.s.executor.kind, *view)
+        except OSError as exc:  # a full state disk: status shows less, the work goes on
+            log.warning("live_view_not_written", error=str(exc))
+            return
+        self.last_live = view
 
     # ---------------------------------------------------------------- signals & reload
 
@@ -328,6 +343,7 @@ class Daemon:
         st.intake.stop()
         st.pdfs.cancel()
         st.dispatch.drain(DRAIN_S)
+        self._live(st.executor, "")  # no workers left: the paths stay for `status`
         log.info("stopped")
 
 

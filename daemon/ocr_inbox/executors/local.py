@@ -14,6 +14,7 @@ import enum
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import structlog
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import EngineUnavailable, WorkerBootError
 from ocr_inbox.executors import messages as m
+from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.executors.worker import STACK_DUMP_SIGNAL, WorkerConfig
 from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
@@ -142,6 +144,16 @@ class LocalExecutor:
 
     def status_note(self) -> str:
         return ""
+
+    def workers_view(self) -> list[WorkerView]:
+        host = socket.gethostname()
+        views = [
+            WorkerView(slot, host, str(w.slot.device), str(w.state), w.process.pid, w.images)
+            for slot, w in sorted(self.workers.items())
+        ]
+        by_slot = {s.slot: s for s in self.slots}
+        views += [WorkerView(n, host, str(by_slot[n].device), "respawning", None, 0) for n in sorted(self.respawn_at) if n in by_slot]
+        return views
 
     def busy(self) -> bool:
         return any(w.state == WorkerState.busy for w in self.workers.values())

@@ -1,0 +1,85 @@
+"""The running daemon's live view, for ``ocr-inbox status``: its workers per node, and why
+dispatch is paused.
+
+The ledger says what was done; only the daemon's memory knows which workers (processes,
+or Ray actors on which nodes) exist now, and where its inbox and outbox are (they may come
+from the command line, which ``status`` does not see). The daemon writes
+``STATE_DIR/live.json`` atomically when that view changes (at most every few seconds), and
+once more without workers when it stops. Whether a daemon is running at all is told by the
+state dir's lock, not by this file: after a ``kill -9`` the file stays, and ``status``
+says the daemon is not running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ocr_inbox import atomic
+from ocr_inbox.executors.base import WorkerView
+from ocr_inbox.ledger import LOCK_NAME
+
+LIVE_NAME = "live.json"
+
+
+def write(
+    state_dir: Path, inbox: Path, outbox: Path, executor: str, workers: list[WorkerView], note: str, paused: str
+) -> None:
+    atomic.write_json(
+        state_dir / LIVE_NAME,
+        {
+            "pid": os.getpid(),
+            "inbox": str(inbox.resolve()),
+            "outbox": str(outbox.resolve()),
+            "written_at": time.time(),
+            "executor": executor,
+            "note": note,
+            "paused": paused,
+            "workers": [w.as_dict() for w in workers],
+        },
+    )
+
+
+def daemon_running(state_dir: Path) -> bool:
+    """A daemon holds the state dir's lock (``ledger.store._lock_state_dir``). A shared lock
+    that cannot be taken means it is held: this works read-only, for any user who may read it."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+def read(state_dir: Path) -> dict[str, Any]:
+    """The last view the daemon wrote, with ``running``; a daemon that is not running has no
+    workers, whatever a killed one left in the file."""
+    view: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        view = json.loads((state_dir / LIVE_NAME).read_text(encoding="utf-8"))
+    view["running"] = daemon_running(state_dir)
+    if not view["running"]:
+        view.update(workers=[], note="", paused="")
+    return view
+
+
+def per_node(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Workers grouped by node and device: counts by state and images done, for the table."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for w in workers:
+        g = groups.setdefault((w["node"], w["device"]), {"node": w["node"], "device": w["device"], "workers": 0, "images": 0, "states": {}})
+        g["workers"] += 1
+        g["images"] += w["images"]
+        g["states"][w["state"]] = g["states"].get(w["state"], 0) + 1
+    return [groups[k] for k in sorted(groups)]
