@@ -38,7 +38,7 @@ if ray_cluster.ray_bin() is None:
 DELAY_S = "0.3"
 
 
-def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, **executor: object) -> str:
+def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, ocr: dict[str, object] | None = None, **executor: object) -> str:
     ex: dict[str, object] = {
         "kind": "ray",
         "address": cluster.address,
@@ -56,7 +56,7 @@ def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, **executor: obje
         "executor": ex,
     }
     if fake:
-        sections["ocr"] = {"engine_plugin": "fake_engine:create"}
+        sections["ocr"] = {"engine_plugin": "fake_engine:create", **(ocr or {})}
     return "".join(
         f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in sections.items()
     )
@@ -221,6 +221,42 @@ def test_cluster_stopped_and_started_under_a_running_daemon(
     cluster.start(workers=1)
     d.until(lambda: d.events("ray_cluster_back"), "the daemon reconnected by itself")
     d.until(lambda: d.status()["totals"]["done"] == len(rels) + len(late), "the late images done")
+    assert d.stop() == 0
+
+
+def test_reload_replaces_the_actors_in_place(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """A reload that changes [ocr] under Ray: the actors hold every share of the cluster, so
+    the running ones finish their batches and stop before the new ones are placed (booting
+    them beside would never fit); nothing is lost, nothing done twice."""
+    rels = _images(tmp_path / "inbox", 12)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d.ready()
+    d.until(lambda: len(d.events("image_done")) >= 2, "work under way on the cluster")
+    d.config_path.write_text(ray_config(cluster, ocr={"min_score": 0.01}))
+    d.signal(signal.SIGHUP)
+    d.until(lambda: d.events("workers_switched") or d.events("reload_rejected"), "the reload applied")
+    assert not d.events("reload_rejected"), d.log()[-3000:]
+    assert [e["mode"] for e in d.events("workers_restarting")] == ["in_place"]
+    late = [f"late/{rel}" for rel in _images(tmp_path / "late", 4)]  # for the new actors
+    for rel in late:
+        (d.inbox / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp_path / rel, d.inbox / rel)
+    d.until(lambda: d.status()["totals"]["done"] == len(rels) + len(late), "every image done")
+    _done_once(d, rels + late)
+    assert d.status()["failures"] == []
+    assert d.stop() == 0
+
+
+def test_paths_transport_reads_images_on_the_nodes(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """``transport = "paths"``: the actors open the images themselves, beneath the same inbox
+    path (every node mounts it at the same place: here they share the file system)."""
+    rels = _images(tmp_path / "inbox", 6)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster, transport="paths")).start()
+    d.ready()
+    d.until(lambda: d.status()["totals"]["done"] == len(rels), "every image done")
+    _done_once(d, rels)
+    docs = json_files(d.outbox)
+    assert all(docs[rel]["source"]["size"] == (d.inbox / rel).stat().st_size for rel in rels)
     assert d.stop() == 0
 
 

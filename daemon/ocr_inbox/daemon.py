@@ -255,48 +255,85 @@ class Daemon:
         logs.configure(new.log.level, new.log.format)
         if old.watch != new.watch:
             st.intake.apply(new.watch)
-        if old.ocr != new.ocr or old.pool != new.pool:
+        if old.ocr != new.ocr or old.pool != new.pool or old.executor != new.executor:
             try:
                 preflight(new)
             except OcrInboxError as exc:
                 rejected: str | None = str(exc)
             else:
-                rejected = self._replace_workers(st)
+                rejected = self._replace_workers(st, old)
             if rejected is not None:
                 log.error("reload_rejected", reason=rejected, note="keeping the running workers")
-                self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool})
+                self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool, "executor": old.executor})
         st.dispatch.settings = self.s.pool
         st.pdfs.settings = self.s
         if not changed:
             log.info("config_unchanged")
         notify.ready()
 
-    def _replace_workers(self, st: _Stages) -> str | None:
+    def _replace_workers(self, st: _Stages, previous: config.Settings) -> str | None:
         """Boot a pool for ``self.s`` beside the running one, which keeps working; switch
         once every new worker is ready, then let the old pool finish its batches.
 
         Returns why the new pool was given up (it could not boot in time, or at all);
         the running pool is then untouched. Two pools at once hold the models twice
-        for a while (docs/OPERATIONS.md).
+        for a while (docs/OPERATIONS.md). An executor that cannot have a second pool
+        beside it (Ray) is replaced in place instead (``_replace_in_place``).
         """
+        old = st.executor
+        if not old.boots_beside:
+            return self._replace_in_place(st, previous)
         log.info("workers_restarting", reason="model or pool settings changed")
-        old, new = st.executor, executors.create(self.s, self.inbox)
+        new = executors.create(self.s, self.inbox)
         failure = self._boot_beside(st, new)
         if failure is not None:
             new.stop()
             return failure
         st.dispatch.executor, st.dispatch.settings = new, self.s.pool  # from here on only the new pool gets work
         log.info("workers_switched", workers=new.size, old_busy=old.busy())
+        self._retire(st, old, beside=True)
+        return None
+
+    def _replace_in_place(self, st: _Stages, previous: config.Settings) -> str | None:
+        """The running workers finish their batches and stop, then the new ones boot and take
+        work as each is ready. If they cannot boot, workers with the ``previous`` settings
+        are started again (and if those fail too, the daemon exits: systemd restarts it)."""
+        log.info("workers_restarting", reason="model, pool or executor settings changed", mode="in_place")
+        self._retire(st, st.executor, beside=False)
+        new = executors.create(self.s, self.inbox)
+        st.dispatch.executor, st.dispatch.settings = new, self.s.pool  # it takes work as its workers get ready
+        failure = self._boot_beside(st, new)
+        if failure is None:
+            log.info("workers_switched", workers=new.size, old_busy=False)
+            return None
+        self._retire(st, new, beside=False)
+        if self.stopping:
+            return failure
+        back = executors.create(previous, self.inbox)
+        st.dispatch.executor, st.dispatch.settings = back, previous.pool
+        log.warning("workers_restoring", reason=failure, workers=back.size)
+        again = self._boot_beside(st, back)
+        if again is not None:
+            raise WorkerBootError(f"the workers with the running settings did not start again either: {again}")
+        return failure
+
+    def _retire(self, st: _Stages, old: Executor, *, beside: bool) -> None:
+        """Let ``old`` finish its batches (at most DRAIN_S), then stop it; what it did not
+        finish goes back to the queue. ``beside``: the new pool (``st.executor``) works meanwhile."""
         end = time.monotonic() + DRAIN_S
         while old.busy() and time.monotonic() < end:
-            self._work_beside(st)
-            st.dispatch.record(old.poll(0))
+            if beside:
+                self._work_beside(st)
+                st.dispatch.record(old.poll(0))
+            else:
+                st.dispatch.record(old.poll(SETTLE_TICK_S, [self.signals.waitable]))
+                self._note_signals("reloading")
+                self._watchdog(old)
         unfinished = old.in_flight()
         old.stop()
         if unfinished:
             st.ledger.release([j.rel for j in unfinished], time.time())
             log.info("returned_to_queue", images=len(unfinished))
-        return None
 
     def _boot_beside(self, st: _Stages, new: Executor) -> str | None:
         """Start ``new`` and wait for all its workers while the running pool goes on working;
@@ -307,14 +344,16 @@ class Daemon:
         self.last_status = ""  # the loop's next summary replaces this line
         try:
             new.start()
-            while new.ready_count() < new.size:
+            # (Ray adds actors after it connects, as it finds nodes: none yet is not ready)
+            while new.size == 0 or new.ready_count() < new.size:
                 if self.stopping:
                     return "a stop was requested while the new workers loaded"
                 if time.monotonic() > end:
                     return f"timeout: the new workers were not ready within pool.boot_timeout_s = {limit:g} s"
                 notify.extend_timeout(limit + 30)
                 self._work_beside(st)
-                new.poll(0)  # Ready / BootFailed: the executor counts them itself
+                if new is not st.executor:  # (in place, new is the working one: its events are recorded)
+                    new.poll(0)  # Ready / BootFailed: the executor counts them itself
         except (EngineUnavailable, WorkerBootError) as exc:
             return str(exc)
         return None
@@ -323,17 +362,21 @@ class Daemon:
         """One pass of the working pool (``st.executor``) while another one boots or finishes
         its last batches: record, hand out work, note signals, feed the watchdog."""
         st.dispatch.record(st.executor.poll(SETTLE_TICK_S, [self.signals.waitable]))
-        for sig in self.signals.pop_all():
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                log.info("stop_requested", signal=signal.Signals(sig).name, phase="reloading")
-                self.stopping = True
-            else:
-                self.reload_pending = True  # another SIGHUP: applied after this one
+        self._note_signals("reloading")
         try:
             st.dispatch.fill()
         except sqlite3.OperationalError as exc:  # disk full: the transaction rolled back
             st.dispatch.state_write_failed(exc)
         self._watchdog(st.executor)
+
+    def _note_signals(self, phase: str) -> None:
+        """Signals while a reload is under way: a stop is noted, another SIGHUP applied after it."""
+        for sig in self.signals.pop_all():
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("stop_requested", signal=signal.Signals(sig).name, phase=phase)
+                self.stopping = True
+            else:
+                self.reload_pending = True
 
     # ---------------------------------------------------------------- stop
 

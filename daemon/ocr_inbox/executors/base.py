@@ -34,6 +34,11 @@ class WorkerView:
 class Executor(Protocol):
     """Runs OCR batches; one owner thread calls every method."""
 
+    #: a reload may boot a second executor beside this one (the local pool: the machine has
+    #: room for both for a while); False for Ray, whose actors hold the cluster's GPU shares,
+    #: so a second set could never be placed: it is stopped first, then replaced
+    boots_beside: bool
+
     def start(self) -> None:
         """Start the workers (loading models happens asynchronously: see ``ready``)."""
 

@@ -91,6 +91,8 @@ def describe_exit(code: int | None) -> str:
 class LocalExecutor:
     """Worker processes on this machine, one per ``WorkerSlot`` (device and threads)."""
 
+    boots_beside = True
+
     def __init__(
         self,
         slots: list[WorkerSlot],

@@ -452,6 +452,8 @@ class _Mirror:
 class RayExecutor:
     """OCR actors on a Ray cluster, driven through the bridge process."""
 
+    boots_beside = False
+
     def __init__(self, cfg: BridgeConfig, pool: PoolSettings, settings: ExecutorSettings) -> None:
         self.cfg = cfg
         self.pool = pool
