@@ -238,3 +238,9 @@ def test_low_free_space_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(os, "statvfs", nearly_full)
     checks = doctor.check_space(_settings(inbox, outbox, state))
     assert checks[0].level is Level.FAIL and "disk_full" in checks[0].detail and "df -h" in checks[0].fix
+
+
+def test_an_outbox_inside_the_inbox_fails(tmp_path: Path) -> None:
+    inbox, _, state = _layout(tmp_path)
+    checks = _by_name(doctor.check_permissions(_settings(inbox, inbox / "ocr", state), ME))
+    assert checks["layout"]["level"] == "FAIL" and "inside the inbox" in checks["layout"]["detail"]

@@ -70,9 +70,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _ocr_options(p: argparse.ArgumentParser) -> None:
+def _ocr_options(p: argparse.ArgumentParser, workers: bool = True) -> None:
     p.add_argument("--profile", help="model profile (ocr-inbox models list)")
     p.add_argument("--device", action="append", dest="devices", help="cpu, gpu:N; repeat for several GPUs")
+    if not workers:
+        return
     p.add_argument("--workers", type=int, dest="workers_per_device", help="worker processes per device")
     p.add_argument("--threads-per-worker", type=int, help="CPU threads per worker (0: cores / workers)")
 
@@ -195,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
          "ocr-inbox doctor --json"],
     )
     _common(p)
-    _ocr_options(p)
+    _ocr_options(p, workers=False)
     p.add_argument("--inbox", type=Path, help="the inbox to check (default: paths.inbox)")
     p.add_argument("--outbox", type=Path, help="the outbox to check (default: paths.outbox)")
-    p.add_argument("--user", help="check permissions for this user (default: the user running doctor)")
+    p.add_argument("--user", metavar="NAME", help="check permissions for this user (default: the user running doctor)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
 

@@ -105,7 +105,8 @@ class Identity:
 # -- permissions ------------------------------------------------------------------
 
 R, W, X = 4, 2, 1
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x01, 0x02, 0x04, 0x08, 0x10
+#: ACL entry tags (acl(5)); the owner's entry always equals the mode's owner bits
+_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x02, 0x04, 0x08, 0x10
 
 
 def _acl(path: str) -> list[tuple[int, int, int]] | None:
@@ -135,7 +136,10 @@ def allowed(st: os.stat_result, acl: list[tuple[int, int, int]] | None, who: Ide
     for tag, perm, uid in acl:
         if tag == _ACL_USER and uid == who.uid:
             return perm & mask & want == want
-    groups = [p for tag, p, gid in acl if (tag == _ACL_GROUP_OBJ and st.st_gid in who.gids) or (tag == _ACL_GROUP and gid in who.gids)]
+    groups = [
+        perm for tag, perm, gid in acl
+        if (tag == _ACL_GROUP_OBJ and st.st_gid in who.gids) or (tag == _ACL_GROUP and gid in who.gids)
+    ]
     if groups:
         return any(p & mask & want == want for p in groups)
     return mode & want == want
@@ -191,9 +195,10 @@ def check_permissions(s: Settings, who: Identity) -> list[Check]:
     out: list[Check] = []
     layout = scan.check_layout(p.inbox, ("outbox", p.outbox), ("state dir", p.state_dir))
     if layout:
-        out.append(Check("paths", Level.FAIL, layout, "set paths.inbox, paths.outbox and paths.state_dir apart"))
+        out.append(Check("layout", Level.FAIL, layout, "set paths.inbox, paths.outbox and paths.state_dir apart"))
     if not p.inbox.is_dir():
-        out.append(Check("inbox", Level.FAIL, f"the inbox {p.inbox} is not a directory", f"mkdir -p {p.inbox}, or set paths.inbox"))
+        fix = f"mkdir -p {p.inbox}, or set paths.inbox"
+        out.append(Check("inbox", Level.FAIL, f"the inbox {p.inbox} is not a directory", fix))
     else:
         inbox_rw = "rwX" if s.inbox.delete_processed else "rX"
         want = R | X | (W if s.inbox.delete_processed else 0)
@@ -231,7 +236,8 @@ def check_models(s: Settings) -> list[Check]:
     except EngineUnavailable as exc:
         return [Check("models", Level.FAIL, str(exc), "ocr-inbox models list; set ocr.profile to one of them")]
     if profile.from_hub:
-        return [Check("models", Level.OK, f"profile {profile.name!r}: PaddleX downloads it from its model hubs on first use")]
+        hub = f"profile {profile.name!r}: PaddleX downloads it from its model hubs on first use"
+        return [Check("models", Level.OK, hub)]
     mdir = s.paths.resolved_models_dir()
     missing = models.missing_files(mdir, profile)
     if missing:
@@ -247,7 +253,7 @@ def check_models(s: Settings) -> list[Check]:
 
 def check_devices(s: Settings, host: Host) -> list[Check]:
     if s.executor.kind == "ray":
-        return [Check("devices", Level.OK, "on the Ray cluster: actors that cannot use theirs fail to boot, with the reason")]
+        return [Check("devices", Level.OK, "on the Ray cluster: an actor that cannot use its device fails to boot")]
     try:
         profile = profiles.get(s.ocr.profile)
     except EngineUnavailable:
@@ -255,7 +261,9 @@ def check_devices(s: Settings, host: Host) -> list[Check]:
     out: list[Check] = []
     runtime = "paddle" if profile.engine == "paddle" else "onnxruntime"
     if not s.ocr.engine_plugin and importlib.util.find_spec(runtime) is None:
-        fix = "pip install 'ocr-inbox[paddle]' (CPU), or paddlepaddle-gpu (README, GPUs)" if runtime == "paddle" else "pip install onnxruntime"
+        fix = "pip install onnxruntime"
+        if runtime == "paddle":
+            fix = "pip install 'ocr-inbox[paddle]' (CPU), or paddlepaddle-gpu (README, GPUs)"
         out.append(Check("engine", Level.FAIL, f"profile {profile.name!r} runs on {runtime}, which is not installed", fix))
         return out
     support: tuple[str, str] | None | bool = False  # not asked yet: importing Paddle takes seconds
@@ -267,7 +275,8 @@ def check_devices(s: Settings, host: Host) -> list[Check]:
         try:
             WorkerSlot(0, dev, 1).child_env()
         except ValueError as exc:
-            out.append(Check("device", Level.FAIL, str(exc), "list only the cards CUDA_VISIBLE_DEVICES names (gpu:0 is its first)"))
+            fix = "list only the cards CUDA_VISIBLE_DEVICES names (gpu:0 is its first)"
+            out.append(Check("device", Level.FAIL, str(exc), fix))
             continue
         if not (host.dev / "nvidiactl").exists():
             out.append(
@@ -345,25 +354,31 @@ def check_inotify(s: Settings, who: Identity, host: Host) -> list[Check]:
     folders = sum(1 for _ in scan.folders(s.paths.inbox, w.max_depth))
     other_instances, other_watches = _others_inotify(host.proc, who.uid)
     short = Level.FAIL if w.observer == "native" else Level.WARN
-    then = "the daemon would not start ([watch] observer = native)" if short is Level.FAIL else "the daemon would poll instead (slower to see new files)"
+    then = (
+        "the daemon would not start ([watch] observer = native)"
+        if short is Level.FAIL
+        else "the daemon would poll instead (slower to see new files)"
+    )
     out: list[Check] = []
-    need = folders + other_watches
+
+    key, need = "fs.inotify.max_user_watches", folders + other_watches
     held = f" + {other_watches} held by {who.name}'s other processes" if other_watches else ""
     what = f"{folders} folders to watch (max_depth {w.max_depth}){held}"
-    key = "fs.inotify.max_user_watches"
-    suggest = max(SUGGESTED_WATCHES, 1 << (2 * need - 1).bit_length())
+    fix = _sysctl_fix(key, max(SUGGESTED_WATCHES, 1 << (2 * need - 1).bit_length()))
     if need > max_watches:
-        out.append(Check("inotify watches", short, f"{what} > {key} = {max_watches}: {then}", _sysctl_fix(key, suggest)))
+        out.append(Check("inotify watches", short, f"{what} > {key} = {max_watches}: {then}", fix))
     elif need > WATCH_HEADROOM * max_watches:
-        out.append(Check("inotify watches", Level.WARN, f"{what}, close to {key} = {max_watches}: little room to grow", _sysctl_fix(key, suggest)))
+        out.append(Check("inotify watches", Level.WARN, f"{what}, close to {key} = {max_watches}: little room to grow", fix))
     else:
         out.append(Check("inotify watches", Level.OK, f"{what} of {key} = {max_watches}"))
-    key = "fs.inotify.max_user_instances"
-    if other_instances + 1 > max_instances:
-        detail = f"{who.name}'s processes hold {other_instances} of {key} = {max_instances}, none left for the daemon: {then}"
-        out.append(Check("inotify instances", short, detail, _sysctl_fix(key, max(SUGGESTED_INSTANCES, 2 * (other_instances + 1)))))
+
+    key, need = "fs.inotify.max_user_instances", other_instances + 1
+    in_use = f"{who.name}'s other processes hold {other_instances} of {key} = {max_instances}"
+    if need > max_instances:
+        fix = _sysctl_fix(key, max(SUGGESTED_INSTANCES, 2 * need))
+        out.append(Check("inotify instances", short, f"{in_use}, none left for the daemon: {then}", fix))
     else:
-        out.append(Check("inotify instances", Level.OK, f"1 needed, {other_instances} in use by other processes of {key} = {max_instances}"))
+        out.append(Check("inotify instances", Level.OK, f"{in_use}; the daemon needs 1"))
     return out
 
 
@@ -396,7 +411,8 @@ def check_space(s: Settings) -> list[Check]:
         elif free < WARN_FREE_BYTES:
             out.append(Check(f"space: {name}", Level.WARN, f"{text} (< {WARN_FREE_BYTES >> 30} GiB)", fix))
         elif vfs.f_files and vfs.f_favail < WARN_FREE_INODES:
-            out.append(Check(f"space: {name}", Level.WARN, f"{vfs.f_favail} inodes free on the file system of {path} (each JSON takes one)", fix))
+            inodes = f"{vfs.f_favail} inodes free on the file system of {path} (each JSON takes one)"
+            out.append(Check(f"space: {name}", Level.WARN, inodes, fix))
         else:
             out.append(Check(f"space: {name}", Level.OK, text))
     return out
@@ -436,7 +452,8 @@ def check_unit(host: Host) -> Check:
 
 def check_identity(who: Identity) -> Check:
     if who.uid == 0:
-        return Check("user", Level.WARN, "checking as root, who may read and write anything", "pass --user ocr-inbox (the unit's User=)")
+        fix = "pass --user ocr-inbox (the unit's User=)"
+        return Check("user", Level.WARN, "checking as root, who may read and write anything", fix)
     groups = ",".join(sorted(_group_name(g) for g in who.gids))
     return Check("user", Level.OK, f"checking as {who.name} (uid {who.uid}, groups {groups})")
 
