@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import cli_env
+from ocr_inbox import config
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
-MODELS = Path(os.environ.get("OCR_INBOX_MODELS_DIR", REPO / ".models"))
+#: read as every command reads it (an empty value is unset); else where `make` installs them
+MODELS = config.env_path(config.ENV_MODELS_DIR) or REPO / ".models"
 
 #: corpus pages every real-inference test may use (English and Chinese)
 PAGES = ("tesseract_test/phototest.tif", "xfund_zh/zh_val_0.jpg", "funsd/82092117.png")

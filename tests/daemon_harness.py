@@ -35,10 +35,12 @@ def toml_config(base: dict[str, dict[str, object]], sections: dict[str, dict[str
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment for an ``ocr-inbox`` child: none of our own systemd
-    variables leak in, and the test engine plug-in is importable."""
+    variables leak in, the test engine plug-in is importable, and no configuration
+    file is read unless a test passes --config (not the one `make` writes into the venv)."""
     env = dict(os.environ)
-    for k in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID"):
+    for k in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "OCR_INBOX_STATE_DIR"):
         env.pop(k, None)
+    env["OCR_INBOX_CONFIG"] = os.devnull  # an empty file: defaults
     env["PYTHONPATH"] = os.pathsep.join([str(FAKES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
