@@ -16,6 +16,7 @@ file > defaults). Exit statuses: ``errors.ExitCode`` and the README's table.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -352,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted", command=args.command)
         return int(ExitCode.interrupted)
+    except BrokenPipeError:  # `ocr-inbox status | head`: the reader has what it wanted
+        # the interpreter's last flush of stdout would fail again at exit: point it elsewhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.ok)
     except Exception:  # a bug: one log record with the traceback, a distinct status for systemd
         log.exception("internal_error", command=args.command)
         return int(ExitCode.internal_error)
