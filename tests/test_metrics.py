@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import collections
 import re
-import signal
-import subprocess
 import shutil
+import signal
 import socket
-import urllib.request
+import subprocess
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import copy_pages
-from daemon_harness import Daemon, toml_config
+from daemon_harness import Daemon, Samples, by_label, metric, parse_metrics, scrape, toml_config
 from imagemaker import POISON_RAISE, POISON_SIGKILL, plain, truncate
 from ocr_inbox import config, metrics
 from ocr_inbox.errors import BadArguments, ConfigError
@@ -30,46 +27,8 @@ from ocr_inbox.ledger.reports import Stats
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "configs" / "prometheus"
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def parse(text: str) -> tuple[Samples, dict[str, Any]]:
-    """Every sample of an exposition, and its families by name (help text, type)."""
-    samples: Samples = {}
-    families = {}
-    for fam in text_string_to_metric_families(text):
-        families[fam.name] = fam
-        for s in fam.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples, families
-
-
-def scrape(address: str) -> Samples:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as res:
-        assert res.status == 200
-        assert res.headers["Content-Type"].startswith("text/plain")
-        return parse(res.read().decode())[0]
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
-    """``name``'s non-zero samples by the value of ``label``."""
-    out: dict[str, float] = collections.defaultdict(float)
-    for (n, labels), v in samples.items():
-        if n == name and v:
-            out[dict(labels)[label]] += v
-    return dict(out)
-
-
-def address_of(d: Daemon) -> str:
-    (ev,) = d.events("metrics_serving")
-    return ev["address"].strip('"')
 
 
 def listening(pid: int) -> list[tuple[str, int]]:
@@ -98,6 +57,14 @@ def fake_config(**sections: dict[str, object]) -> str:
         "metrics": {"listen": "127.0.0.1:0"},
     }
     return toml_config(base, sections)
+
+
+def counted(address: str, finished: int) -> Samples | None:
+    """A scrape once the counters hold ``finished`` images (done or failed), else None: each
+    is counted just after its ledger write, so the ledger may be a moment ahead."""
+    s = scrape(address)
+    total = metric(s, "ocr_inbox_images_done_total") + sum(by_label(s, "ocr_inbox_images_failed_total", "reason").values())
+    return s if total == finished else None
 
 
 def _finished(d: Daemon, done: int, failed: int) -> bool:
@@ -165,7 +132,7 @@ def _exposition(m: metrics.Metrics) -> str:
 
 
 def test_every_metric_has_help_a_unit_in_its_name_and_the_values_recorded() -> None:
-    samples, families = parse(_exposition(_populated()))
+    samples, families = parse_metrics(_exposition(_populated()))
     ours = {n: f for n, f in families.items() if n.startswith("ocr_inbox_")}
     assert len(ours) >= 18
     for name, fam in ours.items():
@@ -173,31 +140,31 @@ def test_every_metric_has_help_a_unit_in_its_name_and_the_values_recorded() -> N
         if fam.type == "histogram":
             assert name.endswith("_seconds"), name
     assert families["ocr_inbox_images_done"].type == "counter"
-    assert value(samples, "ocr_inbox_images_done_total") == 1
+    assert metric(samples, "ocr_inbox_images_done_total") == 1
     assert by_label(samples, "ocr_inbox_images_failed_total", "reason") == {"corrupt": 1}
     # known reasons are there from the start, at 0: rate() sees their first failure after a restart
     assert ("ocr_inbox_images_failed_total", (("reason", "worker_crashed"),)) in samples
-    assert value(samples, "ocr_inbox_images_adopted_total") == 1
-    assert value(samples, "ocr_inbox_ocr_duration_seconds_sum") == 1.5
-    assert value(samples, "ocr_inbox_queue_wait_seconds_count") == 1
+    assert metric(samples, "ocr_inbox_images_adopted_total") == 1
+    assert metric(samples, "ocr_inbox_ocr_duration_seconds_sum") == 1.5
+    assert metric(samples, "ocr_inbox_queue_wait_seconds_count") == 1
     assert by_label(samples, "ocr_inbox_worker_restarts_total", "cause") == {"crashed": 1}
     assert by_label(samples, "ocr_inbox_dispatch_pauses_total", "reason") == {"disk_full": 1}
-    assert value(samples, "ocr_inbox_pdf_pages_total") == 40
-    assert value(samples, "ocr_inbox_pdf_build_duration_seconds_count") == 1
+    assert metric(samples, "ocr_inbox_pdf_pages_total") == 40
+    assert metric(samples, "ocr_inbox_pdf_build_duration_seconds_count") == 1
     assert by_label(samples, "ocr_inbox_pdf_failures_total", "reason") == {"timeout": 1}
     assert by_label(samples, "ocr_inbox_workers", "state") == {"busy": 1, "respawning": 1}
     # memory only for a slot with a process now
     assert by_label(samples, "ocr_inbox_worker_resident_memory_bytes", "slot") == {"0": 400 << 20}
-    assert value(samples, "ocr_inbox_queue_images") == 5
+    assert metric(samples, "ocr_inbox_queue_images") == 5
     assert by_label(samples, "ocr_inbox_ledger_images", "status") == {
         "pending": 5, "running": 2, "done": 40, "failed": 3, "gone": 1,
     }
     assert by_label(samples, "ocr_inbox_ledger_failed_images", "reason") == {"corrupt": 2, "truncated": 1}
-    assert value(samples, "ocr_inbox_folders_waiting_for_pdf") == 2
-    assert value(samples, "ocr_inbox_ledger_size_bytes") == 8192
-    assert value(samples, "ocr_inbox_dispatch_paused", cause="output") == 1
-    assert value(samples, "ocr_inbox_dispatch_paused", cause="crash_storm") == 0
-    assert value(samples, "process_resident_memory_bytes") > 0  # the daemon's own
+    assert metric(samples, "ocr_inbox_folders_waiting_for_pdf") == 2
+    assert metric(samples, "ocr_inbox_ledger_size_bytes") == 8192
+    assert metric(samples, "ocr_inbox_dispatch_paused", cause="output") == 1
+    assert metric(samples, "ocr_inbox_dispatch_paused", cause="crash_storm") == 0
+    assert metric(samples, "process_resident_memory_bytes") > 0  # the daemon's own
 
 
 def test_a_worker_gone_from_its_slot_takes_its_memory_figure_with_it() -> None:
@@ -205,7 +172,7 @@ def test_a_worker_gone_from_its_slot_takes_its_memory_figure_with_it() -> None:
     m.worker_rss(0, 1 << 30)
     m.workers([WorkerView(0, "host", "cpu", "respawning", None, 0)])
     m.workers([WorkerView(0, "host", "cpu", "booting", 4242, 0)])  # the new process has not reported yet
-    samples, _ = parse(_exposition(m))
+    samples, _ = parse_metrics(_exposition(m))
     assert by_label(samples, "ocr_inbox_worker_resident_memory_bytes", "slot") == {}
 
 
@@ -216,7 +183,7 @@ def test_serves_on_ipv6_and_stops_listening_after() -> None:
     try:
         with metrics.serving("[::1]:0", m) as address:
             assert address.startswith("[::1]:")
-            assert value(scrape(address), "ocr_inbox_images_done_total") == 1
+            assert metric(scrape(address), "ocr_inbox_images_done_total") == 1
     except BadArguments as exc:  # a host without ::1 configured
         pytest.skip(str(exc))
     with pytest.raises(OSError):
@@ -251,7 +218,7 @@ def test_alert_rules_and_scrape_job_use_metrics_that_exist() -> None:
     rules = yaml.safe_load((PROMETHEUS / "ocr-inbox.rules.yml").read_text())
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
     assert set(alerts) == {"OcrInboxStalled", "OcrInboxFailureRateHigh"}
-    samples, _ = parse(_exposition(_populated()))
+    samples, _ = parse_metrics(_exposition(_populated()))
     exposed = {name for name, _ in samples}
     for name, rule in alerts.items():
         assert rule["for"] and rule["annotations"]["summary"], name
@@ -337,7 +304,7 @@ def test_counters_match_the_ledger_with_failures_restarts_and_recycling(tmp_path
     d.ready()
     d.until(lambda: _finished(d, 4, 4), "4 done, 4 failed")
     d.until(lambda: d.events("pdf_done"), "the ok folder's PDF")
-    address = address_of(d)
+    address = d.metrics_address()
     assert d.proc is not None
     host, port = address.rsplit(":", 1)
     assert (host, int(port)) in listening(d.proc.pid)
@@ -347,39 +314,39 @@ def test_counters_match_the_ledger_with_failures_restarts_and_recycling(tmp_path
     # worker exits are counted when reaped: wait for the last recycled worker's, then compare
     d.until(lambda: by_label(scrape(address), "ocr_inbox_worker_restarts_total", "cause").get("recycled_max_images", 0)
             == len(d.events("worker_retired")), "every retired worker counted")
-    s = scrape(address)
-    assert value(s, "ocr_inbox_images_done_total") == done == 4
+    s = d.until(lambda: counted(address, done + failed), "every image counted")
+    assert metric(s, "ocr_inbox_images_done_total") == done == 4
     assert by_label(s, "ocr_inbox_images_failed_total", "reason") == reasons
-    assert value(s, "ocr_inbox_ocr_duration_seconds_count") == done
+    assert metric(s, "ocr_inbox_ocr_duration_seconds_count") == done
     # every image handed out (the killer twice, and the batch-mates it took down) waited in the queue
-    assert value(s, "ocr_inbox_queue_wait_seconds_count") >= done + 4
+    assert metric(s, "ocr_inbox_queue_wait_seconds_count") >= done + 4
     restarts = by_label(s, "ocr_inbox_worker_restarts_total", "cause")
     assert restarts["crashed"] == len(d.events("worker_lost")) == 2
     assert restarts["recycled_max_images"] == len(d.events("worker_retired")) >= 1
-    assert value(s, "ocr_inbox_pdf_pages_total") == 4
-    assert value(s, "ocr_inbox_pdf_build_duration_seconds_count") == 1
+    assert metric(s, "ocr_inbox_pdf_pages_total") == 4
+    assert metric(s, "ocr_inbox_pdf_build_duration_seconds_count") == 1
 
     # the ledger's gauges (status tick) and the pool once it is idle
     def settled() -> Samples | None:
         s = scrape(address)
         idle = by_label(s, "ocr_inbox_workers", "state") == {"idle": 2}
         ledger = by_label(s, "ocr_inbox_ledger_images", "status")
-        current = ledger == {"done": done, "failed": failed} and value(s, "ocr_inbox_folders_waiting_for_pdf") == 0
+        current = ledger == {"done": done, "failed": failed} and metric(s, "ocr_inbox_folders_waiting_for_pdf") == 0
         return s if idle and current else None
 
     s = d.until(settled, "gauges: 2 idle workers, the ledger's totals, no PDF due")
     assert by_label(s, "ocr_inbox_ledger_failed_images", "reason") == reasons
-    assert value(s, "ocr_inbox_queue_images") == 0
-    assert value(s, "ocr_inbox_ledger_size_bytes") > 0
-    assert value(s, "ocr_inbox_dispatch_paused", cause="output") == 0
-    assert value(s, "process_resident_memory_bytes") > 0
+    assert metric(s, "ocr_inbox_queue_images") == 0
+    assert metric(s, "ocr_inbox_ledger_size_bytes") > 0
+    assert metric(s, "ocr_inbox_dispatch_paused", cause="output") == 0
+    assert metric(s, "process_resident_memory_bytes") > 0
 
     # SIGHUP with another address: it needs a restart, the running server goes on
     d.config_path.write_text(fake_config(pool={"max_images_per_worker": 2, "batch_size": 2}, metrics={"listen": "127.0.0.1:1"}))
     d.signal(signal.SIGHUP)
     (ev,) = d.until(lambda: d.events("reload_needs_restart"), "the reload")
     assert "metrics.listen" in ev["keys"]
-    assert value(scrape(address), "ocr_inbox_images_done_total") == 4
+    assert metric(scrape(address), "ocr_inbox_images_done_total") == 4
     assert d.stop() == 0
     with pytest.raises(OSError):
         scrape(address)
@@ -400,17 +367,17 @@ def test_images_adopted_from_an_existing_outbox_are_counted_apart(tmp_path: Path
     again.start()
     again.ready()
     again.until(lambda: _finished(again, 3, 0), "3 done again, from the outbox")
-    address = address_of(again)
+    address = again.metrics_address()
 
     def gauged() -> Samples | None:
         s = scrape(address)
-        return s if value(s, "ocr_inbox_ledger_images", status="done") == 3 else None
+        return s if metric(s, "ocr_inbox_ledger_images", status="done") == 3 else None
 
     s = again.until(gauged, "the ledger's gauge")
     # a new process: its counters start at 0, and adopted images are not OCR'd
-    assert value(s, "ocr_inbox_images_adopted_total") == 3
-    assert value(s, "ocr_inbox_images_done_total") == 0
-    assert value(s, "ocr_inbox_ocr_duration_seconds_count") == 0
+    assert metric(s, "ocr_inbox_images_adopted_total") == 3
+    assert metric(s, "ocr_inbox_images_done_total") == 0
+    assert metric(s, "ocr_inbox_ocr_duration_seconds_count") == 0
     assert again.stop() == 0
 
 
@@ -436,7 +403,7 @@ def test_real_daemon_metrics_agree_with_status(tmp_path: Path, models_dir: Path)
     d.start()
     d.ready()
     d.until(lambda: _finished(d, 3, 3) and len(d.events("pdf_done")) == 3, "3 pages done, 3 failed, 3 PDFs")
-    address = address_of(d)
+    address = d.metrics_address()
 
     st = d.status()
     done, failed = st["totals"]["done"], st["totals"]["failed"]
@@ -446,22 +413,23 @@ def test_real_daemon_metrics_agree_with_status(tmp_path: Path, models_dir: Path)
     def settled() -> Samples | None:
         s = scrape(address)
         idle = by_label(s, "ocr_inbox_workers", "state") == {"idle": 2}
-        return s if idle and value(s, "ocr_inbox_ledger_images", status="done") == done else None
+        current = metric(s, "ocr_inbox_ledger_images", status="done") == done
+        return s if idle and current and counted(address, done + failed) else None
 
-    s = d.until(settled, "the pool idle and the ledger's gauges current")
-    assert value(s, "ocr_inbox_images_done_total") == done == 3
+    s = d.until(settled, "the pool idle, every image counted, the ledger's gauges current")
+    assert metric(s, "ocr_inbox_images_done_total") == done == 3
     assert by_label(s, "ocr_inbox_images_failed_total", "reason") == reasons
-    assert value(s, "ocr_inbox_ledger_images", status="failed") == failed
-    assert value(s, "ocr_inbox_ocr_duration_seconds_count") == 3
-    assert value(s, "ocr_inbox_ocr_duration_seconds_sum") > 0
+    assert metric(s, "ocr_inbox_ledger_images", status="failed") == failed
+    assert metric(s, "ocr_inbox_ocr_duration_seconds_count") == 3
+    assert metric(s, "ocr_inbox_ocr_duration_seconds_sum") > 0
     pdf_pages = sum(f["pdf_pages"] or 0 for f in st["folders"])
-    assert value(s, "ocr_inbox_pdf_pages_total") == pdf_pages == 3
-    assert value(s, "ocr_inbox_pdf_build_duration_seconds_count") == 3
+    assert metric(s, "ocr_inbox_pdf_pages_total") == pdf_pages == 3
+    assert metric(s, "ocr_inbox_pdf_build_duration_seconds_count") == 3
     # the pool as `status` shows it, and the memory of the daemon and of its workers
     workers = d.status()["daemon"]["workers"]
     assert sum(by_label(s, "ocr_inbox_workers", "state").values()) == len(workers) == 2
     assert by_label(s, "ocr_inbox_workers", "device") == {"cpu": 2}
-    assert value(s, "process_resident_memory_bytes") > 0
+    assert metric(s, "process_resident_memory_bytes") > 0
     rss = by_label(s, "ocr_inbox_worker_resident_memory_bytes", "slot")
     assert rss and set(rss) <= {str(w["slot"]) for w in workers}
     assert all(b > 0 for b in rss.values())
