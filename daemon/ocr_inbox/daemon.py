@@ -5,8 +5,9 @@
     folder PDFs (folder_pdfs.py) quiet folders -> PDF builds
 
 Three phases, like uvicorn's server: start (ledger, metrics server, crash
-recovery, workers loaded, watcher and first scan, READY), the loop (one pass: wait, record
-results, signals, the stages, timers) and stop (STOPPING, drain, exit 0).
+recovery, workers loaded, watcher and first scan, READY), the loop (one pass:
+wait, record results, signals, the stages, timers) and stop (STOPPING, drain,
+exit 0).
 Everything the loop runs is built whole before it starts (``_Stages``).
 """
 
