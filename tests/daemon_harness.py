@@ -182,6 +182,55 @@ class Daemon:
     def pids(self, event: str = "worker_spawned") -> list[int]:
         return [int(e["pid"]) for e in self.events(event)]
 
+    def metrics_address(self) -> str:
+        """Where the daemon serves its metrics (``[metrics] listen``, port 0: the one it took)."""
+        (ev,) = self.events("metrics_serving")
+        return ev["address"].strip('"')
+
+    def metrics(self) -> Samples:
+        """A scrape of the daemon's ``/metrics``, parsed with prometheus_client's parser."""
+        return scrape(self.metrics_address())
+
+
+#: (sample name, sorted labels) -> value
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> tuple[Samples, dict[str, Any]]:
+    """Every sample of a Prometheus text exposition, and its families by name (help text, type)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: Samples = {}
+    families = {}
+    for fam in text_string_to_metric_families(text):
+        families[fam.name] = fam
+        for sample in fam.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples, families
+
+
+def scrape(address: str) -> Samples:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as res:
+        assert res.status == 200
+        assert res.headers["Content-Type"].startswith("text/plain")
+        return parse_metrics(res.read().decode())[0]
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """``name``'s non-zero samples, summed by the value of ``label``."""
+    out: dict[str, float] = {}
+    for (n, labels), v in samples.items():
+        if n == name and v:
+            key = dict(labels)[label]
+            out[key] = out.get(key, 0.0) + v
+    return out
+
 
 def alive(pid: int) -> bool:
     try:

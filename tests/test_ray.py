@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from conftest import CORPUS, PAGES, copy_pages, run_cli
-from daemon_harness import Daemon, cli_env, json_files
+from daemon_harness import Daemon, by_label, cli_env, json_files, metric
 from imagemaker import POISON_SIGKILL, plain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
@@ -36,6 +36,10 @@ if ray_cluster.ray_bin() is None:
 
 #: the seconds an image "costs" the fake engine: long enough to kill a node mid-run
 DELAY_S = "0.3"
+
+
+#: the daemon's Prometheus metrics, on a free port
+METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
 
 
 def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, ocr: dict[str, object] | None = None, **executor: object) -> str:
@@ -190,15 +194,25 @@ def test_daemon_kill9_with_work_on_the_cluster(cluster: ray_cluster.Cluster, tmp
 
 def test_poison_image_quarantined_across_nodes(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
     """An image that kills its actor is retried (elsewhere or on a new actor), then quarantined;
-    the others are done."""
+    the others are done; the metrics count it as the ledger does."""
     rels = _images(tmp_path / "inbox", 6)
     plain(tmp_path / "inbox" / "f0" / "poison.png", marker=POISON_SIGKILL)
-    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d = Daemon(tmp_path, models_dir, ray_config(cluster) + METRICS).start()
     d.ready()
     d.until(lambda: d.status()["totals"]["done"] == len(rels) and d.status()["failures"], "the good ones done, the poison failed")
     failures = d.status()["failures"]
     assert [(f["rel"], f["reason"]) for f in failures] == [("f0/poison.png", "worker_crashed")]
     assert len([e for e in d.events("worker_lost") if e.get("image") == "f0/poison.png"]) == 2
+
+    def counted() -> dict[Any, float] | None:
+        s = d.metrics()
+        finished = metric(s, "ocr_inbox_images_done_total") + sum(by_label(s, "ocr_inbox_images_failed_total", "reason").values())
+        return s if finished == len(rels) + 1 else None
+
+    s = d.until(counted, "the metrics count every image finished")
+    assert metric(s, "ocr_inbox_images_done_total") == len(rels)
+    assert by_label(s, "ocr_inbox_images_failed_total", "reason") == {"worker_crashed": 1}
+    assert by_label(s, "ocr_inbox_worker_restarts_total", "cause")["crashed"] == len(d.events("worker_lost"))
     assert d.stop() == 0
 
 
@@ -207,12 +221,17 @@ def test_cluster_stopped_and_started_under_a_running_daemon(
 ) -> None:
     """The daemon keeps watching while the cluster is gone, says so, and resumes by itself."""
     rels = _images(tmp_path / "inbox", 4)
-    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d = Daemon(tmp_path, models_dir, ray_config(cluster) + METRICS).start()
     d.ready()
     d.until(lambda: d.status()["totals"]["done"] == len(rels), "the first images done")
     cluster.stop()
     d.until(lambda: d.events("ray_cluster_unreachable"), "the daemon noticed the cluster is gone")
     d.wait_notify(lambda msg: "ray cluster unreachable" in msg)
+    # the metrics count every actor the daemon had as ended (lost with the cluster, or its node first)
+    added = len(d.events("ray_actor_added"))
+    d.until(lambda: sum(by_label(d.metrics(), "ocr_inbox_worker_restarts_total", "cause").values()) == added > 0,
+            "every actor counted as ended")
+    assert set(by_label(d.metrics(), "ocr_inbox_worker_restarts_total", "cause")) <= {"cluster_lost", "actor_gone", "crashed"}
     late = _images(tmp_path / "late", 3)  # arrives while the cluster is down
     for rel in late:
         (d.inbox / "late" / rel).parent.mkdir(parents=True, exist_ok=True)

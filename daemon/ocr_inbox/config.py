@@ -18,7 +18,9 @@ An empty variable counts as unset, as systemd's ``Environment=NAME=`` means.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -276,6 +278,43 @@ class ExecutorSettings(_Section):
         return self
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` -> (host, port); an IPv6 host in brackets (``"[::1]:9464"``). Raises ValueError."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError("an IPv6 address goes in brackets, then the port: \"[::1]:9464\"")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+        port = rest[1:]
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError('"host:port", e.g. "127.0.0.1:9464" (the host is needed: "0.0.0.0" for every address)')
+        if ":" in host:
+            raise ValueError('an IPv6 address goes in brackets: "[::1]:9464"')
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"the port {port!r} is not a number from 0 to 65535")
+    return host, int(port)
+
+
+class MetricsSettings(_Section):
+    #: where Prometheus scrapes the daemon's metrics: "host:port" ("127.0.0.1:9464",
+    #: "[::1]:9464"); "" = no metrics server. Port 0 takes a free port (logged: tests)
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            parse_listen(v)
+        return v
+
+
 class Settings(_Section):
     paths: PathSettings = PathSettings()
     ocr: OcrSettings = OcrSettings()
@@ -286,6 +325,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     inbox: InboxSettings = InboxSettings()
     executor: ExecutorSettings = ExecutorSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 

@@ -4,14 +4,16 @@
     dispatch (dispatch.py)     ledger queue -> executor -> JSON + ledger
     folder PDFs (folder_pdfs.py) quiet folders -> PDF builds
 
-Three phases, like uvicorn's server: start (ledger, crash recovery, workers
-loaded, watcher and first scan, READY), the loop (one pass: wait, record
-results, signals, the stages, timers) and stop (STOPPING, drain, exit 0).
+Three phases, like uvicorn's server: start (ledger, metrics server, crash
+recovery, workers loaded, watcher and first scan, READY), the loop (one pass:
+wait, record results, signals, the stages, timers) and stop (STOPPING, drain,
+exit 0).
 Everything the loop runs is built whole before it starts (``_Stages``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import time
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocr_inbox import atomic, cache, config, executors, live, logs, notify
+from ocr_inbox import atomic, cache, config, executors, live, logs, metrics, notify
 from ocr_inbox.dispatch import Dispatch
 from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
 from ocr_inbox.executors.base import Executor
@@ -69,6 +71,9 @@ class Daemon:
         self.next_watchdog = self.next_status = self.next_purge = 0.0
         self.last_status = ""
         self.last_live: object = None
+        #: recorded always, served only with [metrics] listen (``serving``)
+        self.metrics = metrics.Metrics()
+        self.metrics_address = ""
 
     # ---------------------------------------------------------------- start
 
@@ -76,8 +81,10 @@ class Daemon:
         with self.signals.installed():
             self._check_paths()
             preflight(self.s)
-            ledger = Ledger.open(self.s.paths.state_dir)
-            try:
+            with contextlib.ExitStack() as stack:
+                ledger = stack.enter_context(Ledger.open(self.s.paths.state_dir))
+                # after the ledger: a second daemon on this state dir fails on its lock, not on the port
+                self.metrics_address = stack.enter_context(metrics.serving(self.s.metrics.listen, self.metrics))
                 st = self._assemble(ledger)
                 try:
                     if self._boot(st):
@@ -87,8 +94,6 @@ class Daemon:
                         self._loop(st)
                 finally:
                     self._stop(st)
-            finally:
-                ledger.close()
         return int(ExitCode.ok)
 
     def _check_paths(self) -> None:
@@ -113,7 +118,7 @@ class Daemon:
             recovered=recovered,
             temp_files_swept=swept,
         )
-        intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True)
+        intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True, recorder=self.metrics)
         dispatch = Dispatch(
             ledger,
             executors.create(self.s, self.inbox),
@@ -121,8 +126,10 @@ class Daemon:
             self.s.pool,
             on_moved=intake.track,
             on_done=lambda rel, size, mtime_ns: self._done(ledger, rel, size, mtime_ns),
+            recorder=self.metrics,
         )
-        return _Stages(ledger, intake, dispatch, FolderPdfs(ledger, self.s, self.inbox, self.outbox))
+        pdfs = FolderPdfs(ledger, self.s, self.inbox, self.outbox, recorder=self.metrics)
+        return _Stages(ledger, intake, dispatch, pdfs)
 
     def _boot(self, st: _Stages) -> bool:
         """Start the workers and wait until every one has loaded its models; False if told to stop."""
@@ -208,10 +215,16 @@ class Daemon:
             notify.status(text)
             self.last_status = text
         self._live(st.executor, why or "")
+        if self.metrics_address:
+            d = st.dispatch
+            self.metrics.ledger(metrics.LedgerState(
+                t, tuple(reports.failed_by_reason(st.ledger)), reports.size_bytes(st.ledger), d.paused, d.storm
+            ))
 
     def _live(self, executor: Executor, paused: str) -> None:
         """``status``'s view of the workers (per node), rewritten only when it changed."""
         view = (executor.workers_view(), executor.status_note(), paused)
+        self.metrics.workers(view[0])
         if view == self.last_live:
             return
         try:
@@ -247,10 +260,12 @@ class Daemon:
         changed = config.diff(self.s, new)
         for key, (was, now) in changed.items():
             log.info("config_changed", key=key, old=was, new=now)
-        fixed = [k for k in changed if k.startswith("paths.")]
+        # the metrics' address too: under systemd, opening the network needs the unit's drop-in,
+        # which takes effect on restart only (docs/OPERATIONS.md)
+        fixed = [k for k in changed if k.startswith("paths.") or k == "metrics.listen"]
         if fixed:
-            log.warning("reload_needs_restart", keys=",".join(fixed), note="paths change only on restart")
-            new = new.model_copy(update={"paths": self.s.paths})
+            log.warning("reload_needs_restart", keys=",".join(fixed), note="paths and metrics.listen change only on restart")
+            new = new.model_copy(update={"paths": self.s.paths, "metrics": self.s.metrics})
         old, self.s = self.s, new
         logs.configure(new.log.level, new.log.format)
         if old.watch != new.watch:
@@ -353,7 +368,8 @@ class Daemon:
                 notify.extend_timeout(limit + 30)
                 self._work_beside(st)
                 if new is not st.executor:  # (in place, new is the working one: its events are recorded)
-                    new.poll(0)  # Ready / BootFailed: the executor counts them itself
+                    # Ready / BootFailed: the executor counts them itself; dispatch counts exits (metrics)
+                    st.dispatch.record(new.poll(0))
         except (EngineUnavailable, WorkerBootError) as exc:
             return str(exc)
         return None

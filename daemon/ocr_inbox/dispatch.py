@@ -47,6 +47,7 @@ from ocr_inbox.errors import StateError
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.ledger import LOCK_NAME, Ledger
+from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import document, names
 
 log = structlog.get_logger(__name__)
@@ -73,6 +74,7 @@ class Dispatch:
         on_moved: Callable[[str], None],
         on_done: Callable[[str, int, int], None] = lambda rel, size, mtime_ns: None,
         on_result: Callable[[str, bool], None] = lambda rel, ok: None,
+        recorder: Recorder = Recorder(),
     ) -> None:
         self.ledger = ledger
         self.executor = executor
@@ -84,6 +86,8 @@ class Dispatch:
         self.on_done = on_done
         #: an image finished for good: done (True) or quarantined (False)
         self.on_result = on_result
+        #: the metrics (the base records nothing)
+        self.recorder = recorder
         self.paused_until = 0.0
         #: the crash breaker: different images that crashed workers since the last one done
         self._streak: dict[str, None] = {}
@@ -117,6 +121,7 @@ class Dispatch:
         """Stop handing out work for ``output_retry_s``; logged once per pause."""
         if not self.paused:
             log.error(event, retry_in_s=self.settings.output_retry_s, **why)
+            self.recorder.paused(str(why.get("reason", event)))
         self.paused_until = time.monotonic() + self.settings.output_retry_s
 
     # -- out ------------------------------------------------------------------
@@ -129,9 +134,12 @@ class Dispatch:
             per = self.settings.batch_size
             queued = self.ledger.pending_count(per * self.executor.size)
             size = max(1, min(per, math.ceil(queued / self.executor.size)))
-            rows = self.ledger.claim(size, time.time())
+            now = time.time()
+            rows = self.ledger.claim(size, now)
             if not rows:
                 return
+            for r in rows:
+                self.recorder.queue_wait(now - r.queued_at)
             jobs = tuple(m.Job(next(self._job_ids), r.rel, attempt=r.attempts + 1) for r in rows)
             self.executor.submit(m.Batch(next(self._batch_ids), jobs))
 
@@ -158,6 +166,10 @@ class Dispatch:
             self._failed(ev)
         elif isinstance(ev, m.WorkerLost):
             self._lost(ev)
+        elif isinstance(ev, m.WorkerExit):
+            self.recorder.worker_exit(ev.reason)
+        elif isinstance(ev, m.BatchDone):
+            self.recorder.worker_rss(ev.slot, ev.rss_bytes)
 
     def _done(self, ev: m.Done) -> None:
         rel, now = ev.job.rel, time.time()
@@ -178,7 +190,8 @@ class Dispatch:
         except OSError as exc:
             if exc.errno in _NAME_ERRNOS:
                 detail = f"cannot write {dest}: {exc.strerror or exc}"
-                self.ledger.failed(rel, "output_name", detail, now, retry=False)
+                if self.ledger.failed(rel, "output_name", detail, now, retry=False):
+                    self.recorder.image_failed("output_name")
                 log.warning("image_failed", path=rel, reason="output_name", detail=detail)
                 self.on_result(rel, False)
                 return
@@ -188,6 +201,7 @@ class Dispatch:
             return
         self.ledger.done(rel, ev.size, ev.mtime_ns, str(dest), ev.elapsed_ms, now)
         log.info("image_done", path=rel, slot=ev.slot, pages=len(ev.pages), lines=ev.lines, ms=ev.elapsed_ms)
+        self.recorder.image_done(ev.elapsed_ms / 1000)
         self._streak.clear()
         if self._storms:
             log.info("crash_storm_over", path=rel)
@@ -202,7 +216,8 @@ class Dispatch:
             self.ledger.release([rel], now)
             self.on_moved(rel)
             return
-        self.ledger.failed(rel, ev.reason, ev.detail, now, retry=False)
+        if self.ledger.failed(rel, ev.reason, ev.detail, now, retry=False):
+            self.recorder.image_failed(ev.reason)
         self.on_result(rel, False)
 
     def _lost(self, ev: m.WorkerLost) -> None:
@@ -230,9 +245,11 @@ class Dispatch:
         what = "the worker died" if ev.reason == "worker_crashed" else "the worker hung"
         both = " (another image was being decoded or OCR'd beside it)" if beside else ""
         detail = f"{what} on it ({ev.cause}){both}; attempt {j.attempt} of {self.settings.max_attempts}"
-        self.ledger.failed(j.rel, ev.reason, detail, now, retry=not final)
+        recorded = self.ledger.failed(j.rel, ev.reason, detail, now, retry=not final)
         if final:
             log.error("image_quarantined", path=j.rel, reason=ev.reason, cause=ev.cause)
+            if recorded:
+                self.recorder.image_failed(ev.reason)
             self.on_result(j.rel, False)
         else:
             log.warning("image_retry", path=j.rel, attempt=j.attempt + 1, reason=ev.reason, cause=ev.cause)
@@ -252,6 +269,7 @@ class Dispatch:
         pause = self.settings.crash_pause_s * min(2.0**self._storms, MAX_STORM_FACTOR)
         self._storms += 1
         self.storm_until = time.monotonic() + pause
+        self.recorder.paused("crash_storm")
         log.error(
             "crash_storm_paused",
             images=len(streak),

@@ -29,6 +29,7 @@ from ocr_inbox.config import Settings
 from ocr_inbox.executors.setup import limits_from
 from ocr_inbox.inbox.cleanup import delete_source
 from ocr_inbox.ledger import ImageStatus, Ledger
+from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import names, order
 from ocr_inbox.outbox.pdf_job import PdfBuild, PdfPage, PdfRequest, PdfResult
 
@@ -39,8 +40,12 @@ QUIET_CHECK_S = 1.0
 
 
 class FolderPdfs:
-    def __init__(self, ledger: Ledger, settings: Settings, inbox: Path, outbox: Path) -> None:
+    def __init__(
+        self, ledger: Ledger, settings: Settings, inbox: Path, outbox: Path, recorder: Recorder = Recorder()
+    ) -> None:
         self.ledger = ledger
+        #: the metrics: builds, their time and pages (the base records nothing)
+        self.recorder = recorder
         self.settings = settings
         self.inbox = inbox
         self.outbox = outbox
@@ -102,6 +107,7 @@ class FolderPdfs:
         if not rows and not keep_previous:  # nothing to build: say so instead of asking again each second
             self.ledger.pdf_started(folder)
             self.ledger.pdf_failed(folder, "no page to put in it", time.time())
+            self.recorder.pdf_failed("no_pages")
             return
         ordered = order.page_order(rows, self.settings.pdf.first_prefixes)
         title = folder.rsplit("/", 1)[-1] if folder else Path(os.path.realpath(self.inbox)).name
@@ -138,6 +144,7 @@ class FolderPdfs:
             return False
         error = f"too_many_pages: {pages} pages, more than [pdf] max_pages = {limit}"
         self.ledger.pdf_failed(folder, error, time.time())
+        self.recorder.pdf_failed("too_many_pages")
         log.error("pdf_failed", folder=folder, reason="too_many_pages", pages=pages, max_pages=limit, retry=False)
         return True
 
@@ -152,6 +159,7 @@ class FolderPdfs:
         if res.ok:
             self.ledger.pdf_done(res.folder, res.pages, now)
             self.published += 1
+            self.recorder.pdf_done(self.build.elapsed_s(), res.pages)
             log.info("pdf_done", folder=res.folder, pages=res.pages, problems=res.problems)
             if self.settings.inbox.delete_processed:
                 self._delete_sources(self.build.req)
@@ -162,6 +170,7 @@ class FolderPdfs:
                 self.moved.append(res.changed)
             else:
                 log.error("pdf_failed", folder=res.folder, reason=res.reason, error=res.error, retry=res.transient)
+                self.recorder.pdf_failed(res.reason)
             if res.transient:
                 self._retry[res.folder] = time.monotonic() + self.settings.pool.output_retry_s
         self.build = self._result = None

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import atomic
 from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.ledger import LOCK_NAME
 
@@ -31,19 +30,22 @@ LIVE_NAME = "live.json"
 def write(
     state_dir: Path, inbox: Path, outbox: Path, executor: str, workers: list[WorkerView], note: str, paused: str
 ) -> None:
-    atomic.write_json(
-        state_dir / LIVE_NAME,
-        {
-            "pid": os.getpid(),
-            "inbox": str(inbox.resolve()),
-            "outbox": str(outbox.resolve()),
-            "written_at": time.time(),
-            "executor": executor,
-            "note": note,
-            "paused": paused,
-            "workers": [w.as_dict() for w in workers],
-        },
-    )
+    view = {
+        "pid": os.getpid(),
+        "inbox": str(inbox.resolve()),
+        "outbox": str(outbox.resolve()),
+        "written_at": time.time(),
+        "executor": executor,
+        "note": note,
+        "paused": paused,
+        "workers": [w.as_dict() for w in workers],
+    }
+    # Replaced whole (a reader never sees half a file), through one fixed temp name: a kill
+    # leaves at most that one file, overwritten by the next write. No fsync: it is a view
+    # of memory, rewritten within seconds, and worthless after a crash anyway.
+    tmp = state_dir / f".{LIVE_NAME}.tmp"
+    tmp.write_text(json.dumps(view, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, state_dir / LIVE_NAME)
 
 
 def daemon_running(state_dir: Path) -> bool:

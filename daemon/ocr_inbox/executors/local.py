@@ -73,6 +73,7 @@ class _Worker:
     #: when STACK_DUMP_SIGNAL was sent (stuck); SIGKILL follows after STACK_DUMP_GRACE_S
     dump_sent: float | None = None
     killed: str = ""  # why the pool killed it ("" = it died by itself)
+    recycled: str = ""  # why it was told to exit after its batch (max_images, max_rss)
     finished: set[int] = field(default_factory=set)
     images: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -247,7 +248,7 @@ class LocalExecutor:
             reason = "max_rss"
         if reason and not self.stopping:
             log.info("worker_recycle", slot=w.slot.slot, reason=reason, images=w.images, rss_mb=rss >> 20)
-            w.state = WorkerState.retiring
+            w.state, w.recycled = WorkerState.retiring, reason
             try:
                 w.conn.send(m.Stop())
             except OSError:
@@ -262,9 +263,12 @@ class LocalExecutor:
             cause = f"{w.killed}; {cause}"
         events: list[m.Event] = []
         crashed = False
+        exit_reason = "stuck" if w.killed else "crashed"
         if w.state == WorkerState.retiring and w.batch is None:
             log.info("worker_retired", slot=slot, pid=w.process.pid)
+            exit_reason = f"recycled_{w.recycled}"
         elif w.state == WorkerState.booting:
+            exit_reason = "boot_failed"
             n = self.boot_failures.get(slot, 0) + 1
             self.boot_failures[slot] = n
             log.error("worker_died_booting", slot=slot, pid=w.process.pid, cause=cause, failures=n)
@@ -291,8 +295,9 @@ class LocalExecutor:
             crashed = True
             log.warning("worker_exited", slot=slot, pid=w.process.pid, cause=cause)
         if self.stopping:
-            pass
-        elif crashed:
+            return events
+        events.append(m.WorkerExit(slot, exit_reason))
+        if crashed:
             self._respawn_later(w.slot)
         else:
             self._spawn(w.slot)

@@ -626,7 +626,7 @@ class RayExecutor:
         if isinstance(ev, ActorGone):
             self.actors.pop(ev.slot, None)
             log.warning("ray_actor_gone", slot=ev.slot, cause=ev.cause)
-            return []
+            return [m.WorkerExit(ev.slot, "actor_gone")]
         a = self.actors.get(ev.slot)
         if isinstance(ev, m.Ready):
             if a is not None:
@@ -638,6 +638,7 @@ class RayExecutor:
             if not self.booted and ev.fatal:
                 raise EngineUnavailable(f"a Ray actor could not load the engine: {ev.error}")
             log.error("worker_boot_failed", slot=ev.slot, error=ev.error, node=a.node if a else None)
+            return [ev, m.WorkerExit(ev.slot, "boot_failed")]
         elif isinstance(ev, m.Done | m.Failed):
             if a is not None:
                 a.finished.add(ev.job.job_id)
@@ -655,6 +656,8 @@ class RayExecutor:
                 image=ev.in_flight.rel if ev.in_flight else None,
                 unstarted=len(ev.unstarted),
             )
+            if a is not None:  # (None: an actor already reported gone, whose batch came back)
+                return [ev, m.WorkerExit(ev.slot, "stuck" if ev.reason == "worker_stuck" else "crashed")]
         return [ev]
 
     def _cluster_lost(self, cause: str) -> list[m.Event]:
@@ -666,9 +669,10 @@ class RayExecutor:
                 pending = tuple(j for j in a.batch.jobs if j.job_id not in a.finished)
                 events.append(m.WorkerLost(a.slot, f"ray cluster lost: {cause}", None, pending))
                 images_back += len(pending)
+            events.append(m.WorkerExit(a.slot, "cluster_lost"))
         self.actors.clear()
         self._close_bridge()
-        if events:
+        if any(isinstance(e, m.WorkerLost) for e in events):
             log.warning("returned_to_queue", images=images_back, reason="ray cluster lost")
         self._unreachable(cause)
         return events

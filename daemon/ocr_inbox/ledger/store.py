@@ -155,6 +155,9 @@ class ImageRow:
     updated: float
     done_at: float | None
     elapsed_ms: int | None
+    #: set by ``claim``: when the image was queued (a pending row's ``updated``: every
+    #: change into pending sets it), for the metrics' queue wait
+    queued_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -427,7 +430,7 @@ class Ledger:
         except BaseException:
             self._queue = None
             raise
-        return [replace(r, status=ImageStatus.running, updated=now) for r in claimed]
+        return [replace(r, status=ImageStatus.running, updated=now, queued_at=r.updated) for r in claimed]
 
     def done(self, rel: str, size: int, mtime_ns: int, output: str, elapsed_ms: int, now: float) -> bool:
         """running -> done, if the file OCR'd (``size``, ``mtime_ns``) is the one recorded.
