@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,17 @@ def corpus_ocr(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> tu
     res = run_cli("ocr", inbox, outbox, "--no-progress", state_dir=root / "state", models=models_dir)
     assert res.returncode == 0, res.stderr
     return inbox, outbox
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left() -> Iterator[None]:
+    """A test that fails half-way leaves no daemon (and its workers) running into the next ones."""
+    from daemon_harness import Daemon
+
+    before = len(Daemon.started)  # (daemons of module-scoped fixtures were started before this)
+    yield
+    while len(Daemon.started) > before:
+        d = Daemon.started.pop()
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()  # its workers and PDF child die with it (PR_SET_PDEATHSIG)
+            d.proc.wait(timeout=30)

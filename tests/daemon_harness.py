@@ -47,6 +47,9 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 class Daemon:
+    #: every daemon a test started: conftest's ``no_daemon_left`` kills those a failed test left running
+    started: list[Daemon] = []
+
     def __init__(self, root: Path, models: Path, config: str = "", watchdog_usec: int = 0, name: str = "daemon") -> None:
         self.root = root
         self.inbox = root / "inbox"
@@ -87,6 +90,7 @@ class Daemon:
         self._stdout = open(self.stdout_path, "ab")
         self.t_start = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self._stdout, stderr=self._log, env=env)
+        Daemon.started.append(self)
         self._reader = threading.Thread(target=self._read_notify, daemon=True)
         self._reader.start()
         return self
