@@ -5,6 +5,8 @@
     ocr-inbox pdf     IMAGE_DIR [JSON_DIR] OUT.pdf
     ocr-inbox status  [--json]
     ocr-inbox retry   [--reason R]... [PATH]...                                  failed images again
+    ocr-inbox search  QUERY... [--folder DIR] [--limit N] [--json] [--outbox OUT [--inbox IN]]
+    ocr-inbox index   rebuild [--outbox OUT [--inbox IN]]
     ocr-inbox models  install|list
 
 Exit statuses: see ``errors.ExitCode`` and the README's table.
@@ -38,6 +40,12 @@ def _ocr_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", action="append", dest="devices", help="cpu, gpu:N; repeat for several GPUs")
     p.add_argument("--workers", type=int, dest="workers_per_device", help="worker processes per device")
     p.add_argument("--threads-per-worker", type=int)
+
+
+def _index_scope(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outbox", type=Path, help="the index of the `ocr-inbox ocr INBOX OUTBOX` run into OUTBOX "
+                   "(default: the daemon's)")
+    p.add_argument("--inbox", type=Path, help="with --outbox: the run's INBOX, when several runs wrote into OUTBOX")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", action="append", dest="reasons", default=[], help="only failures with this reason (repeatable)")
     p.add_argument("--inbox", type=Path, help="to make absolute PATHs relative (default: paths.inbox)")
     p.add_argument("paths", nargs="*", metavar="PATH", help="images or folders, relative to the inbox or beneath it")
+
+    p = sub.add_parser(
+        "search",
+        help="find pages by their text (the daemon's, or an `ocr` run's with --outbox)",
+        description="Pages whose text matches, best first, with the image, its folder's PDF and page, and the "
+        "lines that match. All words must be on the page; \"a phrase\"; prefix*; Chinese and Japanese as "
+        "typed. Case and accents do not matter. Works beside a running daemon. "
+        "Example: ocr-inbox search 姓名 --folder forms",
+    )
+    _common(p)
+    p.add_argument("query", nargs="+", help="words, \"phrases\", prefix*")
+    p.add_argument("--folder", help="only images at or beneath this folder (relative to the inbox, or inside it)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many pages (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: every matching line, hit and box")
+    _index_scope(p)
+
+    p = sub.add_parser("index", help="the search index")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    ir = isub.add_parser(
+        "rebuild",
+        help="rebuild the search index from the outbox JSON",
+        description="Read the JSON of every done image and swap the new index in at once (interrupted, the old "
+        "one stays). Needs the daemon stopped: it is the ledger's one writer. "
+        "Example: systemctl stop ocr-inbox && ocr-inbox index rebuild && systemctl start ocr-inbox",
+    )
+    _common(ir)
+    _index_scope(ir)
+    ir.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 
     p = sub.add_parser("models", help="prepare offline model directories")
     msub = p.add_subparsers(dest="models_command", required=True)
@@ -220,7 +256,25 @@ def _cmd_retry(args: argparse.Namespace, s: config.Settings) -> int:
     return ExitCode.ok
 
 
-COMMANDS = {"retry": _cmd_retry, "ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run, "status": _cmd_status}
+def _cmd_search(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.search import show
+
+    return show.run(s, " ".join(args.query), folder=args.folder, limit=args.limit, as_json=args.json,
+                    outbox=args.outbox, inbox=args.inbox)
+
+
+def _cmd_index(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.search import rebuild, scope
+
+    done = rebuild.rebuild(scope.resolve(s, args.outbox, args.inbox), progress=False if args.no_progress else None)
+    print(f"indexed {done.images} image(s), {done.pages} page(s) in {done.seconds:.1f} s")
+    if done.left_out:
+        print(f"left out {len(done.left_out)} done image(s) whose JSON is missing or outdated (see the log)")
+        return ExitCode.some_failed
+    return ExitCode.ok
+
+
+COMMANDS = {"search": _cmd_search, "index": _cmd_index, "retry": _cmd_retry, "ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run, "status": _cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from ocr_inbox.ledger.store import (
     Ledger,
     Observation,
     PdfState,
+    in_use,
 )
 from ocr_inbox.outbox.order import natural_key
 
@@ -26,5 +27,6 @@ __all__ = [
     "Ledger",
     "Observation",
     "PdfState",
+    "in_use",
     "natural_key",
 ]

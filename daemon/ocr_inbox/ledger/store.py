@@ -232,12 +232,14 @@ class Ledger:
     # -- opening and closing -------------------------------------------------
 
     @classmethod
-    def open(cls, state_dir: Path, *, readonly: bool = False) -> Ledger:
+    def open(cls, state_dir: Path, *, readonly: bool = False, verify: bool = True) -> Ledger:
         """Open (creating if needed) the ledger in ``state_dir`` for the one daemon.
 
         Takes an exclusive lock on ``state_dir/ocr-inbox.lock`` first, so a second
         daemon on the same state dir fails here. ``readonly`` (for ``ocr-inbox
-        status`` beside a running daemon) takes no lock and creates nothing.
+        status`` beside a running daemon) takes no lock and creates nothing;
+        without ``verify`` it skips the integrity check, which reads every page
+        (seconds for ``ocr-inbox search`` on a ledger with a large index).
         Raises StateError naming the file and the fix; never resets anything.
         """
         path = state_dir / DB_NAME
@@ -246,7 +248,7 @@ class Ledger:
                 raise StateError(f"no ledger at {path}: has the daemon run with this state_dir?")
             conn = _connect(path, path.resolve().as_uri() + "?mode=ro")
             try:
-                _check(conn, path)
+                _check(conn, path, quick_check=verify)
             except BaseException:
                 conn.close()
                 raise
@@ -271,9 +273,9 @@ class Ledger:
         return cls(conn, path, lock_fd)
 
     @classmethod
-    def open_readonly(cls, state_dir: Path) -> Ledger:
-        """``open(state_dir, readonly=True)``: for ``ocr-inbox status`` beside the daemon."""
-        return cls.open(state_dir, readonly=True)
+    def open_readonly(cls, state_dir: Path, *, verify: bool = True) -> Ledger:
+        """``open(state_dir, readonly=True)``: for ``ocr-inbox status`` and ``search`` beside the daemon."""
+        return cls.open(state_dir, readonly=True, verify=verify)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -744,6 +746,21 @@ class Ledger:
         ).fetchone()
         return _folder(row) if row else None
 
+def in_use(state_dir: Path) -> bool:
+    """Whether a daemon (or ``ocr-inbox ocr``) holds the state dir's lock: the one ledger writer."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _lock_state_dir(state_dir: Path) -> int:
     """Exclusive flock on the lock file: one daemon per state dir. Returns the held fd."""
     lock = state_dir / LOCK_NAME
@@ -806,9 +823,9 @@ def _state_error(path: Path, exc: sqlite3.Error) -> StateError:
     )
 
 
-def _check(conn: sqlite3.Connection, path: Path) -> None:
+def _check(conn: sqlite3.Connection, path: Path, *, quick_check: bool = True) -> None:
     try:
-        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()] if quick_check else ["ok"]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise _state_error(path, exc) from None

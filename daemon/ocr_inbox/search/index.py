@@ -47,6 +47,7 @@ _BOUNDARY = re.compile(f"(?<=[{CJK_CLASS}])(?=[^\\W_])|(?<=[^\\W_])(?=[{CJK_CLAS
 #: U+FF01..U+FF5E are ASCII 0x21..0x7E at full width (same Unicode category, one character each)
 _FULL_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
 TOKENIZER = "unicode61 remove_diacritics 2"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,9 @@ def line_box(line: Line) -> tuple[int, int, int, int]:
 
 def page_row(page: Page) -> tuple[str, str]:
     """(text, boxes) of one page: its lines one per row of text, their boxes as JSON."""
-    # a line is one row of the stored text, so line n is the n-th box
-    text = "\n".join(segment(" ".join(ln.text.splitlines())) for ln in page.lines)
+    # a line is one row of the stored text (line n has the n-th box), and no control
+    # character is stored: query.py marks hits with them, and they have no place on a terminal
+    text = "\n".join(segment(_CONTROL.sub(" ", ln.text)) for ln in page.lines)
     boxes = json.dumps([line_box(ln) for ln in page.lines], separators=(",", ":"))
     return text, boxes
 

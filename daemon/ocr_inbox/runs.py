@@ -1,0 +1,71 @@
+"""Where ``ocr-inbox ocr`` keeps a run's state: ``STATE_DIR/runs/<id>/``, one per (inbox, outbox).
+
+The run's ledger (and its search index) lives there, beside ``run.json``, which
+names the two trees so that ``ocr-inbox search --outbox OUT`` finds the run
+without being told the inbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ocr_inbox import atomic
+from ocr_inbox.errors import BadArguments
+
+RUNS_DIR = "runs"
+RUN_INFO = "run.json"
+
+
+def state_dir_for(state_dir: Path, inbox: Path, outbox: Path) -> Path:
+    """One ledger per (inbox, outbox) pair, so runs over different trees never mix."""
+    key = f"{os.path.realpath(inbox)}\0{os.path.realpath(outbox)}".encode()
+    return state_dir / RUNS_DIR / hashlib.sha256(key).hexdigest()[:16]
+
+
+def record(run_dir: Path, inbox: Path, outbox: Path) -> None:
+    """Name the run's trees in its ``run.json`` (written once, atomically)."""
+    info = {"inbox": os.path.realpath(inbox), "outbox": os.path.realpath(outbox)}
+    dest = run_dir / RUN_INFO
+    try:
+        if json.loads(dest.read_text(encoding="utf-8")) == info:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic.write_json(dest, info)
+
+
+def find(state_dir: Path, outbox: Path, inbox: Path | None = None) -> tuple[Path, Path]:
+    """The run dir and inbox of the run into ``outbox`` (and from ``inbox``, when given).
+
+    Raises ``BadArguments`` when there is none, or several and no ``inbox`` to choose.
+    """
+    if inbox is not None:
+        run_dir = state_dir_for(state_dir, inbox, outbox)
+        if not run_dir.is_dir():
+            raise BadArguments(f"no `ocr-inbox ocr {inbox} {outbox}` run is recorded in {state_dir}")
+        return run_dir, inbox
+    want = os.path.realpath(outbox)
+    found: list[tuple[Path, Path]] = []
+    try:
+        candidates = sorted((state_dir / RUNS_DIR).iterdir())
+    except OSError:
+        candidates = []
+    for run_dir in candidates:
+        try:
+            info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+            if info["outbox"] == want:
+                found.append((run_dir, Path(info["inbox"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not found:
+        raise BadArguments(
+            f"no `ocr-inbox ocr` run into {outbox} is recorded in {state_dir}: give the same --state-dir "
+            "as the run, and --inbox if the run is older than search"
+        )
+    if len(found) > 1:
+        inboxes = ", ".join(str(i) for _, i in found)
+        raise BadArguments(f"several runs wrote into {outbox} (from {inboxes}): choose one with --inbox")
+    return found[0]
