@@ -407,6 +407,13 @@ def test_the_daemon_keeps_the_index_current_and_search_reads_beside_it(tmp_path:
     assert found("hello") == [] and found("marron") == [("book/p1.jpg", 1)]
     (d.inbox / "book" / "p2.png").unlink()
     d.until(lambda: not found("手机号"), "the deleted page's text gone")
+    # moved out and back unchanged: its JSON is adopted again, not OCR'd again
+    ocr_runs = len(d.events("image_done"))
+    (d.inbox / "book" / "p1.jpg").rename(tmp_path / "p1.jpg")
+    d.until(lambda: not found("marron"), "the page moved out")
+    (tmp_path / "p1.jpg").rename(d.inbox / "book" / "p1.jpg")
+    d.until(lambda: found("marron"), "the page back")
+    assert len(d.events("image_done")) == ocr_runs
 
     res = run_cli("index", "rebuild", "--config", d.config_path, state_dir=d.state, models=models_dir)
     assert res.returncode == 6 and "stop it" in res.stderr  # the daemon is the ledger's one writer
