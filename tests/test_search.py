@@ -390,13 +390,13 @@ def test_oneshot_changed_and_deleted_images_leave_the_index_and_rebuild_equals_l
 @pytest.mark.slow
 @pytest.mark.corpus
 def test_the_daemon_keeps_the_index_current_and_search_reads_beside_it(tmp_path: Path, models_dir: Path) -> None:
-    # search and index rebuild find the daemon's trees in its configuration
-    conf = f'[paths]\ninbox = "{tmp_path / "inbox"}"\noutbox = "{tmp_path / "outbox"}"\n[watch]\nsettle_seconds = 0.5\n'
-    d = Daemon(tmp_path, models_dir, conf).start()
+    d = Daemon(tmp_path, models_dir, "[watch]\nsettle_seconds = 0.5\n").start()  # --inbox, --outbox: no [paths]
     d.ready()
 
     def found(q: str) -> list[tuple[str, int]]:
-        return sorted((r["image"], r["pdf_page"]) for r in _search(d.state, models_dir, q, "--config", d.config_path))
+        results = _search(d.state, models_dir, q)
+        assert all(r["pdf"] == str(d.outbox / "book" / "book.pdf") for r in results)
+        return sorted((r["image"], r["pdf_page"]) for r in results)
 
     _tree(d.inbox, {"book/p1.jpg": "cnocr/helloworld.jpg", "book/p2.png": "cnocr/multi-line_cn1.png"})
     d.until(lambda: found("手机号") and found("hello"), "both pages searchable while the daemon runs")
@@ -415,10 +415,10 @@ def test_the_daemon_keeps_the_index_current_and_search_reads_beside_it(tmp_path:
     d.until(lambda: found("marron"), "the page back")
     assert len(d.events("image_done")) == ocr_runs
 
-    res = run_cli("index", "rebuild", "--config", d.config_path, state_dir=d.state, models=models_dir)
+    res = run_cli("index", "rebuild", state_dir=d.state, models=models_dir)
     assert res.returncode == 6 and "stop it" in res.stderr  # the daemon is the ledger's one writer
     live = _rows(d.state / DB_NAME)
     assert d.stop() == 0
-    res = run_cli("index", "rebuild", "--config", d.config_path, state_dir=d.state, models=models_dir)
+    res = run_cli("index", "rebuild", state_dir=d.state, models=models_dir)
     assert res.returncode == 0, res.stderr
     assert _rows(d.state / DB_NAME) == live == [("book/p1.jpg", 0, live[0][2], live[0][3])]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocr_inbox import atomic, cache, config, executors, logs, notify
+from ocr_inbox import atomic, cache, config, executors, logs, notify, runs
 from ocr_inbox.dispatch import Dispatch
 from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
 from ocr_inbox.executors.base import Executor
@@ -101,6 +101,7 @@ class Daemon:
 
     def _assemble(self, ledger: Ledger) -> _Stages:
         recovered = ledger.recover(time.time())
+        runs.record(self.s.paths.state_dir, self.inbox, self.outbox)  # for `ocr-inbox search`
         swept = atomic.sweep_temp_files(self.outbox)
         log.info(
             "starting",

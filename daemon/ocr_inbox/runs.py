@@ -1,8 +1,10 @@
-"""Where ``ocr-inbox ocr`` keeps a run's state: ``STATE_DIR/runs/<id>/``, one per (inbox, outbox).
+"""Which trees a ledger is for: ``run.json`` beside it, and where ``ocr-inbox ocr`` keeps its runs.
 
-The run's ledger (and its search index) lives there, beside ``run.json``, which
-names the two trees so that ``ocr-inbox search --outbox OUT`` finds the run
-without being told the inbox.
+A one-shot run's state is ``STATE_DIR/runs/<id>/``, one per (inbox, outbox);
+the daemon's is ``STATE_DIR`` itself. Each holds a ``run.json`` naming its
+inbox and outbox, so that ``ocr-inbox search`` can name the PDFs (the daemon
+may have been started with ``--inbox``/``--outbox``, not a configuration)
+and ``search --outbox OUT`` finds a run without being told its inbox.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def state_dir_for(state_dir: Path, inbox: Path, outbox: Path) -> Path:
 
 
 def record(run_dir: Path, inbox: Path, outbox: Path) -> None:
-    """Name the run's trees in its ``run.json`` (written once, atomically)."""
+    """Name the trees of the ledger in ``run_dir`` in its ``run.json`` (rewritten, atomically, when they change)."""
     info = {"inbox": os.path.realpath(inbox), "outbox": os.path.realpath(outbox)}
     dest = run_dir / RUN_INFO
     try:
@@ -35,6 +37,15 @@ def record(run_dir: Path, inbox: Path, outbox: Path) -> None:
     except (OSError, ValueError):
         pass
     atomic.write_json(dest, info)
+
+
+def recorded(run_dir: Path) -> tuple[Path, Path] | None:
+    """(inbox, outbox) as ``record`` wrote them, or None."""
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+        return Path(info["inbox"]), Path(info["outbox"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def find(state_dir: Path, outbox: Path, inbox: Path | None = None) -> tuple[Path, Path]:
@@ -54,12 +65,9 @@ def find(state_dir: Path, outbox: Path, inbox: Path | None = None) -> tuple[Path
     except OSError:
         candidates = []
     for run_dir in candidates:
-        try:
-            info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
-            if info["outbox"] == want:
-                found.append((run_dir, Path(info["inbox"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+        trees = recorded(run_dir)
+        if trees is not None and str(trees[1]) == want:
+            found.append((run_dir, trees[0]))
     if not found:
         raise BadArguments(
             f"no `ocr-inbox ocr` run into {outbox} is recorded in {state_dir}: give the same --state-dir "
