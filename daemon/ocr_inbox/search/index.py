@@ -10,9 +10,11 @@ tables from the outbox JSON and swaps them in with one transaction.
 Tokens: FTS5's ``unicode61`` (case-folded, ``remove_diacritics 2``: ``über``
 finds ``Uber``) keeps a run of ideographs or kana as *one* token, so ``姓名``
 would not be found inside ``姓名：夏艳辰``. Every CJK character is made a token
-of its own by putting U+200B (invisible; a separator to ``unicode61``) between
-it and a neighbouring letter or digit; a query of N such characters is then a
-phrase of N adjacent tokens, which finds any length, one character included.
+of its own by putting U+001F (the ASCII unit separator: one byte, a separator
+to ``unicode61``, never in the stored OCR text, whose control characters are
+blanked) between it and a neighbouring letter or digit; a query of N such
+characters is then a phrase of N adjacent tokens, which finds any length, one
+character included, even across a line's end.
 docs/BENCHMARKS.md compares this with bigrams and the trigram tokenizer.
 
 What is indexed differs from what is stored in one way: full-width ASCII
@@ -35,8 +37,8 @@ from dataclasses import dataclass
 
 from ocr_inbox.ocr.results import Line, Page
 
-#: between a CJK character and a neighbouring letter or digit: a token boundary nobody sees
-SPLIT = "\u200b"
+#: between a CJK character and a neighbouring letter or digit: a token boundary, removed for display
+SPLIT = "\x1f"
 #: characters written without spaces between words: Han, kana, Hangul, Bopomofo (and their extensions)
 CJK_CLASS = (
     "\u1100-\u11ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3031-\u3035\u303b\u303c\u3040-\u30ff"
@@ -92,7 +94,7 @@ MIGRATION = ";\n".join(
 
 
 def segment(text: str) -> str:
-    """``text`` with U+200B between each CJK character and a neighbouring letter or digit."""
+    """``text`` with :data:`SPLIT` between each CJK character and a neighbouring letter or digit."""
     return _BOUNDARY.sub(SPLIT, text)
 
 
@@ -102,7 +104,7 @@ def fold(text: str) -> str:
 
 
 def shown(text: str) -> str:
-    """A stored text as OCR read it (without the U+200B boundaries)."""
+    """A stored text as OCR read it (without the :data:`SPLIT` boundaries)."""
     return text.replace(SPLIT, "")
 
 
