@@ -274,7 +274,10 @@ def _cmd_index(args: argparse.Namespace, s: config.Settings) -> int:
     return ExitCode.ok
 
 
-COMMANDS = {"search": _cmd_search, "index": _cmd_index, "retry": _cmd_retry, "ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run, "status": _cmd_status}
+COMMANDS = {
+    "retry": _cmd_retry, "ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run,
+    "status": _cmd_status, "search": _cmd_search, "index": _cmd_index,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,8 @@ class Progress:
             self._last_log = now
             left = self.total - self.done - self.failed
             eta = round(left / self.rate) if self.rate else None
-            log.info("progress", of=self.label, done=self.done, failed=self.failed, total=self.total, rate=round(self.rate, 3), eta_s=eta)
+            log.info("progress", of=self.label, done=self.done, failed=self.failed, total=self.total,
+                     rate=round(self.rate, 3), eta_s=eta)
 
     def close(self) -> None:
         if self._bar is not None:

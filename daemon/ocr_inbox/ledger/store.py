@@ -1,12 +1,13 @@
 """The ledger's store: every accepted image and every folder's PDF state, in SQLite.
 
 The state machine (``ImageStatus``, ``PdfState``) and its transitions; the
-read-only reports that ``status`` shows are in ``reports.py``. The search
-index (``search/index.py``) lives in the same database and is written in the
-transitions' own transactions: an image's text is there exactly while it is
-done and its file is in the inbox (or was deleted by ``delete_processed``). One writer (the supervisor's thread) owns the
-database; every transition is one short transaction, so a ``kill -9`` at any
-moment leaves either the old or the new state, never half of one.
+read-only reports that ``status`` shows are in ``reports.py``. One writer
+(the supervisor's thread) owns the database; every transition is one short
+transaction, so a ``kill -9`` at any moment leaves either the old or the new
+state, never half of one. The search index (``search/index.py``) lives in the
+same database and is written in the transitions' own transactions: an image's
+text is there exactly while it is done (its file in the inbox, or deleted by
+``delete_processed``).
 
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction is in the
 WAL file before ``commit()`` returns, so a killed *process* loses nothing (the
@@ -412,7 +413,9 @@ class Ledger:
         prefix = rel_dir.rstrip("/") + "/"
         under = "substr(rel, 1, ?) = ?"
         with self._tx() as c:
-            leaving = c.execute(f"SELECT rel, folder FROM images WHERE {under} AND {_LEAVES}", (len(prefix), prefix)).fetchall()
+            leaving = c.execute(
+                f"SELECT rel, folder FROM images WHERE {under} AND {_LEAVES}", (len(prefix), prefix)
+            ).fetchall()
             n = c.execute(
                 f"UPDATE images SET status = 'gone', updated = ? WHERE {under} AND {_LEAVES}", (now, len(prefix), prefix)
             ).rowcount
