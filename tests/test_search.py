@@ -245,6 +245,11 @@ def test_a_rebuild_into_the_wrong_outbox_keeps_the_index(led: Ledger, tmp_path: 
     assert _rows(led.path) == live
 
 
+def test_a_sqlite_without_fts5_is_named_not_called_damage() -> None:
+    err = store._state_error(Path("/s/ledger.sqlite3"), sqlite3.OperationalError("no such module: fts5"))
+    assert "lacks FTS5" in str(err) and "damaged" not in str(err)
+
+
 def test_search_before_the_index_exists_says_what_to_do(tmp_path: Path) -> None:
     settings = config.load(None, {"paths": {"state_dir": tmp_path / "nothing"}})
     with pytest.raises(StateError, match="no ledger"):

@@ -809,6 +809,12 @@ def _connect(path: Path, target: str) -> sqlite3.Connection:
 
 def _state_error(path: Path, exc: sqlite3.Error) -> StateError:
     msg = str(exc)
+    if "no such module: fts5" in msg:
+        return StateError(
+            f"the SQLite library of this Python ({sqlite3.sqlite_version}) lacks FTS5, which the search index "
+            f"in {path} needs; nothing was changed. Use a Python whose sqlite3 has it (python.org, Debian, "
+            "Ubuntu and conda builds do)"
+        )
     if "locked" in msg or "busy" in msg:
         return StateError(
             f"the ledger {path} is locked by another process ({msg}); "
