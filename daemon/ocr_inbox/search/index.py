@@ -155,17 +155,6 @@ def drop(c: sqlite3.Connection, rels: Iterable[str]) -> int:
     return n
 
 
-def drop_under(c: sqlite3.Connection, prefix: str) -> int:
-    """Remove the text of every image whose path starts with ``prefix`` (a folder and ``/``)."""
-    rels = [
-        r
-        for (r,) in c.execute(
-            f"SELECT DISTINCT rel FROM {LIVE.pages} WHERE rel >= ? AND rel < ?", (prefix, prefix + "\U0010ffff")
-        )
-    ]
-    return drop(c, rels)
-
-
 def has_index(c: sqlite3.Connection) -> bool:
     """Whether the ledger has the search tables (schema 3; an older daemon's ledger has not)."""
     row = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_state'").fetchone()
