@@ -5,6 +5,8 @@
     ocr-inbox pdf     IMAGE_DIR [JSON_DIR] OUT.pdf
     ocr-inbox status  [--json]
     ocr-inbox retry   [--reason R]... [PATH]...                                  failed images again
+    ocr-inbox search  QUERY... [--folder DIR] [--limit N] [--json] [--outbox OUT [--inbox IN]]
+    ocr-inbox index   rebuild [--outbox OUT [--inbox IN]]
     ocr-inbox models  install|list
     ocr-inbox doctor  [--json] [--user NAME]                                     what the service lacks
 
@@ -92,6 +94,12 @@ def _epilog() -> str:
     )
 
 
+def _index_scope(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outbox", type=Path, help="the index of the `ocr-inbox ocr INBOX OUTBOX` run into OUTBOX "
+                   "(default: the daemon's)")
+    p.add_argument("--inbox", type=Path, help="with --outbox: the run's INBOX, when several runs wrote into OUTBOX")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ocr-inbox",
@@ -165,6 +173,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", action="append", dest="reasons", default=[], help="only failures with this reason (repeatable)")
     p.add_argument("--inbox", type=Path, help="to make absolute PATHs relative (default: paths.inbox)")
     p.add_argument("paths", nargs="*", metavar="PATH", help="images or folders, relative to the inbox or beneath it")
+
+    p = _command(
+        sub, "search", "find pages by their text (the daemon's, or an `ocr` run's with --outbox)",
+        "Pages whose text matches, best first, with the image, its folder's PDF and page, and the "
+        "lines that match (highlighted on a terminal) with their boxes. All words must be on the page; "
+        "\"a phrase\"; prefix*; Chinese and Japanese as typed, any length. Case and accents do not "
+        "matter. Works beside a running daemon.",
+        ["ocr-inbox search 姓名 --folder forms", "ocr-inbox search '\"quick brown\" invo*' --json",
+         "ocr-inbox search Lexington --outbox ./out   # an `ocr` run's index"],
+    )
+    _common(p)
+    p.add_argument("query", nargs="+", help="words, \"phrases\", prefix*")
+    p.add_argument("--folder", help="only images at or beneath this folder (relative to the inbox, or inside it)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many pages (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: every matching line, hit and box")
+    _index_scope(p)
+
+    p = _command(
+        sub, "index", "the search index",
+        "The index is kept current by the daemon and by `ocr` as results land; `rebuild` makes it "
+        "again from the outbox JSON (an existing outbox, a restore).",
+        ["ocr-inbox index rebuild"],
+    )
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    ir = _command(
+        isub, "rebuild", "rebuild the search index from the outbox JSON",
+        "Reads the JSON of every done image and swaps the new index in at once (interrupted, the old "
+        "one stays). Needs the daemon stopped: it is the ledger's one writer.",
+        ["systemctl stop ocr-inbox && ocr-inbox index rebuild && systemctl start ocr-inbox",
+         "ocr-inbox index rebuild --outbox ./out"],
+    )
+    _common(ir)
+    _index_scope(ir)
+    ir.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 
     p = _command(
         sub, "models", "prepare offline model directories",
@@ -331,7 +373,28 @@ def _cmd_retry(args: argparse.Namespace, s: config.Settings) -> int:
     return ExitCode.ok
 
 
-COMMANDS = {"doctor": _cmd_doctor, "retry": _cmd_retry, "ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run, "status": _cmd_status}
+def _cmd_search(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.search import show
+
+    return show.run(s, " ".join(args.query), folder=args.folder, limit=args.limit, as_json=args.json,
+                    outbox=args.outbox, inbox=args.inbox)
+
+
+def _cmd_index(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.search import rebuild, scope
+
+    done = rebuild.rebuild(scope.resolve(s, args.outbox, args.inbox), progress=False if args.no_progress else None)
+    print(f"indexed {done.images} image(s), {done.pages} page(s) in {done.seconds:.1f} s")
+    if done.left_out:
+        print(f"left out {len(done.left_out)} done image(s) whose JSON is missing or outdated (see the log)")
+        return ExitCode.some_failed
+    return ExitCode.ok
+
+
+COMMANDS = {
+    "doctor": _cmd_doctor, "retry": _cmd_retry, "ocr": _cmd_ocr, "pdf": _cmd_pdf, "models": _cmd_models, "run": _cmd_run,
+    "status": _cmd_status, "search": _cmd_search, "index": _cmd_index,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

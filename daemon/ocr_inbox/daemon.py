@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocr_inbox import atomic, cache, config, executors, live, logs, metrics, notify
+from ocr_inbox import atomic, cache, config, executors, live, logs, metrics, notify, runs
 from ocr_inbox.dispatch import Dispatch
 from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
 from ocr_inbox.executors.base import Executor
@@ -107,6 +107,7 @@ class Daemon:
 
     def _assemble(self, ledger: Ledger) -> _Stages:
         recovered = ledger.recover(time.time())
+        runs.record(self.s.paths.state_dir, self.inbox, self.outbox)  # for `ocr-inbox search`
         swept = atomic.sweep_temp_files(self.outbox)
         log.info(
             "starting",
@@ -228,7 +229,7 @@ class Daemon:
         if view == self.last_live:
             return
         try:
-            live.write(self.s.paths.state_dir, self.inbox, self.outbox, self.s.executor.kind, *view)
+            live.write(self.s.paths.state_dir, self.s.executor.kind, *view)
         except OSError as exc:  # a full state disk: status shows less, the work goes on
             log.warning("live_view_not_written", error=str(exc))
             return
@@ -402,7 +403,7 @@ class Daemon:
         st.intake.stop()
         st.pdfs.cancel()
         st.dispatch.drain(DRAIN_S)
-        self._live(st.executor, "")  # no workers left: the paths stay for `status`
+        self._live(st.executor, "")  # no workers left
         log.info("stopped")
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import json
 import math
@@ -46,7 +45,7 @@ from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import StateError
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor
-from ocr_inbox.ledger import LOCK_NAME, Ledger
+from ocr_inbox.ledger import Ledger, in_use
 from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import document, names
 
@@ -199,7 +198,7 @@ class Dispatch:
             reason = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "output_error"
             self.pause("output_paused", reason=reason, path=rel, detail=str(exc))
             return
-        self.ledger.done(rel, ev.size, ev.mtime_ns, str(dest), ev.elapsed_ms, now)
+        self.ledger.done(rel, ev.size, ev.mtime_ns, str(dest), ev.elapsed_ms, now, pages=ev.pages)
         log.info("image_done", path=rel, slot=ev.slot, pages=len(ev.pages), lines=ev.lines, ms=ev.elapsed_ms)
         self.recorder.image_done(ev.elapsed_ms / 1000)
         self._streak.clear()
@@ -323,21 +322,6 @@ class Dispatch:
 # -- `ocr-inbox retry` --------------------------------------------------------------
 
 
-def _daemon_holds(state_dir: Path) -> bool:
-    """Whether a daemon holds the state dir's lock (it is then the only ledger writer)."""
-    try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def request_retry(state_dir: Path, reasons: list[str], paths: list[str]) -> Path:
     """Leave a retry request for the running daemon, which applies it at its next loop pass."""
     dest = state_dir / REQUESTS_DIR / f"retry-{time.time_ns()}-{os.getpid()}.json"
@@ -349,12 +333,12 @@ def request_retry(state_dir: Path, reasons: list[str], paths: list[str]) -> Path
 def retry_failed(state_dir: Path, reasons: list[str], paths: list[str]) -> int | None:
     """Requeue failed images: directly when no daemon runs (returns how many), else through a
     request the daemon applies (returns None)."""
-    if not _daemon_holds(state_dir):
+    if not in_use(state_dir):
         try:
             with Ledger.open(state_dir) as ledger:
                 return ledger.requeue_failed(time.time(), reasons, paths)
         except StateError:
-            if not _daemon_holds(state_dir):  # a daemon started meanwhile: ask it
+            if not in_use(state_dir):  # a daemon started meanwhile: ask it
                 raise
     request_retry(state_dir, reasons, paths)
     return None

@@ -2,8 +2,7 @@
 dispatch is paused.
 
 The ledger says what was done; only the daemon's memory knows which workers (processes,
-or Ray actors on which nodes) exist now, and where its inbox and outbox are (they may come
-from the command line, which ``status`` does not see). The daemon writes
+or Ray actors on which nodes) exist now. The daemon writes
 ``STATE_DIR/live.json`` atomically when that view changes (at most every few seconds), and
 once more without workers when it stops. Whether a daemon is running at all is told by the
 state dir's lock, not by this file: after a ``kill -9`` the file stays, and ``status``
@@ -27,13 +26,9 @@ from ocr_inbox.ledger import LOCK_NAME
 LIVE_NAME = "live.json"
 
 
-def write(
-    state_dir: Path, inbox: Path, outbox: Path, executor: str, workers: list[WorkerView], note: str, paused: str
-) -> None:
+def write(state_dir: Path, executor: str, workers: list[WorkerView], note: str, paused: str) -> None:
     view = {
         "pid": os.getpid(),
-        "inbox": str(inbox.resolve()),
-        "outbox": str(outbox.resolve()),
         "written_at": time.time(),
         "executor": executor,
         "note": note,

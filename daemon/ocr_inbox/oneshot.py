@@ -10,8 +10,6 @@ Never writes into the inbox.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import wait
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from ocr_inbox import atomic, cache, executors
+from ocr_inbox import atomic, cache, executors, runs
 from ocr_inbox.config import Settings
 from ocr_inbox.dispatch import Dispatch
 from ocr_inbox.errors import BadArguments, ExitCode, OutputError
@@ -30,6 +28,9 @@ from ocr_inbox.inbox.intake import Intake
 from ocr_inbox.ledger import Ledger, reports
 from ocr_inbox.outbox import names
 from ocr_inbox.progress import Progress
+from ocr_inbox.runs import state_dir_for
+
+__all__ = ["Failure", "RunSummary", "run", "state_dir_for", "validate_paths"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +54,6 @@ class RunSummary:
     @property
     def exit_code(self) -> ExitCode:
         return ExitCode.some_failed if self.failed else ExitCode.ok
-
-
-def state_dir_for(state_dir: Path, inbox: Path, outbox: Path) -> Path:
-    """One ledger per (inbox, outbox) pair, so runs over different trees never mix."""
-    key = f"{os.path.realpath(inbox)}\0{os.path.realpath(outbox)}".encode()
-    return state_dir / "runs" / hashlib.sha256(key).hexdigest()[:16]
 
 
 def validate_paths(inbox: Path, outbox: Path, state_dir: Path) -> None:
@@ -85,7 +80,9 @@ def run(
     atomic.sweep_temp_files(outbox, older_than_s=60)  # a daemon may be writing into the same outbox
     # No settle time (the tree is taken as it is) and no periodic rescan.
     watch = settings.watch.model_copy(update={"settle_seconds": 0.0, "rescan_interval_s": 0.0})
-    with Ledger.open(state_dir_for(settings.paths.state_dir, inbox, outbox)) as ledger:
+    run_dir = state_dir_for(settings.paths.state_dir, inbox, outbox)
+    with Ledger.open(run_dir) as ledger:
+        runs.record(run_dir, inbox, outbox)
         ledger.recover(time.time())
         intake = Intake(inbox, outbox, ledger, watch, watch=False)
         intake.start()

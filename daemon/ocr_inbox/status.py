@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import config, live
+from ocr_inbox import config, live, runs
 from ocr_inbox.errors import ExitCode
 from ocr_inbox.ledger import Ledger, reports
 from ocr_inbox.logs import printable
@@ -44,9 +44,8 @@ def _failure(x: reports.Failure) -> dict[str, Any]:
 def collect(settings: config.Settings, failures_limit: int = 50) -> dict[str, Any]:
     state_dir = settings.paths.state_dir
     daemon = live.read(state_dir)
-    # the daemon's own paths (its command line may have set them), else the configuration's
-    inbox = Path(daemon.get("inbox") or settings.paths.inbox)
-    outbox = Path(daemon.get("outbox") or settings.paths.outbox)
+    # the daemon's own trees (its command line may have set them), else the configuration's
+    inbox, outbox = runs.recorded(state_dir) or (settings.paths.inbox, settings.paths.outbox)
     with Ledger.open_readonly(state_dir) as ledger:
         now = time.time()
         st = reports.stats(ledger, now)

@@ -114,7 +114,10 @@ class Intake:
             new += 1
         gone = 0
         for rel, row in known.items():
-            if rel not in seen and row.status in (ImageStatus.pending, ImageStatus.running):
+            if rel not in seen and (
+                row.status in (ImageStatus.pending, ImageStatus.running)
+                or (row.status == ImageStatus.done and not row.source_deleted)
+            ):
                 self.ledger.gone(rel, now)
                 gone += 1
         self._schedule_rescan()
@@ -204,11 +207,11 @@ class Intake:
         observed = self.ledger.observe_many(ready, now)
         adopted = 0
         for (rel, size, mtime_ns), what in zip(ready, observed, strict=True):
-            if what.queued and self._json_current(rel, size, mtime_ns):
-                if self.ledger.adopt(rel, size, mtime_ns, str(names.json_path_for(self.outbox, rel)), now):
-                    adopted += 1
-                    self.recorder.image_adopted()
+            if not what.queued:
+                continue
+            dest = names.json_path_for(self.outbox, rel)
+            doc = document.read_current(dest, size, mtime_ns)
+            if doc is not None and self.ledger.adopt(rel, size, mtime_ns, str(dest), now, pages=doc.pages):
+                adopted += 1
+                self.recorder.image_adopted()
         log.debug("files_settled", count=len(ready), adopted=adopted)
-
-    def _json_current(self, rel: str, size: int, mtime_ns: int) -> bool:
-        return document.is_current(names.json_path_for(self.outbox, rel), size, mtime_ns)
