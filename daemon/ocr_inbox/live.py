@@ -12,8 +12,6 @@ says the daemon is not running.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox.executors.base import WorkerView
-from ocr_inbox.ledger import LOCK_NAME
+from ocr_inbox.ledger import in_use
 
 LIVE_NAME = "live.json"
 
@@ -43,29 +41,13 @@ def write(state_dir: Path, executor: str, workers: list[WorkerView], note: str, 
     os.replace(tmp, state_dir / LIVE_NAME)
 
 
-def daemon_running(state_dir: Path) -> bool:
-    """A daemon holds the state dir's lock (``ledger.store._lock_state_dir``). A shared lock
-    that cannot be taken means it is held: this works read-only, for any user who may read it."""
-    try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
-    finally:
-        os.close(fd)  # closing drops a lock we took
-    return False
-
-
 def read(state_dir: Path) -> dict[str, Any]:
     """The last view the daemon wrote, with ``running``; a daemon that is not running has no
     workers, whatever a killed one left in the file."""
     view: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         view = json.loads((state_dir / LIVE_NAME).read_text(encoding="utf-8"))
-    view["running"] = daemon_running(state_dir)
+    view["running"] = in_use(state_dir)  # the state dir's lock
     if not view["running"]:
         view.update(workers=[], note="", paused="")
     return view
