@@ -154,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-pages", type=int, help="pages built at a time (memory stays flat; default: pdf.chunk_pages)")
 
     p = _command(
-        sub, "status", "what the daemon has done: folders, PDFs, failures",
-        "Reads the ledger in the state directory (read-only, beside a running daemon): "
-        "per-folder progress, PDF states, failures with their reasons, recent throughput.",
+        sub, "status", "what the daemon is doing and has done: workers, folders, PDFs, failures",
+        "Reads the state directory (read-only, beside a running daemon): whether the daemon runs, "
+        "its workers per node (Ray actors per cluster node), per-folder progress with each PDF's "
+        "state and path, failures with their reasons and what to do, recent throughput.",
         ["ocr-inbox status", "ocr-inbox status --json --config /etc/ocr-inbox/ocr-inbox.toml"],
     )
     _common(p)
