@@ -120,6 +120,7 @@ class Daemon:
             temp_files_swept=swept,
         )
         intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True, recorder=self.metrics)
+        pdfs = FolderPdfs(ledger, self.s, self.inbox, self.outbox, recorder=self.metrics)
         dispatch = Dispatch(
             ledger,
             executors.create(self.s, self.inbox),
@@ -127,9 +128,9 @@ class Daemon:
             self.s.pool,
             on_moved=intake.track,
             on_done=lambda rel, size, mtime_ns: self._done(ledger, rel, size, mtime_ns),
+            on_result=lambda rel, ok: pdfs.wake(),  # its folder may be complete: no tick's wait
             recorder=self.metrics,
         )
-        pdfs = FolderPdfs(ledger, self.s, self.inbox, self.outbox, recorder=self.metrics)
         return _Stages(ledger, intake, dispatch, pdfs)
 
     def _boot(self, st: _Stages) -> bool:
@@ -156,6 +157,9 @@ class Daemon:
     def _loop(self, st: _Stages) -> None:
         while not self.stopping:
             timeout = SETTLE_TICK_S if st.intake.settling else IDLE_TICK_S
+            due = st.pdfs.due_in() if not st.dispatch.paused else None
+            if due is not None:  # a folder turns quiet before the tick: its PDF starts then
+                timeout = min(timeout, due)
             waitables = [self.signals.waitable, *st.intake.waitables, *st.pdfs.waitables]
             st.dispatch.record(st.executor.poll(timeout, waitables))
             self._handle_signals(st)

@@ -1,7 +1,10 @@
 """``ocr-inbox ocr INBOX OUTBOX``: the daemon's core, run once over a tree until the queue is empty.
 
 The same stages as the daemon (intake -> ledger -> dispatch -> executor ->
-JSON, then folder PDFs with ``--pdf``), with no watcher and no settle time.
+JSON, and folder PDFs with ``--pdf``), with no watcher and no settle time.
+PDFs are built while OCR goes on: a folder's build starts with its first pages
+done and gets the rest as they are done (``FolderPdfs(stream=True)``), so when
+the last image is done only its page and the merge are left.
 Its ledger lives in ``STATE_DIR/runs/<tree id>``: a second run skips what is
 current, an interrupted run (even ``kill -9``) resumes where it stopped, and
 a JSON already in the outbox for exactly this version of an image is adopted.
@@ -93,8 +96,13 @@ def run(
         done_before = reports.stats(ledger, time.time()).done
         todo = ledger.unfinished()
         log.info("scan_done", inbox=str(inbox), to_do=todo, current=done_before)
-        done = _ocr(settings, inbox, outbox, ledger, intake, todo, progress) if todo else 0
-        built = _pdfs(settings, inbox, outbox, ledger) if pdfs and settings.pdf.enabled else 0
+        folder_pdfs = FolderPdfs(ledger, settings, inbox, outbox, stream=True) if pdfs and settings.pdf.enabled else None
+        try:
+            done = _ocr(settings, inbox, outbox, ledger, intake, todo, progress, folder_pdfs) if todo else 0
+            built = _finish_pdfs(folder_pdfs) if folder_pdfs else 0
+        finally:
+            if folder_pdfs:
+                folder_pdfs.cancel()  # interrupted: nothing half-built is published, the next run builds it
         st = reports.stats(ledger, time.time())
         failed = tuple(Failure(f.rel, f.reason, f.detail) for f in reports.failures(ledger, limit=st.failed))
     summary = RunSummary(st.done + st.failed, st.done - done, done, failed, built, time.monotonic() - t0)
@@ -106,9 +114,17 @@ def run(
 
 
 def _ocr(
-    settings: Settings, inbox: Path, outbox: Path, ledger: Ledger, intake: Intake, todo: int, show: bool | None
+    settings: Settings,
+    inbox: Path,
+    outbox: Path,
+    ledger: Ledger,
+    intake: Intake,
+    todo: int,
+    show: bool | None,
+    pdfs: FolderPdfs | None,
 ) -> int:
-    """Run dispatch until nothing is queued, running or settling; returns the images done."""
+    """Run dispatch until nothing is queued, running or settling, and with ``pdfs`` the folder
+    builds beside it; returns the images done."""
     bar = Progress(todo, show)
     done = 0
 
@@ -116,6 +132,8 @@ def _ocr(
         nonlocal done
         done += ok
         bar.advance(ok)
+        if pdfs:
+            pdfs.wake()  # its folder may have its next pages (or all of them) now
 
     # no point booting more workers than there are images
     dispatch = Dispatch(ledger, executors.create(settings, inbox, max_workers=todo), outbox, settings.pool,
@@ -123,12 +141,16 @@ def _ocr(
     try:
         dispatch.executor.start()
         while ledger.unfinished() or intake.settling:
-            dispatch.record(dispatch.executor.poll(1.0))
+            dispatch.record(dispatch.executor.poll(1.0, pdfs.waitables if pdfs else []))
             if dispatch.paused:  # a one-shot run does not wait for space: rerun to resume
                 raise OutputError("the outbox or the state directory refused a write (see the log); "
                                   "fix it and run again: the run resumes where it stopped")
             intake.step()
             dispatch.fill()
+            if pdfs:
+                pdfs.step(may_start=True, quiet_seconds=0.0)
+                while pdfs.moved:  # changed since its OCR: OCR'd again, then its folder's PDF
+                    intake.track(pdfs.moved.pop())
     finally:
         bar.close()
         dispatch.drain(10.0)
@@ -136,9 +158,10 @@ def _ocr(
     return done
 
 
-def _pdfs(settings: Settings, inbox: Path, outbox: Path, ledger: Ledger) -> int:
-    """Build every folder's PDF that is due, one after the other; returns how many were published."""
-    pdfs = FolderPdfs(ledger, settings, inbox, outbox)
+def _finish_pdfs(pdfs: FolderPdfs) -> int:
+    """Finish the build under way and build every folder's PDF still due, one after the other;
+    returns how many were published in this run."""
+    pdfs.wake()
     while True:
         pdfs.step(may_start=True, quiet_seconds=0.0)
         if not pdfs.busy:

@@ -641,6 +641,38 @@ class Ledger:
         ).fetchall()
         return [_folder(r) for r in rows]
 
+    def next_quiet_at(self, quiet_seconds: float) -> float | None:
+        """When the next folder that ``quiet_folders`` waits for (all its images finished)
+        becomes quiet, as wall time; None when no folder waits for that."""
+        row = self._conn.execute(
+            "SELECT min(last_activity) FROM folders f WHERE pdf_state = 'needed'"
+            " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder"
+            "  AND i.status IN ('pending', 'running'))"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')",
+        ).fetchone()
+        return None if row[0] is None else float(row[0]) + quiet_seconds
+
+    def growing_folders(self) -> list[FolderRow]:
+        """Folders whose PDF is needed with a page done and images still queued or running,
+        oldest first (the order ``claim`` OCRs them in)."""
+        rows = self._conn.execute(
+            f"SELECT {_FOLDER_COLUMNS} FROM folders f WHERE pdf_state = 'needed'"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status IN ('pending', 'running'))"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+            " ORDER BY first_seen, folder",
+        ).fetchall()
+        return [_folder(r) for r in rows]
+
+    def folder_images(self, folder: str) -> list[ImageRow]:
+        """The folder's images that are or may become its PDF's new pages, in any status but
+        gone (done images whose source was deleted are in the published PDF already)."""
+        rows = self._conn.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status != 'gone'"
+            " AND NOT (status = 'done' AND source_deleted = 1) ORDER BY natkey, rel",
+            (folder,),
+        ).fetchall()
+        return [_image(r) for r in rows]
+
     def pages_of(self, folder: str) -> list[ImageRow]:
         """The folder's done images whose source is still in the inbox: its PDF's new pages."""
         rows = self._conn.execute(
@@ -691,6 +723,11 @@ class Ledger:
                 "UPDATE folders SET pdf_state = ? WHERE folder = ? AND pdf_state = 'building'", (state, folder)
             )
             return cur.rowcount > 0
+
+    def pdf_reopen(self, folder: str) -> None:
+        """building -> needed: a build given up before its end, to be started again."""
+        with self._tx() as c:
+            c.execute("UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'building'", (folder,))
 
     def pdf_rearm(self, folder: str) -> bool:
         """failed -> needed: try the PDF again (its failure was the disk's, not the folder's)."""

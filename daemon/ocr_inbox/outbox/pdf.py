@@ -3,7 +3,8 @@
 Recipe (:func:`build_pdf`; :func:`build_folder_pdf` lists a folder first):
 
 1. the caller gives the pages in order (:class:`PageSource`: image path beneath
-   the root, its JSON, the version that was OCR'd);
+   the root, its JSON, the version that was OCR'd), all at once or as a stream
+   that yields each page once it is OCR'd (the build then overlaps OCR);
 2. per image: read it beneath the root and decode it with ``ocr/images.py``,
    the same code and limits as OCR (a file that is not the version OCR'd
    stops the build: :class:`SourceChanged`); store each frame as it is (JPEG
@@ -36,7 +37,7 @@ import fcntl
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -301,8 +302,7 @@ class _ChunkWriter:
 
 def _merge(chunks: Sequence[Path], dest: Path, title: str, toc: list[list[Any]]) -> None:
     """Append chunk after chunk to ``dest`` with incremental saves (flat memory)."""
-    shutil.copyfile(chunks[0], dest)
-    chunks[0].unlink()
+    shutil.move(chunks[0], dest)  # a rename: the work dir is beside the output
     for chunk in chunks[1:]:
         with pymupdf.open(dest) as out, pymupdf.open(chunk) as src:
             out.insert_pdf(src)
@@ -365,7 +365,7 @@ def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
 
 def build_pdf(
     root: Path,
-    pages: Sequence[PageSource],
+    pages: Iterable[PageSource],
     out_pdf: Path,
     *,
     title: str,
@@ -384,6 +384,10 @@ def build_pdf(
     cannot be read or decoded is left out; one without a JSON that matches it
     (size and mtime) goes in image-only; both are reported.
 
+    ``pages`` may be a generator that waits for pages still being OCR'd: each
+    page is added as it comes, and nothing is published before it ends (an
+    exception from it ends the build with nothing published).
+
     ``keep_previous``: an existing ``out_pdf``'s pages (and outline) come first,
     so a late page extends the PDF of a folder whose sources are gone.
     Work files go to ``<work_dir or out_pdf's dir>/`` + ``names.work_dir_for``,
@@ -400,7 +404,7 @@ def build_pdf(
         raise BadArguments(f"output is a directory: {out_pdf}")
     if chunk_pages < 1:
         raise BadArguments(f"chunk_pages must be at least 1, not {chunk_pages}")
-    if not pages and not (keep_previous and out_pdf.exists()):
+    if isinstance(pages, Sized) and not pages and not (keep_previous and out_pdf.exists()):
         raise BadArguments(f"no images for {out_pdf}")
     try:
         out_pdf.parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +412,8 @@ def build_pdf(
         raise OutputError(f"cannot create {out_pdf.parent}: {exc}") from exc
     work = work_dir_for(out_pdf, work_dir)
 
-    log.info("pdf_build_started", root=str(root), images=len(pages), out=str(out_pdf))
+    count = {"images": len(pages)} if isinstance(pages, Sized) else {"streamed": True}
+    log.info("pdf_build_started", root=str(root), out=str(out_pdf), **count)
     issues = _Issues(log)
     toc: list[list[Any]] = []
     with _work_area(work, out_pdf, log):
