@@ -128,7 +128,7 @@ class Daemon:
             self.s.pool,
             on_moved=intake.track,
             on_done=lambda rel, size, mtime_ns: self._done(ledger, rel, size, mtime_ns),
-            on_result=lambda rel, ok: pdfs.wake(),  # its folder may be complete: no tick's wait
+            on_result=lambda rel, ok: pdfs.wake(rel),  # its folder may be complete: no tick to wait for
             recorder=self.metrics,
         )
         return _Stages(ledger, intake, dispatch, pdfs)

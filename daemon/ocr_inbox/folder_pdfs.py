@@ -8,9 +8,10 @@ An image that changed since its OCR stops the build: the folder waits for
 the new JSON. With ``[inbox] delete_processed`` the sources go only after the
 PDF that holds them is published.
 
-A folder is looked at again as soon as one of its images finishes (``wake``),
+A folder whose last image finishes is looked at on the next step (``wake``),
 and the daemon's loop wakes when the next one turns quiet (``due_in``): no
-tick between the last image and the build.
+tick between the last image and the build. Otherwise quiet folders are looked
+for once a second (the query reads every folder's row).
 
 One-shot runs stream (``stream=True``): their tree is fixed, so the leading
 done pages of the folder being OCR'd go to the builder while the rest are
@@ -40,6 +41,7 @@ from ocr_inbox import logs
 from ocr_inbox.config import Settings
 from ocr_inbox.executors.setup import limits_from
 from ocr_inbox.inbox.cleanup import delete_source
+from ocr_inbox.inbox.scan import folder_of
 from ocr_inbox.ledger import ImageRow, ImageStatus, Ledger
 from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import names, order
@@ -82,8 +84,12 @@ class FolderPdfs:
         self._next_check = 0.0
         #: wall time at which the next folder whose images are all finished turns quiet
         self._due_at: float | None = None
+        #: folders with an image finished since the last look
+        self._touched: set[str] = set()
         #: the pages the running build has been given, in order
         self._sent: tuple[PdfPage, ...] = ()
+        #: pages it was given to make ready before their turn
+        self._ahead: dict[PdfPage, None] = {}
         #: images that changed under a build: intake should look at them again
         self.moved: list[str] = []
         #: PDFs published since start
@@ -97,8 +103,12 @@ class FolderPdfs:
     def busy(self) -> bool:
         return self.build is not None
 
-    def wake(self) -> None:
-        """An image finished: its folder may be complete now. Looked at on the next step."""
+    def wake(self, rel: str) -> None:
+        """An image finished: its folder may be complete now (or have its next pages)."""
+        self._touched.add(folder_of(rel))
+
+    def look_now(self) -> None:
+        """Look for due folders on the next step, whatever the time."""
         self._next_check = 0.0
 
     def due_in(self) -> float | None:
@@ -117,17 +127,15 @@ class FolderPdfs:
             if now_m >= due:
                 del self._retry[folder]
                 self.ledger.pdf_rearm(folder)
-        if self.build is not None and not self.build.open:
+        if self.build is not None:
+            if self.build.open and self.build.req.folder in self._touched:
+                self._touched.clear()  # (the others are looked at once this build is over)
+                self._feed(self.build)
             return
-        if self.build is None and (not may_start or not self.settings.pdf.enabled):
-            return
-        turned_quiet = self._due_at is not None and time.time() >= self._due_at
-        if now_m < self._next_check and not turned_quiet:
+        if not may_start or not self.settings.pdf.enabled or not self._look_now(now_m):
             return
         self._next_check = now_m + QUIET_CHECK_S
-        if self.build is not None:
-            self._feed(self.build)
-            return
+        self._touched.clear()
         quiet_s = self.settings.pdf.quiet_seconds if quiet_seconds is None else quiet_seconds
         quiet = self.ledger.quiet_folders(time.time(), quiet_s)
         self._due_at = None if quiet else self.ledger.next_quiet_at(quiet_s)
@@ -139,12 +147,23 @@ class FolderPdfs:
                 if self._start_stream(f.folder):
                     return
 
+    def _look_now(self, now_m: float) -> bool:
+        """Time for the query of quiet folders: its second came, a folder turned quiet, or one
+        had its last image finished (a stream: any image)."""
+        if now_m >= self._next_check or (self._due_at is not None and time.time() >= self._due_at):
+            return True
+        if self.stream:
+            return bool(self._touched)
+        # the others are looked at when their last image finishes
+        self._touched = {f for f in self._touched if not self.ledger.has_unfinished(f)}
+        return bool(self._touched)
+
     def cancel(self) -> None:
         if self.build is not None:
             self.build.cancel()  # atomic output: the folder is rebuilt on the next start
             log.info("pdf_cancelled", folder=self.build.req.folder)
             self.build = None
-            self._sent = ()
+            self._sent, self._ahead = (), {}
 
     def _enforce_timeout(self) -> None:
         """Cancel a build still running past ``build_timeout_s``; its result is a failure, not retried.
@@ -179,27 +198,34 @@ class FolderPdfs:
     def _feed(self, build: PdfBuild) -> None:
         """Send an open build the pages done since; all the rest and the end once nothing in
         its folder is queued or running. A page sent that is no longer a page as it was
-        (OCR'd again) makes the build start over."""
+        (OCR'd again) makes the build start over. Done pages whose turn has not come
+        go as ``ahead`` (a chunk at most), to be made ready meanwhile."""
         folder = build.req.folder
         rows = self._in_page_order(self.ledger.folder_images(folder))
         complete = not any(r.status in _UNFINISHED for r in rows)
         done = rows if complete else _leading_done(rows)
         pages = tuple(_page(r) for r in done if r.status == ImageStatus.done)
+        beyond = [] if complete else [_page(r) for r in rows[len(done) :] if r.status == ImageStatus.done]
         if pages[: len(self._sent)] != self._sent:
             log.info("pdf_restarted", folder=folder, reason="a page was OCR'd again since it went to the build")
             self.cancel()
             self.ledger.pdf_reopen(folder)
-            self.wake()
+            self.look_now()
             return
         new = pages[len(self._sent) :]
-        if not new and not complete:
+        for page in new:
+            self._ahead.pop(page, None)
+        room = max(0, self.settings.pdf.chunk_pages - len(self._ahead))
+        ahead = tuple(p for p in beyond if p not in self._ahead)[:room]
+        if not new and not ahead and not complete:
             return
         if complete and self._too_many_pages(folder, len(pages), build.req.keep_previous):
             self.cancel()
             return
-        log.debug("pdf_pages_added", folder=folder, pages=len(new), final=complete)
-        build.add(new, final=complete)
+        log.debug("pdf_pages_added", folder=folder, pages=len(new), ahead=len(ahead), final=complete)
+        build.add(new, complete, ahead)
         self._sent += new
+        self._ahead.update(dict.fromkeys(ahead))
 
     def _start(self, folder: str, pages: tuple[PdfPage, ...], *, final: bool) -> None:
         keep_previous = self.ledger.has_deleted_sources(folder)
@@ -275,7 +301,7 @@ class FolderPdfs:
             if res.transient:
                 self._retry[res.folder] = time.monotonic() + self.settings.pool.output_retry_s
         self.build = self._result = None
-        self._sent = ()
+        self._sent, self._ahead = (), {}
         self._next_check = 0.0  # the next quiet folder may be waiting already
 
     def _delete_sources(self, req: PdfRequest) -> None:

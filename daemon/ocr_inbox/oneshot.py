@@ -133,7 +133,7 @@ def _ocr(
         done += ok
         bar.advance(ok)
         if pdfs:
-            pdfs.wake()  # its folder may have its next pages (or all of them) now
+            pdfs.wake(rel)  # its folder may have its next pages (or all of them) now
 
     # no point booting more workers than there are images
     dispatch = Dispatch(ledger, executors.create(settings, inbox, max_workers=todo), outbox, settings.pool,
@@ -161,7 +161,7 @@ def _ocr(
 def _finish_pdfs(pdfs: FolderPdfs) -> int:
     """Finish the build under way and build every folder's PDF still due, one after the other;
     returns how many were published in this run."""
-    pdfs.wake()
+    pdfs.look_now()
     while True:
         pdfs.step(may_start=True, quiet_seconds=0.0)
         if not pdfs.busy:

@@ -652,6 +652,13 @@ class Ledger:
         ).fetchone()
         return None if row[0] is None else float(row[0]) + quiet_seconds
 
+    def has_unfinished(self, folder: str) -> bool:
+        """Some image of the folder is queued or with a worker."""
+        row = self._conn.execute(
+            "SELECT 1 FROM images WHERE folder = ? AND status IN ('pending', 'running') LIMIT 1", (folder,)
+        ).fetchone()
+        return row is not None
+
     def growing_folders(self) -> list[FolderRow]:
         """Folders whose PDF is needed with a page done and images still queued or running,
         oldest first (the order ``claim`` OCRs them in)."""

@@ -4,7 +4,9 @@ Recipe (:func:`build_pdf`; :func:`build_folder_pdf` lists a folder first):
 
 1. the caller gives the pages in order (:class:`PageSource`: image path beneath
    the root, its JSON, the version that was OCR'd), all at once or as a stream
-   that yields each page once it is OCR'd (the build then overlaps OCR);
+   that yields each page once it is OCR'd (the build then overlaps OCR; such a
+   stream may yield a page already made ready by :func:`prepare`, which does
+   step 2 but the adding for a page OCR'd before the pages ahead of it);
 2. per image: read it beneath the root and decode it with ``ocr/images.py``,
    the same code and limits as OCR (a file that is not the version OCR'd
    stops the build: :class:`SourceChanged`); store each frame as it is (JPEG
@@ -57,8 +59,8 @@ from ocr_inbox.outbox.names import JSON_SUFFIX, is_temp_for, work_dir_for
 from ocr_inbox.outbox.pdfobj import new_stream
 
 __all__ = [
-    "DEFAULT_DPI", "PageIssue", "PageSource", "PdfImage", "PdfReport", "SourceChanged", "build_folder_pdf",
-    "build_pdf", "list_images", "pdf_image", "work_dir_for",
+    "DEFAULT_DPI", "PageIssue", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
+    "build_folder_pdf", "build_pdf", "list_images", "pdf_image", "prepare", "work_dir_for",
 ]
 
 IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
@@ -239,6 +241,27 @@ def _lossless_page(im: Image.Image, orientation: int, dpi: tuple[float, float]) 
 
 # --- PDF assembly -------------------------------------------------------------
 
+#: the text layer's font resource: /F0
+_FONT = "0"
+
+
+@dataclass(frozen=True)
+class _PageParts:
+    """One page made ready to add: the picture, its invisible text (content stream), its outline title."""
+
+    image: PdfImage
+    text: bytes  # b"": no text layer
+    title: str
+
+
+def _text_ops(image: PdfImage, text_page: Page | None) -> bytes:
+    if text_page is None:
+        return b""
+    width, height = image.page_size
+    tf = textlayer.PixelToPoint.fit(text_page.width, text_page.height, width, height)
+    return textlayer.text_layer(text_page, tf, f"F{_FONT}")
+
+
 
 class _ChunkWriter:
     """Pages go into an in-memory document saved as a chunk PDF every ``size`` pages."""
@@ -251,10 +274,10 @@ class _ChunkWriter:
         #: pages in all chunks, written or not
         self.pages = 0
 
-    def add(self, image: PdfImage, text_page: Page | None) -> None:
+    def add(self, page: _PageParts) -> None:
         if self.doc is None:
             self.doc, self.font_xref = pymupdf.open(), 0
-        doc = self.doc
+        doc, image = self.doc, page.image
         width, height = image.page_size
         doc.new_page(width=width, height=height)
         self.pages += 1
@@ -264,14 +287,11 @@ class _ChunkWriter:
         cm = " ".join(textlayer.num(v, 4) for v in image.matrix())
         contents = [new_stream(doc, "<<>>", f"q {cm} cm /Im0 Do Q\n".encode())]
         fonts = ""
-        if text_page is not None:
-            tf = textlayer.PixelToPoint.fit(text_page.width, text_page.height, width, height)
-            text = textlayer.text_layer(text_page, tf, "F0")
-            if text:
-                if not self.font_xref:
-                    self.font_xref = font.add_font(doc)
-                contents.append(new_stream(doc, "<<>>", text))
-                fonts = f"/Font<</F0 {self.font_xref} 0 R>>"
+        if page.text:
+            if not self.font_xref:
+                self.font_xref = font.add_font(doc)
+            contents.append(new_stream(doc, "<<>>", page.text))
+            fonts = f"/Font<</F{_FONT} {self.font_xref} 0 R>>"
         resources = f"<</XObject<</Im0 {image_xref} 0 R>>{fonts}>>"
         kind, ref = doc.xref_get_key(page_xref, "Resources")
         if kind == "xref":  # fill the page's own empty resources object
@@ -365,7 +385,7 @@ def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
 
 def build_pdf(
     root: Path,
-    pages: Iterable[PageSource],
+    pages: Iterable[PageSource | PreparedImage],
     out_pdf: Path,
     *,
     title: str,
@@ -421,8 +441,15 @@ def build_pdf(
         if keep_previous and out_pdf.exists():
             _take_previous(writer, out_pdf, toc, issues)
         try:
-            for src in pages:
-                _add_image(writer, root, src, limits, toc, issues)
+            for item in pages:
+                if isinstance(item, PreparedImage):
+                    issues.replay(item.issues)
+                    parts: Iterable[_PageParts] = item.pages
+                else:
+                    parts = _image_pages(root, item, limits, issues)
+                for page in parts:
+                    writer.add(page)
+                    toc.append([1, page.title, writer.pages])
             writer.flush()
         finally:
             writer.close()
@@ -444,7 +471,8 @@ def build_pdf(
 
 
 class _Issues:
-    """What went in without text, and what was left out: logged and kept for the report."""
+    """What went in without text, and what was left out: logged (unless ``log`` is None:
+    recorded ahead, by :func:`prepare`, and logged when replayed) and kept for the report."""
 
     def __init__(self, log: Any) -> None:
         self.log = log
@@ -453,13 +481,21 @@ class _Issues:
 
     def without_text(self, issue: PageIssue) -> None:
         self.image_only.append(issue)
-        self.log.warning("pdf_page_without_text", image=issue.image, frame=issue.frame,
-                         reason=issue.reason, detail=issue.detail)
+        if self.log is not None:
+            self.log.warning("pdf_page_without_text", image=issue.image, frame=issue.frame,
+                             reason=issue.reason, detail=issue.detail)
 
     def leave_out(self, issue: PageIssue) -> None:
         self.left_out.append(issue)
-        self.log.warning("pdf_image_left_out", image=issue.image, frame=issue.frame,
-                         reason=issue.reason, detail=issue.detail)
+        if self.log is not None:
+            self.log.warning("pdf_image_left_out", image=issue.image, frame=issue.frame,
+                             reason=issue.reason, detail=issue.detail)
+
+    def replay(self, recorded: _Issues) -> None:
+        for issue in recorded.left_out:
+            self.leave_out(issue)
+        for issue in recorded.image_only:
+            self.without_text(issue)
 
 
 def _take_previous(writer: _ChunkWriter, out_pdf: Path, toc: list[list[Any]], issues: _Issues) -> None:
@@ -481,15 +517,35 @@ def _take_previous(writer: _ChunkWriter, out_pdf: Path, toc: list[list[Any]], is
         toc.extend(outline)
 
 
-def _add_image(
-    writer: _ChunkWriter,
-    root: Path,
-    src: PageSource,
-    limits: images.Limits,
-    toc: list[list[Any]],
-    issues: _Issues,
-) -> None:
-    """Add every frame of one image file; record what went in without text or not at all."""
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready to add before its turn (:func:`prepare`); its issues are logged when added."""
+
+    src: PageSource
+    pages: tuple[_PageParts, ...]
+    issues: _Issues
+
+
+def prepare(root: Path, src: PageSource, limits: images.Limits) -> PreparedImage | None:
+    """Everything :func:`build_pdf` does for one image but adding it: read it beneath ``root``,
+    check it is the version OCR'd (else :class:`SourceChanged`), decode it, lay out its text.
+
+    For a page OCR'd before the pages ahead of it: a streaming build makes it ready
+    while it waits for them. None for a file of several frames: those are done frame
+    by frame in their turn, so memory stays at about a chunk.
+    """
+    issues = _Issues(None)
+    pages: list[_PageParts] = []
+    for page in _image_pages(Path(root), src, limits, issues):
+        if pages:
+            return None
+        pages.append(page)
+    return PreparedImage(src, tuple(pages), issues)
+
+
+def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Issues) -> Iterator[_PageParts]:
+    """Every frame of one image file as a page made ready, one at a time; record what goes in
+    without text or not at all."""
     name = src.rel.rsplit("/", 1)[-1]
     try:
         data, st = images.read_file(str(root), src.rel, limits)
@@ -514,8 +570,8 @@ def _add_image(
                 issues.leave_out(PageIssue(src.rel, "corrupt", frame_no, str(exc)))
                 continue
             text_page = _text_page(src.rel, frame_no, frame.index, image, text_pages, reason, detail, issues)
-            writer.add(image, text_page)
-            toc.append([1, f"{name} ({frame.index + 1}/{frame.count})" if multi else name, writer.pages])
+            title = f"{name} ({frame.index + 1}/{frame.count})" if multi else name
+            yield _PageParts(image, _text_ops(image, text_page), title)
     except BadImage as exc:  # the file as a whole
         issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
 

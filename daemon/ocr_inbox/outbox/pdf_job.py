@@ -7,7 +7,10 @@ a short summary (or the error) over a pipe and exits, returning all its memory.
 A request that is not ``final`` opens a streaming build: more pages follow over
 the same pipe (:class:`MorePages`, in page order) as they are OCR'd, and the
 child adds each as it comes, so the work left when the last one arrives is that
-page and the merge. Nothing is published before the final pages arrived.
+page and the merge. Pages done before the pages ahead of them (another worker's
+batch) come as ``ahead``: the child makes them ready while it waits
+(``pdf.prepare``) and adds them in their turn. Nothing is published before the
+final pages arrived.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class MorePages:
 
     pages: tuple[PdfPage, ...]
     final: bool
+    #: done pages whose turn has not come (some page before them is not done): made ready meanwhile
+    ahead: tuple[PdfPage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,14 +104,26 @@ def _build(conn: Connection, req: PdfRequest) -> None:
     def source(p: PdfPage) -> pdf.PageSource:
         return pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns)
 
-    def stream() -> Iterator[pdf.PageSource]:
+    def stream() -> Iterator[pdf.PageSource | pdf.PreparedImage]:
+        ready: dict[PdfPage, pdf.PreparedImage] = {}
         batch, final = req.pages, req.final
+        ahead: tuple[PdfPage, ...] = ()
         while True:
-            yield from map(source, batch)
+            for p in batch:
+                early = ready.pop(p, None)
+                yield early if early is not None else source(p)
             if final:
                 return
+            for p in ahead:  # at most a chunk of them: memory stays at about two chunks
+                if p not in ready and len(ready) < req.chunk_pages:
+                    try:
+                        made = pdf.prepare(Path(req.inbox), source(p), req.limits)
+                    except Exception:  # noqa: BLE001 - done again in its turn, where an error counts
+                        made = None
+                    if made is not None:
+                        ready[p] = made
             more: MorePages = conn.recv()  # EOFError: the parent cancelled (or died)
-            batch, final = more.pages, more.final
+            batch, ahead, final = more.pages, more.ahead, more.final
 
     try:
         pages = [source(p) for p in req.pages] if req.final else stream()
@@ -148,12 +165,13 @@ class PdfBuild:
         """Still taking pages (a streaming build whose final pages were not sent yet)."""
         return self.started is None
 
-    def add(self, pages: tuple[PdfPage, ...], final: bool) -> None:
-        """Send an open build its next pages; a child that ended early (an error) tells ``result()``."""
+    def add(self, pages: tuple[PdfPage, ...], final: bool, ahead: tuple[PdfPage, ...] = ()) -> None:
+        """Send an open build its next pages (and pages to make ready before their turn);
+        a child that ended early (an error) tells ``result()``."""
         if final:
             self.started = time.monotonic()
         try:
-            self._conn.send(MorePages(pages, final))
+            self._conn.send(MorePages(pages, final, ahead))
         except OSError:  # BrokenPipeError: it ended already, its result is in the pipe
             pass
 
