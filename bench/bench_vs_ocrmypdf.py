@@ -1,6 +1,6 @@
 """Folder -> searchable PDF: ``ocr-inbox ocr --pdf`` against OCRmyPDF on the same pages and cores.
 
-    python bench/bench_vs_ocrmypdf.py [--pages 24] [--rounds 3] [--folders 1] [--cpus 0,1] [--base REV]
+    python bench/bench_vs_ocrmypdf.py [--pages 24] [--rounds 3] [--folders 1] [--cpus 0,1] [--base REV] [--no-ocrmypdf]
 
 Input: XFUND Chinese forms (A4 scans, 2480x3508 at 300 dpi) from ``../shared/corpus``,
 cycled to ``--pages`` pages named ``pNNN_<source>.jpg`` in one folder (or split over
@@ -18,7 +18,8 @@ Rounds are interleaved (the order alternates each round) so both see the same lo
 medians are reported, with pages/s and the ratio. ``--cpus`` pins every process to
 those cores (``taskset``), e.g. to compare on 2 cores of a bigger machine.
 ``--base REV`` also times another commit's ``ocr-inbox`` in the same rounds
-(e.g. the commit before the PDF overlap, to see what it pays).
+(e.g. the commit before the PDF overlap, to see what it pays); with
+``--no-ocrmypdf`` only the two ocr-inbox versions run.
 
 Accuracy: the text layer of each PDF (PyMuPDF), page by page, scored with
 ``../shared/tools/ocr_score.py`` (order-insensitive char F1 after NFKC) on the first
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -124,6 +126,13 @@ class Run:
     pdfs: dict[str, Path]  # folder -> output
     log: str = ""
     t0: float = 0.0  # wall time at start
+    cpu_s: float = 0.0  # user + system of every process of the run (on a busy box: what it cost)
+
+
+def children_cpu() -> float:
+    """CPU seconds of all waited-for descendants so far (workers, PDF child, tesseract included)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def run_ocr_inbox(pages: Pages, work: Path, src: Path, cpus: str) -> Run:
@@ -132,25 +141,25 @@ def run_ocr_inbox(pages: Pages, work: Path, src: Path, cpus: str) -> Run:
     cmd = [sys.executable, "-m", "ocr_inbox", "ocr", str(pages.inbox), str(out), "--pdf", "--no-progress",
            "--state-dir", str(work / "state"), "--models-dir", str(MODELS), "--log-format", "logfmt"]
     env = {**os.environ, "PYTHONPATH": str(src / "daemon")}
-    t0 = time.time()
+    cpu0, t0 = children_cpu(), time.time()
     res = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, env=env)
     wall = time.time() - t0
     if res.returncode != 0:
         sys.exit(f"ocr-inbox failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return Run(wall, {f: out / f / f"{f}.pdf" for f in pages.folders}, res.stderr, t0)
+    return Run(wall, {f: out / f / f"{f}.pdf" for f in pages.folders}, res.stderr, t0, children_cpu() - cpu0)
 
 
 def run_ocrmypdf(inputs: dict[str, Path], work: Path, ocrmypdf: list[str], jobs: int, langs: str, cpus: str) -> Run:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     outs = {f: work / f"{f}.pdf" for f in inputs}
-    t0 = time.time()
+    cpu0, t0 = children_cpu(), time.time()
     for folder, pdf in inputs.items():
         cmd = [*ocrmypdf, "--jobs", str(jobs), "-l", langs, str(pdf), str(outs[folder])]
         res = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True)
         if res.returncode != 0:
             sys.exit(f"ocrmypdf failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return Run(time.time() - t0, outs, t0=t0)
+    return Run(time.time() - t0, outs, t0=t0, cpu_s=children_cpu() - cpu0)
 
 
 def pdf_texts(run: Run, pages: Pages) -> dict[str, str]:
@@ -229,15 +238,17 @@ def main() -> None:
     ap.add_argument("--ocrmypdf", default=f"{sys.executable} -m ocrmypdf", help="how to run OCRmyPDF")
     ap.add_argument("--cpus", default="", help="pin every process to these cores (taskset -c)")
     ap.add_argument("--base", help="also time this commit's ocr-inbox")
+    ap.add_argument("--no-ocrmypdf", action="store_true", help="only ocr-inbox (with --base: two versions)")
     ap.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
     args = ap.parse_args()
     ocrmypdf = args.ocrmypdf.split()
-    check_tools(ocrmypdf, args.langs)
+    if not args.no_ocrmypdf:
+        check_tools(ocrmypdf, args.langs)
     print(machine(), f"| cpus {args.cpus or 'all'} | load before {load()}")
 
     root = args.work or Path(tempfile.mkdtemp(prefix="bench-vs-ocrmypdf-"))
     pages = make_inbox(root, args.pages, args.folders, tuple(args.sets.split(",")))
-    inputs = make_input_pdfs(pages, root / "ocrmypdf-in")
+    inputs = {} if args.no_ocrmypdf else make_input_pdfs(pages, root / "ocrmypdf-in")
     n = args.pages
     print(f"{n} pages in {args.folders} folder(s), {args.rounds} round(s), interleaved")
 
@@ -248,8 +259,9 @@ def main() -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree), args.base],
                        check=True, capture_output=True)
         contenders[f"ocr-inbox {args.base}"] = base_tree
-    names = [*contenders, "OCRmyPDF"]
+    names = [*contenders] + ([] if args.no_ocrmypdf else ["OCRmyPDF"])
     walls: dict[str, list[float]] = {name: [] for name in names}
+    cpus: dict[str, list[float]] = {name: [] for name in names}
     #: per run: char F1, and for ocr-inbox the breakdown of its log
     parts: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     try:
@@ -263,20 +275,24 @@ def main() -> None:
                     run = run_ocr_inbox(pages, root / "ocr-inbox", contenders[name], args.cpus)
                     figures = breakdown(run)
                 walls[name].append(run.wall_s)
-                print(f"round {r + 1} {name}: {run.wall_s:.2f} s ({n / run.wall_s:.2f} pages/s), load before {before}",
-                      flush=True)
+                cpus[name].append(run.cpu_s)
+                print(f"round {r + 1} {name}: {run.wall_s:.2f} s ({n / run.wall_s:.2f} pages/s), "
+                      f"CPU {run.cpu_s:.1f} s, load before {before}", flush=True)
                 figures["char F1"] = char_f1(pdf_texts(run, pages), pages, root / "pred" / name.replace(" ", "_"))
                 parts[name].append(figures)
     finally:
         if base_tree is not None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)], capture_output=True)
 
-    ref = statistics.median(walls["OCRmyPDF"])
-    print(f"\n| | median wall s | pages/s | vs OCRmyPDF | char F1 | runs (s) |\n|---|---|---|---|---|---|")
+    ref = statistics.median(walls[names[-1]])
+    cref = statistics.median(cpus[names[-1]])
+    print(f"\n| | median wall s | pages/s | vs {names[-1]} | CPU s | CPU vs {names[-1]} | char F1 | runs (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, ws in walls.items():
-        med = statistics.median(ws)
+        med, cpu = statistics.median(ws), statistics.median(cpus[name])
         f1 = parts[name][-1]["char F1"]
-        print(f"| {name} | {med:.2f} | {n / med:.2f} | {ref / med:.2f}x | {f1:.3f} | {', '.join(f'{w:.1f}' for w in ws)} |")
+        print(f"| {name} | {med:.2f} | {n / med:.2f} | {ref / med:.2f}x | {cpu:.1f} | {cref / cpu:.2f}x | {f1:.3f} "
+              f"| {', '.join(f'{w:.1f}' for w in ws)} |")
     for name in contenders:
         print(f"\n{name}, medians over the rounds (seconds from process start):")
         for key in parts[name][0]:

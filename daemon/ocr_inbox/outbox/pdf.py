@@ -4,9 +4,9 @@ Recipe (:func:`build_pdf`; :func:`build_folder_pdf` lists a folder first):
 
 1. the caller gives the pages in order (:class:`PageSource`: image path beneath
    the root, its JSON, the version that was OCR'd), all at once or as a stream
-   that yields each page once it is OCR'd (the build then overlaps OCR; such a
-   stream may yield a page already made ready by :func:`prepare`, which does
-   step 2 but the adding for a page OCR'd before the pages ahead of it);
+   that yields each page once it is OCR'd (the build then overlaps OCR; a page
+   OCR'd before the pages ahead of it may come made ready by :func:`prepare`,
+   which is step 2 up to adding the page);
 2. per image: read it beneath the root and decode it with ``ocr/images.py``,
    the same code and limits as OCR (a file that is not the version OCR'd
    stops the build: :class:`SourceChanged`); store each frame as it is (JPEG
@@ -241,10 +241,6 @@ def _lossless_page(im: Image.Image, orientation: int, dpi: tuple[float, float]) 
 
 # --- PDF assembly -------------------------------------------------------------
 
-#: the text layer's font resource: /F0
-_FONT = "0"
-
-
 @dataclass(frozen=True)
 class _PageParts:
     """One page made ready to add: the picture, its invisible text (content stream), its outline title."""
@@ -259,8 +255,7 @@ def _text_ops(image: PdfImage, text_page: Page | None) -> bytes:
         return b""
     width, height = image.page_size
     tf = textlayer.PixelToPoint.fit(text_page.width, text_page.height, width, height)
-    return textlayer.text_layer(text_page, tf, f"F{_FONT}")
-
+    return textlayer.text_layer(text_page, tf, "F0")
 
 
 class _ChunkWriter:
@@ -291,7 +286,7 @@ class _ChunkWriter:
             if not self.font_xref:
                 self.font_xref = font.add_font(doc)
             contents.append(new_stream(doc, "<<>>", page.text))
-            fonts = f"/Font<</F{_FONT} {self.font_xref} 0 R>>"
+            fonts = f"/Font<</F0 {self.font_xref} 0 R>>"
         resources = f"<</XObject<</Im0 {image_xref} 0 R>>{fonts}>>"
         kind, ref = doc.xref_get_key(page_xref, "Resources")
         if kind == "xref":  # fill the page's own empty resources object
