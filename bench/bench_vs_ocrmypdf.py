@@ -282,7 +282,8 @@ def main() -> None:
                 parts[name].append(figures)
     finally:
         if base_tree is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)], capture_output=True)
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)],
+                           capture_output=True)
 
     ref = statistics.median(walls[names[-1]])
     cref = statistics.median(cpus[names[-1]])

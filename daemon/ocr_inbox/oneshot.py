@@ -96,7 +96,8 @@ def run(
         done_before = reports.stats(ledger, time.time()).done
         todo = ledger.unfinished()
         log.info("scan_done", inbox=str(inbox), to_do=todo, current=done_before)
-        folder_pdfs = FolderPdfs(ledger, settings, inbox, outbox, stream=True) if pdfs and settings.pdf.enabled else None
+        want_pdfs = pdfs and settings.pdf.enabled
+        folder_pdfs = FolderPdfs(ledger, settings, inbox, outbox, stream=True) if want_pdfs else None
         try:
             done = _ocr(settings, inbox, outbox, ledger, intake, todo, progress, folder_pdfs) if todo else 0
             built = _finish_pdfs(folder_pdfs) if folder_pdfs else 0
