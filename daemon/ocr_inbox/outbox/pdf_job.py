@@ -20,8 +20,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,8 @@ class PdfBuild:
         if final:
             self.started = time.monotonic()
         try:
+            # (a child slower than OCR fills the pipe, and this then waits for it: the
+            # run would wait for its PDF at the end anyway)
             self._conn.send(MorePages(pages, final, ahead))
         except OSError:  # BrokenPipeError: it ended already, its result is in the pipe
             pass
