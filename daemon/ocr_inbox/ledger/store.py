@@ -682,12 +682,7 @@ class Ledger:
 
     def pages_of(self, folder: str) -> list[ImageRow]:
         """The folder's done images whose source is still in the inbox: its PDF's new pages."""
-        rows = self._conn.execute(
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status = 'done'"
-            " AND source_deleted = 0 ORDER BY natkey, rel",
-            (folder,),
-        ).fetchall()
-        return [_image(r) for r in rows]
+        return [r for r in self.folder_images(folder) if r.status == ImageStatus.done]
 
     def has_deleted_sources(self, folder: str) -> bool:
         """Some of the folder's pages live on only in its published PDF (``delete_processed``)."""
