@@ -452,13 +452,18 @@ class LoadedImage:
 
 def upright_bgr(frame: Frame) -> np.ndarray:
     """The frame as the engine sees it: 8-bit BGR, EXIF orientation applied."""
+    import cv2  # the engine's own dependency: loaded in a worker already, not in the daemon or the PDF child
+
     im = frame.image
     if im.mode == "I;16":
         im = _stretch(im)
-    rgb = im if im.mode == "RGB" else im.convert("RGB")
     if frame.orientation in _UPRIGHT:
-        rgb = rgb.transpose(_UPRIGHT[frame.orientation])
-    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+        im = im.transpose(_UPRIGHT[frame.orientation])
+    if im.mode == "L":  # grey pages (bilevel ones are "1"): one channel to swap, none to convert
+        return cv2.cvtColor(np.asarray(im), cv2.COLOR_GRAY2BGR)
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    # one vectorised pass; numpy's reversed-channel copy took 28 ms of a 300-dpi A4 page's 123
+    return cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR)
 
 
 def pages(data: bytes, limits: Limits) -> Iterator[PageImage]:
