@@ -1,7 +1,7 @@
 """Recognition batch size per engine on ../shared/corpus: time per page and accuracy.
 
     OCR_INBOX_MODELS_DIR=.models python bench/bench_rec_batch.py [--profiles a,b] [--batches 1,2,4,8,16]
-        [--reps 3] [--threads 1] [--device cpu]
+        [--reps 3] [--threads 1] [--device cpu] [--cli]
 
 For each profile, one engine per batch size in this process (``[ocr] rec_batch_size``;
 PaddleX sorts a page's line crops by width before batching them, and pads each
@@ -9,6 +9,11 @@ batch to its widest crop). Every page goes through every batch size, in a shuffl
 order per page, ``--reps`` times; the table gives medians over the passes of the
 per-pass total and of its ratio to batch 1 in the same pass (robust to a busy
 machine), and the char F1 of the first pass (padding can change a line's reading).
+
+``--cli``: instead, ``ocr-inbox ocr`` over the corpus per batch size (2 workers x 1
+thread, start-up included), each run in its own processes, batch sizes interleaved.
+Use it for Paddle's engine: predictors in one process share oneDNN's cache of
+compiled shapes, so the in-process figures would not be a worker's.
 """
 
 from __future__ import annotations
@@ -77,6 +82,32 @@ def bench(profile: str, batches: list[int], reps: int, pages: list[tuple[str, li
     del engines
 
 
+def bench_cli(profile: str, batches: list[int], reps: int, work: Path) -> None:
+    from common import copy_corpus, ocr_cli, write_predictions
+
+    inbox = work / "in"
+    if not inbox.is_dir():
+        copy_corpus(inbox)
+    n = sum(1 for p in inbox.rglob("*") if p.is_file())
+    secs: dict[int, list[float]] = {bs: [] for bs in batches}
+    for rep in range(reps):
+        for bs in batches if rep % 2 == 0 else batches[::-1]:
+            cfg = work / f"b{bs}.toml"
+            cfg.write_text(f'[ocr]\nrec_batch_size = {bs}\nprofile = "{profile}"\n')
+            out = work / f"out-{profile}-{bs}-{rep}"
+            secs[bs].append(ocr_cli(inbox, out, work / f"state-{profile}-{bs}-{rep}", "--config", str(cfg)))
+            if rep == 0:
+                write_predictions(out, work / f"clipred-{profile}-{bs}")
+        print(f"# {profile} cli pass {rep + 1}: " + ", ".join(f"b{bs} {secs[bs][-1]:.1f}s" for bs in batches), flush=True)
+    print(f"\n## {profile}, `ocr-inbox ocr`, {n} images, 2 workers x 1 thread, {reps} runs (wall time with start-up)\n")
+    print("| rec batch | s/image | time vs batch 1 | char F1 | word F1 (Latin) |")
+    print("|---|---|---|---|---|")
+    for bs in batches:
+        rows = parse_score(score(work / f"clipred-{profile}-{bs}"))
+        ratio = statistics.median(secs[bs][r] / secs[batches[0]][r] for r in range(reps))
+        print(f"| {bs} | {statistics.median(secs[bs]) / n:.3f} | {ratio:.2f} | {rows['ALL'][0]:.3f} | {rows['ALL'][1]:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profiles", default="ppocrv6-tiny,ppocrv6-small,ppocrv4-mobile-onnx,ppocrv4-mobile")
@@ -84,12 +115,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="per engine, as in a worker")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cli", action="store_true", help="whole `ocr-inbox ocr` runs, one per batch size")
     args = ap.parse_args()
     print(f"# machine: {machine()}")
-    pages = load_pages()
+    batches = [int(b) for b in args.batches.split(",")]
     with tempfile.TemporaryDirectory() as td:
         for prof in args.profiles.split(","):
-            bench(prof, [int(b) for b in args.batches.split(",")], args.reps, pages, args, Path(td))
+            if args.cli:
+                bench_cli(prof, batches, args.reps, Path(td))
+            else:
+                bench(prof, batches, args.reps, load_pages(), args, Path(td))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class OcrSettings(_Section):
     workers_per_device: int = Field(default=0, ge=0, le=64)
     #: CPU threads per worker; 0 = tuned default (cores / workers, at least 1)
     threads_per_worker: int = Field(default=0, ge=0, le=256)
-    #: recognition batch size; 0 = measured default (1 on CPU, 8 on GPU: ocr/engine.rec_batch_size)
+    #: recognition batch size; 0 = measured default (CPU: 1 on ONNX Runtime, 2 on Paddle; GPU: 8)
     rec_batch_size: int = Field(default=0, ge=0, le=256)
     #: keep word-level boxes (PDF highlights cover words, not whole lines)
     word_boxes: bool = True

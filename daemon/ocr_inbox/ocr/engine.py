@@ -130,18 +130,21 @@ def convert_result(res: Any, min_score: float = 0.0, refined: Mapping[int, Refin
 def rec_batch_size(engine: str, device: str, configured: int = 0) -> int:
     """Recognition batch size: ``configured``, else what measured fastest for the engine.
 
-    Paddle on CPU: oneDNN re-plans every new input shape, so batch 1 (models.md).
-    ONNX Runtime on CPU: see docs/BENCHMARKS.md ("Recognition batch size").
-    GPUs: batches keep the device busy (8, PaddleX's own pipeline default for GPUs)."""
+    Measured on the corpus (docs/BENCHMARKS.md, "Recognition batch size"): on the CPU,
+    ONNX Runtime is fastest one line at a time (a batch is padded to its widest line,
+    and the padding is computed too); Paddle's oneDNN re-plans every new input shape,
+    and batches of 2 halve the shapes for less padding than larger ones. GPUs: batches
+    keep the device busy (8, PaddleX's GPU default; on paper, no GPU measured here)."""
     if configured:
         return configured
     if not device.startswith("cpu"):
         return 8
-    return ORT_CPU_REC_BATCH if engine == "onnxruntime" else 1
+    return ORT_CPU_REC_BATCH if engine == "onnxruntime" else PADDLE_CPU_REC_BATCH
 
 
-#: ONNX Runtime's CPU recognition batch (docs/BENCHMARKS.md, bench/bench_rec_batch.py)
+#: CPU recognition batches (bench/bench_rec_batch.py)
 ORT_CPU_REC_BATCH = 1
+PADDLE_CPU_REC_BATCH = 2
 
 
 class PaddleXEngine:
