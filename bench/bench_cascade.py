@@ -1,7 +1,7 @@
 """The confidence cascade on ../shared/corpus: threshold -> accuracy, time relative to tiny, memory.
 
     OCR_INBOX_MODELS_DIR=.models python bench/bench_cascade.py [--below 0.9,0.95,0.98] [--reps 3]
-        [--cli-reps 3] [--cli-below 0.95] [--skip curve,cli,rss]
+        [--cli-reps 3] [--cli-below 0.93,0.95] [--skip curve,cli,rss]
 
 (1) curve: one engine per setting in this process (1 thread each, as in a worker): ppocrv6-tiny,
     tiny + the cascade at each ``--below``, ppocrv6-small. Every corpus page goes through every
@@ -9,7 +9,8 @@
     each setting's total and of its ratio to tiny *in the same pass*, so a busy machine slows
     every setting alike. Accuracy: the first pass's text, scored by ../shared/tools/ocr_score.py.
 (2) cli: ``ocr-inbox ocr`` over the corpus (2 workers, start-up and model loading included)
-    for tiny, the cascade at ``--cli-below`` and small, interleaved, ``--cli-reps`` times, medians.
+    for tiny, the cascade at each ``--cli-below`` and small, interleaved (the order reversed
+    every other run), ``--cli-reps`` times: medians of wall time and of the ratio to tiny.
 (3) rss: a fresh process per setting creates the engine and OCRs every page (what a worker
     holds): peak (VmHWM) and final (VmRSS) resident memory, twice each, interleaved, medians.
 """
@@ -119,30 +120,34 @@ def parse_score(out: str) -> dict[str, tuple[float, float]]:
     return rows
 
 
-def cli(below: float, reps: int, work: Path) -> None:
+def cli(below: list[float], reps: int, work: Path) -> None:
     from common import copy_corpus, write_predictions
 
     inbox = work / "in"
     rels = copy_corpus(inbox)
-    cfg = work / "cascade.toml"
-    cfg.write_text(f'[ocr]\nrefine_below = {below}\nrefine_profile = "{SMALL}"\n')
     off = work / "off.toml"
     off.write_text("[ocr]\nrefine_below = 0\n")
-    runs = {"tiny": ["--config", str(off)], f"tiny, re-read < {below:g}": ["--config", str(cfg)], "small": ["--config", str(off), "--profile", SMALL]}
+    runs = {"tiny": ["--config", str(off)]}
+    for b in below:
+        cfg = work / f"cascade{b}.toml"
+        cfg.write_text(f'[ocr]\nrefine_below = {b}\nrefine_profile = "{SMALL}"\n')
+        runs[f"tiny, re-read < {b:g}"] = ["--config", str(cfg)]
+    runs["small"] = ["--config", str(off), "--profile", SMALL]
+    key = {n: f"s{i}" for i, n in enumerate(runs)}  # each setting its own outbox and ledger
     secs: dict[str, list[float]] = {n: [] for n in runs}
     for rep in range(reps):
         for n, extra in (runs.items() if rep % 2 == 0 else reversed(runs.items())):
-            out = work / f"out-{rep}-{len(secs[n])}-{n[:4]}"
-            secs[n].append(ocr_cli(inbox, out, work / f"state-{rep}-{n[:4]}", *extra))
+            out = work / f"out-{rep}-{key[n]}"
+            secs[n].append(ocr_cli(inbox, out, work / f"state-{rep}-{key[n]}", *extra))
             if rep == 0:
-                write_predictions(out, work / f"clipred-{n[:4]}")
+                write_predictions(out, work / f"clipred-{key[n]}")
         print(f"# cli pass {rep + 1}: " + ", ".join(f"{n} {s[-1]:.1f}s" for n, s in secs.items()), flush=True)
     print(f"\n## `ocr-inbox ocr`, {len(rels)} images, 2 workers x 1 thread, {reps} runs each (wall time with start-up)\n")
     print("| setting | wall s (median) | s/image | vs tiny | char F1 | word F1 (Latin) |")
     print("|---|---|---|---|---|---|")
     for n, s in secs.items():
         ratio = statistics.median(s[r] / secs["tiny"][r] for r in range(reps))
-        rows = parse_score(score(work / f"clipred-{n[:4]}"))
+        rows = parse_score(score(work / f"clipred-{key[n]}"))
         med = statistics.median(s)
         print(f"| {n} | {med:.1f} | {med / len(rels):.3f} | {ratio:.2f} | {rows['ALL'][0]:.3f} | {rows['ALL'][1]:.3f} |")
 
@@ -163,8 +168,8 @@ print(json.dumps({k: int(st[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS")})
 """
 
 
-def rss(below: float, reps: int, work: Path) -> None:
-    names = [TINY, f"<{below:g}", SMALL]
+def rss(below: list[float], reps: int, work: Path) -> None:
+    names = [TINY] + [f"<{b:g}" for b in below] + [SMALL]
     got: dict[str, list[dict[str, int]]] = {n: [] for n in names}
     for rep in range(reps):
         for n in names if rep % 2 == 0 else reversed(names):
@@ -185,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--below", default="0.8,0.9,0.93,0.95,0.97,0.98,0.99,1.0")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--cli-below", type=float, default=0.95)
+    ap.add_argument("--cli-below", default="0.93,0.95", help="cascade thresholds for the cli and rss parts")
     ap.add_argument("--cli-reps", type=int, default=3)
     ap.add_argument("--skip", default="")
     args = ap.parse_args()
@@ -195,10 +200,11 @@ def main() -> None:
         work = Path(td)
         if "curve" not in skip:
             curve([float(b) for b in args.below.split(",")], args.reps, work)
+        cli_below = [float(b) for b in args.cli_below.split(",")]
         if "cli" not in skip:
-            cli(args.cli_below, args.cli_reps, work)
+            cli(cli_below, args.cli_reps, work)
         if "rss" not in skip:
-            rss(args.cli_below, 2, work)
+            rss(cli_below, 2, work)
 
 
 if __name__ == "__main__":
