@@ -13,9 +13,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -133,7 +133,7 @@ def rec_batch_size(engine: str, device: str, configured: int = 0) -> int:
     Measured on the corpus (docs/BENCHMARKS.md, "Recognition batch size"): on the CPU,
     ONNX Runtime is fastest one line at a time (a batch is padded to its widest line,
     and the padding is computed too); Paddle's oneDNN re-plans every new input shape,
-    and batches of 2 halve the shapes for less padding than larger ones. GPUs: batches
+    and batches of 2 measured fastest (fewer shapes, little padding). GPUs: batches
     keep the device busy (8, PaddleX's GPU default; on paper, no GPU measured here)."""
     if configured:
         return configured
