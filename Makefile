@@ -2,14 +2,18 @@
 #   make run   set everything up, then run the daemon on ./inbox -> ./outbox
 #   make test  set everything up, then run the whole test suite
 # Everything lives in ./.venv, ./.models (offline model weights) and ./state.
+# `make` also writes .venv/etc/ocr-inbox/ocr-inbox.toml (the installation's own
+# configuration, read when no --config or $OCR_INBOX_CONFIG is given), so the
+# next `.venv/bin/ocr-inbox ...` finds these models, state and folders too.
 
 PYTHON ?= python3
 VENV   ?= .venv
 MODELS ?= $(CURDIR)/.models
 STATE  ?= $(CURDIR)/state
 BIN     = $(VENV)/bin
+SITE_CONFIG = $(VENV)/etc/ocr-inbox/ocr-inbox.toml
 
-.PHONY: run test models setup setup-test bench clean
+.PHONY: run test models site-config setup setup-test bench clean
 
 $(BIN)/ocr-inbox: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +34,16 @@ $(MODELS)/.installed: $(BIN)/ocr-inbox
 	$(BIN)/ocr-inbox models install --all --models-dir $(MODELS) --state-dir $(STATE)
 	touch $@
 
-models: $(MODELS)/.installed
+# Written once: edit it, or delete it to have it written again (values as JSON strings, valid TOML).
+$(SITE_CONFIG):
+	mkdir -p $(@D)
+	$(PYTHON) -c 'import json, sys; print("# Written by make (Makefile: site-config). Flags, OCR_INBOX_* and --config override it.\n[paths]"); print("\n".join(f"{k} = {json.dumps(v)}" for k, v in zip(("inbox", "outbox", "state_dir", "models_dir"), sys.argv[1:])))' \
+		'$(CURDIR)/inbox' '$(CURDIR)/outbox' '$(STATE)' '$(MODELS)' > $@.tmp
+	mv $@.tmp $@
+
+site-config: $(SITE_CONFIG)
+
+models: $(MODELS)/.installed $(SITE_CONFIG)
 
 run: setup models
 	mkdir -p inbox outbox

@@ -14,7 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 SCORE = REPO.parent / "shared" / "tools" / "ocr_score.py"
-MODELS = Path(os.environ.get("OCR_INBOX_MODELS_DIR", REPO / ".models"))
+#: as every command reads $OCR_INBOX_MODELS_DIR (empty = unset), else where `make` installs them
+MODELS = Path(os.environ.get("OCR_INBOX_MODELS_DIR") or REPO / ".models")
 
 
 def corpus_images() -> list[str]:

@@ -8,15 +8,18 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from daemon_harness import cli_env
+from ocr_inbox import config
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
-MODELS = Path(os.environ.get("OCR_INBOX_MODELS_DIR", REPO / ".models"))
+#: read as every command reads it (an empty value is unset); else where `make` installs them
+MODELS = config.env_path(config.ENV_MODELS_DIR) or REPO / ".models"
 
 #: corpus pages every real-inference test may use (English and Chinese)
 PAGES = ("tesseract_test/phototest.tif", "xfund_zh/zh_val_0.jpg", "funsd/82092117.png")
@@ -91,3 +94,17 @@ def corpus_ocr(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> tu
     res = run_cli("ocr", inbox, outbox, "--no-progress", state_dir=root / "state", models=models_dir)
     assert res.returncode == 0, res.stderr
     return inbox, outbox
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left() -> Iterator[None]:
+    """A test that fails half-way leaves no daemon (and its workers) running into the next ones."""
+    from daemon_harness import Daemon
+
+    before = len(Daemon.started)  # (daemons of module-scoped fixtures were started before this)
+    yield
+    while len(Daemon.started) > before:
+        d = Daemon.started.pop()
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()  # its workers and PDF child die with it (PR_SET_PDEATHSIG)
+            d.proc.wait(timeout=30)

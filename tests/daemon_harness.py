@@ -35,16 +35,21 @@ def toml_config(base: dict[str, dict[str, object]], sections: dict[str, dict[str
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment for an ``ocr-inbox`` child: none of our own systemd
-    variables leak in, and the test engine plug-in is importable."""
+    variables leak in, the test engine plug-in is importable, and no configuration
+    file is read unless a test passes --config (not the one `make` writes into the venv)."""
     env = dict(os.environ)
-    for k in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID"):
+    for k in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "OCR_INBOX_STATE_DIR"):
         env.pop(k, None)
+    env["OCR_INBOX_CONFIG"] = os.devnull  # an empty file: defaults
     env["PYTHONPATH"] = os.pathsep.join([str(FAKES), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
 
 
 class Daemon:
+    #: every daemon a test started: conftest's ``no_daemon_left`` kills those a failed test left running
+    started: list[Daemon] = []
+
     def __init__(self, root: Path, models: Path, config: str = "", watchdog_usec: int = 0, name: str = "daemon") -> None:
         self.root = root
         self.inbox = root / "inbox"
@@ -85,6 +90,7 @@ class Daemon:
         self._stdout = open(self.stdout_path, "ab")
         self.t_start = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self._stdout, stderr=self._log, env=env)
+        Daemon.started.append(self)
         self._reader = threading.Thread(target=self._read_notify, daemon=True)
         self._reader.start()
         return self
@@ -179,6 +185,55 @@ class Daemon:
 
     def pids(self, event: str = "worker_spawned") -> list[int]:
         return [int(e["pid"]) for e in self.events(event)]
+
+    def metrics_address(self) -> str:
+        """Where the daemon serves its metrics (``[metrics] listen``, port 0: the one it took)."""
+        (ev,) = self.events("metrics_serving")
+        return ev["address"].strip('"')
+
+    def metrics(self) -> Samples:
+        """A scrape of the daemon's ``/metrics``, parsed with prometheus_client's parser."""
+        return scrape(self.metrics_address())
+
+
+#: (sample name, sorted labels) -> value
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> tuple[Samples, dict[str, Any]]:
+    """Every sample of a Prometheus text exposition, and its families by name (help text, type)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: Samples = {}
+    families = {}
+    for fam in text_string_to_metric_families(text):
+        families[fam.name] = fam
+        for sample in fam.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples, families
+
+
+def scrape(address: str) -> Samples:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as res:
+        assert res.status == 200
+        assert res.headers["Content-Type"].startswith("text/plain")
+        return parse_metrics(res.read().decode())[0]
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """``name``'s non-zero samples, summed by the value of ``label``."""
+    out: dict[str, float] = {}
+    for (n, labels), v in samples.items():
+        if n == name and v:
+            key = dict(labels)[label]
+            out[key] = out.get(key, 0.0) + v
+    return out
 
 
 def alive(pid: int) -> bool:

@@ -41,6 +41,7 @@ import structlog
 import imagemaker as im
 from conftest import CORPUS
 from daemon_harness import Daemon, json_files, temp_files
+from ocr_inbox import reasons
 from ocr_inbox.logs import _escape
 from ocr_inbox.outbox.names import pdf_path_for
 
@@ -406,7 +407,8 @@ def check_refused(b: Battery, rel: str) -> None:
     assert not json_written(b.d.outbox, rel)
     fail = b.failures[rel]
     assert fail["reason"] == want.reason, fail
-    assert fail["detail"], fail  # a reason a person can act on
+    assert fail["detail"], fail
+    assert fail["advice"] == reasons.advice(want.reason) and want.reason in reasons.ADVICE, fail  # what to do
     lines = log_lines(b.d, want.event, rel)
     assert lines, f"no {want.event} line for {rel!r}"
     assert all(f" reason={want.reason} " in ln + " " for ln in lines), lines

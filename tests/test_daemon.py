@@ -7,6 +7,7 @@ import pytest
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 import pymupdf
@@ -50,9 +51,21 @@ def test_lifecycle_notify_and_clean_stop(tmp_path: Path, models_dir: Path) -> No
     d.wait_notify(lambda m: m.startswith("STATUS=queued 0, running 0, done 0"), start=ready)
     shutil.copy(CORPUS / "cnocr/helloworld.jpg", d.inbox / "hello.jpg")
     d.wait_notify(lambda m: m.startswith("STATUS=") and "done 1," in m, start=ready)
+    # status shows the running daemon's workers (from its live view), on this host
+    def idle_after_one(v: dict) -> bool:
+        return sum(w["images"] for w in v["workers"]) == 1 and {w["state"] for w in v["workers"]} == {"idle"}
+
+    live = d.until(lambda: v if idle_after_one(v := d.status()["daemon"]) else None, "the live view")
+    assert live["running"] and live["executor"] == "local" and live["pid"] == d.proc.pid
+    assert len(live["workers"]) == int(logged["workers"])
+    assert {(w["node"], w["device"]) for w in live["workers"]} == {(socket.gethostname(), "cpu")}
     human = run_cli("status", state_dir=d.state, models=models_dir)
     assert human.returncode == 0 and "done 1" in human.stdout and "folders" in human.stdout
+    assert "daemon: running" in human.stdout and "workers per node" in human.stdout
     assert d.stop() == 0
+    after = d.status()["daemon"]
+    assert not after["running"] and after["workers"] == []
+    assert "daemon: not running" in run_cli("status", state_dir=d.state, models=models_dir).stdout
     assert any(m == "STOPPING=1" for m in d.messages)
     assert d.events("stopped")
     assert (tmp_path / "stdout.txt").read_text() == ""  # logs go to stderr; stdout stays clean
@@ -87,6 +100,7 @@ def test_folders_become_searchable_pdfs_and_late_pages_rebuild(tmp_path: Path, m
     d.until(lambda: book_pdf.stat().st_mtime_ns != first_build and _pdf_text(book_pdf)[0] == 4, "the rebuilt PDF")
     folders = {f["folder"]: f for f in d.status()["folders"]}
     assert folders["book"]["pdf_state"] == "done" and folders["book"]["pdf_pages"] == 4
+    assert Path(folders["book"]["pdf_path"]).resolve() == book_pdf.resolve()
     assert d.stop() == 0
 
 

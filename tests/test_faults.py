@@ -229,7 +229,14 @@ def test_full_state_dir_pauses_and_resumes_by_itself(tmp_path: Path, models_dir:
     d.until(lambda: d.events("ledger_write_failed"), "the ledger's full disk noticed")
     assert d.proc is not None and d.proc.poll() is None
     filler.unlink()
-    d.until(lambda: d.status()["totals"]["done"] == len(rels), "everything recorded once space returned")
+
+    def all_in_the_pdf() -> bool:  # an image the full disk kept out of the ledger may arrive after a first PDF
+        st = d.status()
+        return st["totals"]["done"] == len(rels) and all(
+            f["pdf_state"] == "done" and f["pdf_pages"] == f["done"] for f in st["folders"]
+        )
+
+    d.until(all_in_the_pdf, "everything recorded, and in the PDF, once space returned")
     assert d.stop() == 0
     _check_consistent(tmp_path, final=True)
 

@@ -179,3 +179,29 @@ def test_oneshot_killed_mid_run_resumes_on_rerun(tmp_path: Path, models_dir: Pat
         with pymupdf.open(out / f"v{v}" / f"v{v}.pdf") as doc:
             assert doc.page_count == 20
     assert not list(out.rglob(".ocr-inbox-tmp-*"))
+
+
+def test_oneshot_publishes_a_folder_pdf_while_the_next_folder_is_still_ocrd(tmp_path: Path, models_dir: Path) -> None:
+    inbox = tmp_path / "in"
+    (inbox / "a").mkdir(parents=True)
+    shutil.copy(CORPUS / "cnocr/helloworld.jpg", inbox / "a" / "p1.jpg")
+    forms = sorted((CORPUS / "xfund_zh").glob("*.jpg"))
+    (inbox / "b").mkdir()
+    for i, src in enumerate(forms, 1):
+        shutil.copy(src, inbox / "b" / f"p{i}.jpg")
+    (inbox / "b" / "p2b.jpg").write_text("not an image\n")  # fails: no page, and the pages after it still come
+    res = run_cli("ocr", inbox, tmp_path / "out", "--pdf", "--workers", "1", "--no-progress",
+                  state_dir=tmp_path / "s", models=models_dir)
+    assert res.returncode == 1, res.stderr  # p2b failed
+    log = res.stderr.splitlines()
+    a_published = next(i for i, line in enumerate(log) if "event=pdf_done" in line and "folder=a " in line)
+    b_done = [i for i, line in enumerate(log) if "event=image_done" in line and "path=b/" in line]
+    assert len(b_done) == len(forms)
+    assert a_published < b_done[-1]  # a's PDF was out while b still had images to OCR
+    names = [f"p{i}.jpg" for i in range(1, len(forms) + 1)]
+    assert [t for t, _ in _pdf(tmp_path / "out" / "a" / "a.pdf")] == ["p1.jpg"]
+    pages = _pdf(tmp_path / "out" / "b" / "b.pdf")
+    assert [t for t, _ in pages] == names  # exactly the done pages, in order
+    for name, (_, text) in zip(names, pages):  # each page searchable, with its own image's text
+        doc = json.loads((tmp_path / "out" / "b" / (name + ".json")).read_text())
+        assert doc["pages"][0]["lines"][0]["text"] in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pymupdf
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 from structlog.testing import capture_logs
 
 import ocr_inbox
@@ -300,6 +301,27 @@ def test_undecodable_and_oversized_images_are_left_out_and_reported(folder):
     assert all(i.detail for i in report.left_out)
     assert {e["image"] for e in logs if e["event"] == "pdf_image_left_out"} == set(reasons)
     assert toc_titles(out) == ["1.jpg"]
+
+
+def test_a_jpeg_its_ocr_decoded_is_embedded_without_decoding_it_again(folder, monkeypatch):
+    """The SHA-256 in a JPEG's JSON says OCR decoded these very bytes in full: the build reads
+    its header and embeds it. A JPEG without that proof is decoded (1/8 scale) as before."""
+    images, jsons, out = folder
+    proven = make_page(images, jsons, "1.jpg", text="proven page")
+    make_page(images, jsons, "2.jpg", text="other page")  # its JSON records another hash
+    json_1 = names.json_path_for(jsons, "1.jpg")
+    doc = json.loads(json_1.read_text())
+    doc["source"]["sha256"] = hashlib.sha256(proven.read_bytes()).hexdigest()
+    json_1.write_text(json.dumps(doc))
+    decoded = []
+    load = JpegImagePlugin.JpegImageFile.load
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", lambda im: decoded.append(im) or load(im))
+    report = build_folder_pdf(images, jsons, out)
+    assert report.pages == 2 and not report.image_only and not report.left_out
+    assert [squash(t) for t in page_texts(out)] == ["provenpage", "otherpage"]
+    assert len(decoded) == 1  # 2.jpg only
+    with pymupdf.open(out) as pdf_doc:  # embedded as it is, either way
+        assert [pdf_doc.extract_image(pdf_doc[i].get_images()[0][0])["ext"] for i in range(2)] == ["jpeg", "jpeg"]
 
 
 def test_two_chunk_build_keeps_every_page_and_cleans_up(folder):

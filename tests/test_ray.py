@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from conftest import CORPUS, PAGES, copy_pages, run_cli
-from daemon_harness import Daemon, cli_env, json_files
+from daemon_harness import Daemon, by_label, cli_env, json_files, metric
 from imagemaker import POISON_SIGKILL, plain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
@@ -38,7 +38,11 @@ if ray_cluster.ray_bin() is None:
 DELAY_S = "0.3"
 
 
-def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, **executor: object) -> str:
+#: the daemon's Prometheus metrics, on a free port
+METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
+
+
+def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, ocr: dict[str, object] | None = None, **executor: object) -> str:
     ex: dict[str, object] = {
         "kind": "ray",
         "address": cluster.address,
@@ -56,7 +60,7 @@ def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, **executor: obje
         "executor": ex,
     }
     if fake:
-        sections["ocr"] = {"engine_plugin": "fake_engine:create"}
+        sections["ocr"] = {"engine_plugin": "fake_engine:create", **(ocr or {})}
     return "".join(
         f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in sections.items()
     )
@@ -154,6 +158,12 @@ def test_a_node_killed_mid_run_loses_nothing(cluster: ray_cluster.Cluster, tmp_p
     d.until(lambda: len(d.events("worker_ready")) >= 2, "an actor ready on each node")
     nodes = {e["node"] for e in d.events("worker_ready")}
     assert len(nodes) == 2, nodes
+    # `ocr-inbox status` shows the actors per node
+    live = d.until(lambda: v if len((v := d.status()["daemon"])["workers"]) == 2 else None, "both actors in the live view")
+    assert live["executor"] == "ray" and {w["node"] for w in live["workers"]} == nodes
+    assert {w["device"] for w in live["workers"]} == {"fake_gpu x 1"}
+    human = run_cli("status", state_dir=d.state, models=models_dir).stdout
+    assert "workers per node" in human and all(n.split("/")[0] in human for n in nodes), human
     d.until(lambda: len(d.events("image_done")) >= 4, "work under way on the cluster")
     cluster.raylet(1).send_signal(signal.SIGKILL)
     d.until(lambda: d.events("worker_lost"), "the dead node's actor reported lost")
@@ -184,15 +194,25 @@ def test_daemon_kill9_with_work_on_the_cluster(cluster: ray_cluster.Cluster, tmp
 
 def test_poison_image_quarantined_across_nodes(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
     """An image that kills its actor is retried (elsewhere or on a new actor), then quarantined;
-    the others are done."""
+    the others are done; the metrics count it as the ledger does."""
     rels = _images(tmp_path / "inbox", 6)
     plain(tmp_path / "inbox" / "f0" / "poison.png", marker=POISON_SIGKILL)
-    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d = Daemon(tmp_path, models_dir, ray_config(cluster) + METRICS).start()
     d.ready()
     d.until(lambda: d.status()["totals"]["done"] == len(rels) and d.status()["failures"], "the good ones done, the poison failed")
     failures = d.status()["failures"]
     assert [(f["rel"], f["reason"]) for f in failures] == [("f0/poison.png", "worker_crashed")]
     assert len([e for e in d.events("worker_lost") if e.get("image") == "f0/poison.png"]) == 2
+
+    def counted() -> dict[Any, float] | None:
+        s = d.metrics()
+        finished = metric(s, "ocr_inbox_images_done_total") + sum(by_label(s, "ocr_inbox_images_failed_total", "reason").values())
+        return s if finished == len(rels) + 1 else None
+
+    s = d.until(counted, "the metrics count every image finished")
+    assert metric(s, "ocr_inbox_images_done_total") == len(rels)
+    assert by_label(s, "ocr_inbox_images_failed_total", "reason") == {"worker_crashed": 1}
+    assert by_label(s, "ocr_inbox_worker_restarts_total", "cause")["crashed"] == len(d.events("worker_lost"))
     assert d.stop() == 0
 
 
@@ -201,12 +221,17 @@ def test_cluster_stopped_and_started_under_a_running_daemon(
 ) -> None:
     """The daemon keeps watching while the cluster is gone, says so, and resumes by itself."""
     rels = _images(tmp_path / "inbox", 4)
-    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d = Daemon(tmp_path, models_dir, ray_config(cluster) + METRICS).start()
     d.ready()
     d.until(lambda: d.status()["totals"]["done"] == len(rels), "the first images done")
     cluster.stop()
     d.until(lambda: d.events("ray_cluster_unreachable"), "the daemon noticed the cluster is gone")
     d.wait_notify(lambda msg: "ray cluster unreachable" in msg)
+    # the metrics count every actor the daemon had as ended (lost with the cluster, or its node first)
+    added = len(d.events("ray_actor_added"))
+    d.until(lambda: sum(by_label(d.metrics(), "ocr_inbox_worker_restarts_total", "cause").values()) == added > 0,
+            "every actor counted as ended")
+    assert set(by_label(d.metrics(), "ocr_inbox_worker_restarts_total", "cause")) <= {"cluster_lost", "actor_gone", "crashed"}
     late = _images(tmp_path / "late", 3)  # arrives while the cluster is down
     for rel in late:
         (d.inbox / "late" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +240,42 @@ def test_cluster_stopped_and_started_under_a_running_daemon(
     cluster.start(workers=1)
     d.until(lambda: d.events("ray_cluster_back"), "the daemon reconnected by itself")
     d.until(lambda: d.status()["totals"]["done"] == len(rels) + len(late), "the late images done")
+    assert d.stop() == 0
+
+
+def test_reload_replaces_the_actors_in_place(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """A reload that changes [ocr] under Ray: the actors hold every share of the cluster, so
+    the running ones finish their batches and stop before the new ones are placed (booting
+    them beside would never fit); nothing is lost, nothing done twice."""
+    rels = _images(tmp_path / "inbox", 12)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster)).start()
+    d.ready()
+    d.until(lambda: len(d.events("image_done")) >= 2, "work under way on the cluster")
+    d.config_path.write_text(ray_config(cluster, ocr={"min_score": 0.01}))
+    d.signal(signal.SIGHUP)
+    d.until(lambda: d.events("workers_switched") or d.events("reload_rejected"), "the reload applied")
+    assert not d.events("reload_rejected"), d.log()[-3000:]
+    assert [e["mode"] for e in d.events("workers_restarting")] == ["in_place"]
+    late = [f"late/{rel}" for rel in _images(tmp_path / "late", 4)]  # for the new actors
+    for rel in late:
+        (d.inbox / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp_path / rel, d.inbox / rel)
+    d.until(lambda: d.status()["totals"]["done"] == len(rels) + len(late), "every image done")
+    _done_once(d, rels + late)
+    assert d.status()["failures"] == []
+    assert d.stop() == 0
+
+
+def test_paths_transport_reads_images_on_the_nodes(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """``transport = "paths"``: the actors open the images themselves, beneath the same inbox
+    path (every node mounts it at the same place: here they share the file system)."""
+    rels = _images(tmp_path / "inbox", 6)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster, transport="paths")).start()
+    d.ready()
+    d.until(lambda: d.status()["totals"]["done"] == len(rels), "every image done")
+    _done_once(d, rels)
+    docs = json_files(d.outbox)
+    assert all(docs[rel]["source"]["size"] == (d.inbox / rel).stat().st_size for rel in rels)
     assert d.stop() == 0
 
 

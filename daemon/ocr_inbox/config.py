@@ -2,12 +2,28 @@
 
 Every key has a default, so an empty file (or none) is a valid configuration.
 ``configs/ocr-inbox.toml`` documents every key.
+
+Every command resolves its settings the same way (``resolve``), each layer over
+the one below it:
+
+1. command-line flags (``--state-dir``, ``--models-dir``, ...);
+2. environment variables: ``OCR_INBOX_STATE_DIR``, ``OCR_INBOX_MODELS_DIR``;
+3. the configuration file: ``--config FILE``, else ``$OCR_INBOX_CONFIG``, else
+   the installation's own ``<venv>/etc/ocr-inbox/ocr-inbox.toml`` if it exists
+   (``make`` writes that one, so the venv's ``ocr-inbox`` finds what it set up);
+4. defaults (state dir: ``$STATE_DIRECTORY`` from systemd, else the XDG state home).
+
+An empty variable counts as unset, as systemd's ``Environment=NAME=`` means.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +51,39 @@ DEFAULT_IGNORE = (
     "System Volume Information",
     "lost+found",
 )
+
+
+ENV_CONFIG = "OCR_INBOX_CONFIG"
+ENV_STATE_DIR = "OCR_INBOX_STATE_DIR"
+ENV_MODELS_DIR = "OCR_INBOX_MODELS_DIR"
+#: [paths] key -> the environment variable that sets it (between the flag and the file)
+ENV_PATHS = {"state_dir": ENV_STATE_DIR, "models_dir": ENV_MODELS_DIR}
+
+
+def env_path(name: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The path in the environment variable ``name``; None when unset or empty."""
+    value = (os.environ if environ is None else environ).get(name, "")
+    return Path(value) if value else None
+
+
+def installation_config() -> Path:
+    """The installation's own configuration file: ``<sys.prefix>/etc/ocr-inbox/ocr-inbox.toml``
+    (pip and Jupyter also read configuration from their venv)."""
+    return Path(sys.prefix) / "etc" / "ocr-inbox" / "ocr-inbox.toml"
+
+
+def find_config(flag: Path | None, environ: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+    """The configuration file every command reads and how it was chosen: ``--config``,
+    ``$OCR_INBOX_CONFIG``, the installation's file if present; (None, "none") otherwise."""
+    if flag is not None:
+        return flag, "--config"
+    from_env = env_path(ENV_CONFIG, environ)
+    if from_env is not None:
+        return from_env, f"${ENV_CONFIG}"
+    site = installation_config()
+    if site.is_file():
+        return site, "the installation's file"
+    return None, "none"
 
 
 def default_state_dir() -> Path:
@@ -251,6 +300,43 @@ class ExecutorSettings(_Section):
         return self
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` -> (host, port); an IPv6 host in brackets (``"[::1]:9464"``). Raises ValueError."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError("an IPv6 address goes in brackets, then the port: \"[::1]:9464\"")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+        port = rest[1:]
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError('"host:port", e.g. "127.0.0.1:9464" (the host is needed: "0.0.0.0" for every address)')
+        if ":" in host:
+            raise ValueError('an IPv6 address goes in brackets: "[::1]:9464"')
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"the port {port!r} is not a number from 0 to 65535")
+    return host, int(port)
+
+
+class MetricsSettings(_Section):
+    #: where Prometheus scrapes the daemon's metrics: "host:port" ("127.0.0.1:9464",
+    #: "[::1]:9464"); "" = no metrics server. Port 0 takes a free port (logged: tests)
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            parse_listen(v)
+        return v
+
+
 class Settings(_Section):
     paths: PathSettings = PathSettings()
     ocr: OcrSettings = OcrSettings()
@@ -261,6 +347,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     inbox: InboxSettings = InboxSettings()
     executor: ExecutorSettings = ExecutorSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 
@@ -302,6 +389,55 @@ def load(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) 
             raise ConfigError(file, section, "must be a table")
         sect.update({k: v for k, v in values.items() if v is not None})
     return from_mapping(data, file)
+
+
+def resolve(
+    flag_config: Path | None,
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """The settings of a command: ``flags`` (section -> key -> value; None = not given)
+    over the ``OCR_INBOX_*`` variables over the configuration file over the defaults."""
+    path, _ = find_config(flag_config, environ)
+    layers: dict[str, dict[str, Any]] = {"paths": {}}
+    for key, var in ENV_PATHS.items():
+        layers["paths"][key] = env_path(var, environ)
+    for section, values in (flags or {}).items():
+        layers.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return load(path, layers)
+
+
+def path_sources(
+    flag_config: Path | None,
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Where ``resolve`` took each [paths] key from (for ``ocr-inbox doctor``): config file
+    and state_dir/models_dir as "--state-dir", "$OCR_INBOX_STATE_DIR", "config file", "default"."""
+    path, how = find_config(flag_config, environ)
+    in_file: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                section = tomllib.load(fh).get("paths", {})
+            in_file = section if isinstance(section, dict) else {}
+        except (OSError, tomllib.TOMLDecodeError):
+            pass  # resolve() reports it, as file, key and reason
+    paths_flags = (flags or {}).get("paths", {})
+    out = {"config": f"{path} ({how})" if path is not None else "none (defaults)"}
+    for key, var in ENV_PATHS.items():
+        if paths_flags.get(key) is not None:
+            out[key] = "--" + key.replace("_", "-")
+        elif env_path(var, environ) is not None:
+            out[key] = f"${var}"
+        elif in_file.get(key):
+            out[key] = "config file"
+        elif key == "state_dir":
+            # as default_state_dir() reads it
+            out[key] = "$STATE_DIRECTORY" if os.environ.get("STATE_DIRECTORY") else "default: the XDG state home"
+        else:
+            out[key] = "default: <state_dir>/models"
+    return out
 
 
 def diff(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:

@@ -4,14 +4,16 @@
     dispatch (dispatch.py)     ledger queue -> executor -> JSON + ledger
     folder PDFs (folder_pdfs.py) quiet folders -> PDF builds
 
-Three phases, like uvicorn's server: start (ledger, crash recovery, workers
-loaded, watcher and first scan, READY), the loop (one pass: wait, record
-results, signals, the stages, timers) and stop (STOPPING, drain, exit 0).
+Three phases, like uvicorn's server: start (ledger, metrics server, crash
+recovery, workers loaded, watcher and first scan, READY), the loop (one pass:
+wait, record results, signals, the stages, timers) and stop (STOPPING, drain,
+exit 0).
 Everything the loop runs is built whole before it starts (``_Stages``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import time
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocr_inbox import atomic, cache, config, executors, logs, notify
+from ocr_inbox import atomic, cache, config, executors, live, logs, metrics, notify, runs
 from ocr_inbox.dispatch import Dispatch
 from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
 from ocr_inbox.executors.base import Executor
@@ -68,6 +70,10 @@ class Daemon:
         self.watchdog_every = notify.watchdog_interval()
         self.next_watchdog = self.next_status = self.next_purge = 0.0
         self.last_status = ""
+        self.last_live: object = None
+        #: recorded always, served only with [metrics] listen (``serving``)
+        self.metrics = metrics.Metrics()
+        self.metrics_address = ""
 
     # ---------------------------------------------------------------- start
 
@@ -75,8 +81,10 @@ class Daemon:
         with self.signals.installed():
             self._check_paths()
             preflight(self.s)
-            ledger = Ledger.open(self.s.paths.state_dir)
-            try:
+            with contextlib.ExitStack() as stack:
+                ledger = stack.enter_context(Ledger.open(self.s.paths.state_dir))
+                # after the ledger: a second daemon on this state dir fails on its lock, not on the port
+                self.metrics_address = stack.enter_context(metrics.serving(self.s.metrics.listen, self.metrics))
                 st = self._assemble(ledger)
                 try:
                     if self._boot(st):
@@ -86,8 +94,6 @@ class Daemon:
                         self._loop(st)
                 finally:
                     self._stop(st)
-            finally:
-                ledger.close()
         return int(ExitCode.ok)
 
     def _check_paths(self) -> None:
@@ -101,6 +107,7 @@ class Daemon:
 
     def _assemble(self, ledger: Ledger) -> _Stages:
         recovered = ledger.recover(time.time())
+        runs.record(self.s.paths.state_dir, self.inbox, self.outbox)  # for `ocr-inbox search`
         swept = atomic.sweep_temp_files(self.outbox)
         log.info(
             "starting",
@@ -112,7 +119,8 @@ class Daemon:
             recovered=recovered,
             temp_files_swept=swept,
         )
-        intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True)
+        intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True, recorder=self.metrics)
+        pdfs = FolderPdfs(ledger, self.s, self.inbox, self.outbox, recorder=self.metrics)
         dispatch = Dispatch(
             ledger,
             executors.create(self.s, self.inbox),
@@ -120,8 +128,10 @@ class Daemon:
             self.s.pool,
             on_moved=intake.track,
             on_done=lambda rel, size, mtime_ns: self._done(ledger, rel, size, mtime_ns),
+            on_result=lambda rel, ok: pdfs.wake(rel),  # its folder may be complete: no tick to wait for
+            recorder=self.metrics,
         )
-        return _Stages(ledger, intake, dispatch, FolderPdfs(ledger, self.s, self.inbox, self.outbox))
+        return _Stages(ledger, intake, dispatch, pdfs)
 
     def _boot(self, st: _Stages) -> bool:
         """Start the workers and wait until every one has loaded its models; False if told to stop."""
@@ -138,6 +148,7 @@ class Daemon:
                     return False
                 self.reload_pending = True  # SIGHUP: applied once the workers are up
             notify.status(f"loading models: {ex.ready_count()}/{ex.size} workers ready")
+            self._live(ex, "")
             notify.extend_timeout(self.s.pool.boot_timeout_s + 30)
         return True
 
@@ -146,6 +157,9 @@ class Daemon:
     def _loop(self, st: _Stages) -> None:
         while not self.stopping:
             timeout = SETTLE_TICK_S if st.intake.settling else IDLE_TICK_S
+            due = st.pdfs.due_in() if not st.dispatch.paused else None
+            if due is not None:  # a folder turns quiet before the tick: its PDF starts then
+                timeout = min(timeout, due)
             waitables = [self.signals.waitable, *st.intake.waitables, *st.pdfs.waitables]
             st.dispatch.record(st.executor.poll(timeout, waitables))
             self._handle_signals(st)
@@ -205,6 +219,25 @@ class Daemon:
         if text != self.last_status:
             notify.status(text)
             self.last_status = text
+        self._live(st.executor, why or "")
+        if self.metrics_address:
+            d = st.dispatch
+            self.metrics.ledger(metrics.LedgerState(
+                t, tuple(reports.failed_by_reason(st.ledger)), reports.size_bytes(st.ledger), d.paused, d.storm
+            ))
+
+    def _live(self, executor: Executor, paused: str) -> None:
+        """``status``'s view of the workers (per node), rewritten only when it changed."""
+        view = (executor.workers_view(), executor.status_note(), paused)
+        self.metrics.workers(view[0])
+        if view == self.last_live:
+            return
+        try:
+            live.write(self.s.paths.state_dir, self.s.executor.kind, *view)
+        except OSError as exc:  # a full state disk: status shows less, the work goes on
+            log.warning("live_view_not_written", error=str(exc))
+            return
+        self.last_live = view
 
     # ---------------------------------------------------------------- signals & reload
 
@@ -232,56 +265,95 @@ class Daemon:
         changed = config.diff(self.s, new)
         for key, (was, now) in changed.items():
             log.info("config_changed", key=key, old=was, new=now)
-        fixed = [k for k in changed if k.startswith("paths.")]
+        # the metrics' address too: under systemd, opening the network needs the unit's drop-in,
+        # which takes effect on restart only (docs/OPERATIONS.md)
+        fixed = [k for k in changed if k.startswith("paths.") or k == "metrics.listen"]
         if fixed:
-            log.warning("reload_needs_restart", keys=",".join(fixed), note="paths change only on restart")
-            new = new.model_copy(update={"paths": self.s.paths})
+            log.warning("reload_needs_restart", keys=",".join(fixed), note="paths and metrics.listen change only on restart")
+            new = new.model_copy(update={"paths": self.s.paths, "metrics": self.s.metrics})
         old, self.s = self.s, new
         logs.configure(new.log.level, new.log.format)
         if old.watch != new.watch:
             st.intake.apply(new.watch)
-        if old.ocr != new.ocr or old.pool != new.pool:
+        if old.ocr != new.ocr or old.pool != new.pool or old.executor != new.executor:
             try:
                 preflight(new)
             except OcrInboxError as exc:
                 rejected: str | None = str(exc)
             else:
-                rejected = self._replace_workers(st)
+                rejected = self._replace_workers(st, old)
             if rejected is not None:
                 log.error("reload_rejected", reason=rejected, note="keeping the running workers")
-                self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool})
+                self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool, "executor": old.executor})
         st.dispatch.settings = self.s.pool
         st.pdfs.settings = self.s
         if not changed:
             log.info("config_unchanged")
         notify.ready()
 
-    def _replace_workers(self, st: _Stages) -> str | None:
+    def _replace_workers(self, st: _Stages, previous: config.Settings) -> str | None:
         """Boot a pool for ``self.s`` beside the running one, which keeps working; switch
         once every new worker is ready, then let the old pool finish its batches.
 
         Returns why the new pool was given up (it could not boot in time, or at all);
         the running pool is then untouched. Two pools at once hold the models twice
-        for a while (docs/OPERATIONS.md).
+        for a while (docs/OPERATIONS.md). An executor that cannot have a second pool
+        beside it (Ray) is replaced in place instead (``_replace_in_place``).
         """
+        old = st.executor
+        if not old.boots_beside:
+            return self._replace_in_place(st, previous)
         log.info("workers_restarting", reason="model or pool settings changed")
-        old, new = st.executor, executors.create(self.s, self.inbox)
+        new = executors.create(self.s, self.inbox)
         failure = self._boot_beside(st, new)
         if failure is not None:
             new.stop()
             return failure
         st.dispatch.executor, st.dispatch.settings = new, self.s.pool  # from here on only the new pool gets work
         log.info("workers_switched", workers=new.size, old_busy=old.busy())
+        self._retire(st, old, beside=True)
+        return None
+
+    def _replace_in_place(self, st: _Stages, previous: config.Settings) -> str | None:
+        """The running workers finish their batches and stop, then the new ones boot and take
+        work as each is ready. If they cannot boot, workers with the ``previous`` settings
+        are started again (and if those fail too, the daemon exits: systemd restarts it)."""
+        log.info("workers_restarting", reason="model, pool or executor settings changed", mode="in_place")
+        self._retire(st, st.executor, beside=False)
+        new = executors.create(self.s, self.inbox)
+        st.dispatch.executor, st.dispatch.settings = new, self.s.pool  # it takes work as its workers get ready
+        failure = self._boot_beside(st, new)
+        if failure is None:
+            log.info("workers_switched", workers=new.size, old_busy=False)
+            return None
+        self._retire(st, new, beside=False)
+        if self.stopping:
+            return failure
+        back = executors.create(previous, self.inbox)
+        st.dispatch.executor, st.dispatch.settings = back, previous.pool
+        log.warning("workers_restoring", reason=failure, workers=back.size)
+        again = self._boot_beside(st, back)
+        if again is not None:
+            raise WorkerBootError(f"the workers with the running settings did not start again either: {again}")
+        return failure
+
+    def _retire(self, st: _Stages, old: Executor, *, beside: bool) -> None:
+        """Let ``old`` finish its batches (at most DRAIN_S), then stop it; what it did not
+        finish goes back to the queue. ``beside``: the new pool (``st.executor``) works meanwhile."""
         end = time.monotonic() + DRAIN_S
         while old.busy() and time.monotonic() < end:
-            self._work_beside(st)
-            st.dispatch.record(old.poll(0))
+            if beside:
+                self._work_beside(st)
+                st.dispatch.record(old.poll(0))
+            else:
+                st.dispatch.record(old.poll(SETTLE_TICK_S, [self.signals.waitable]))
+                self._note_signals("reloading")
+                self._watchdog(old)
         unfinished = old.in_flight()
         old.stop()
         if unfinished:
             st.ledger.release([j.rel for j in unfinished], time.time())
             log.info("returned_to_queue", images=len(unfinished))
-        return None
 
     def _boot_beside(self, st: _Stages, new: Executor) -> str | None:
         """Start ``new`` and wait for all its workers while the running pool goes on working;
@@ -292,14 +364,17 @@ class Daemon:
         self.last_status = ""  # the loop's next summary replaces this line
         try:
             new.start()
-            while new.ready_count() < new.size:
+            # (Ray adds actors after it connects, as it finds nodes: none yet is not ready)
+            while new.size == 0 or new.ready_count() < new.size:
                 if self.stopping:
                     return "a stop was requested while the new workers loaded"
                 if time.monotonic() > end:
                     return f"timeout: the new workers were not ready within pool.boot_timeout_s = {limit:g} s"
                 notify.extend_timeout(limit + 30)
                 self._work_beside(st)
-                new.poll(0)  # Ready / BootFailed: the executor counts them itself
+                if new is not st.executor:  # (in place, new is the working one: its events are recorded)
+                    # Ready / BootFailed: the executor counts them itself; dispatch counts exits (metrics)
+                    st.dispatch.record(new.poll(0))
         except (EngineUnavailable, WorkerBootError) as exc:
             return str(exc)
         return None
@@ -308,17 +383,21 @@ class Daemon:
         """One pass of the working pool (``st.executor``) while another one boots or finishes
         its last batches: record, hand out work, note signals, feed the watchdog."""
         st.dispatch.record(st.executor.poll(SETTLE_TICK_S, [self.signals.waitable]))
-        for sig in self.signals.pop_all():
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                log.info("stop_requested", signal=signal.Signals(sig).name, phase="reloading")
-                self.stopping = True
-            else:
-                self.reload_pending = True  # another SIGHUP: applied after this one
+        self._note_signals("reloading")
         try:
             st.dispatch.fill()
         except sqlite3.OperationalError as exc:  # disk full: the transaction rolled back
             st.dispatch.state_write_failed(exc)
         self._watchdog(st.executor)
+
+    def _note_signals(self, phase: str) -> None:
+        """Signals while a reload is under way: a stop is noted, another SIGHUP applied after it."""
+        for sig in self.signals.pop_all():
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("stop_requested", signal=signal.Signals(sig).name, phase=phase)
+                self.stopping = True
+            else:
+                self.reload_pending = True
 
     # ---------------------------------------------------------------- stop
 
@@ -328,6 +407,7 @@ class Daemon:
         st.intake.stop()
         st.pdfs.cancel()
         st.dispatch.drain(DRAIN_S)
+        self._live(st.executor, "")  # no workers left
         log.info("stopped")
 
 

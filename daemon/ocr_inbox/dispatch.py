@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import json
 import math
@@ -46,7 +45,8 @@ from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import StateError
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor
-from ocr_inbox.ledger import LOCK_NAME, Ledger
+from ocr_inbox.ledger import Ledger, in_use
+from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import document, names
 
 log = structlog.get_logger(__name__)
@@ -73,6 +73,7 @@ class Dispatch:
         on_moved: Callable[[str], None],
         on_done: Callable[[str, int, int], None] = lambda rel, size, mtime_ns: None,
         on_result: Callable[[str, bool], None] = lambda rel, ok: None,
+        recorder: Recorder = Recorder(),
     ) -> None:
         self.ledger = ledger
         self.executor = executor
@@ -84,6 +85,8 @@ class Dispatch:
         self.on_done = on_done
         #: an image finished for good: done (True) or quarantined (False)
         self.on_result = on_result
+        #: the metrics (the base records nothing)
+        self.recorder = recorder
         self.paused_until = 0.0
         #: the crash breaker: different images that crashed workers since the last one done
         self._streak: dict[str, None] = {}
@@ -117,6 +120,7 @@ class Dispatch:
         """Stop handing out work for ``output_retry_s``; logged once per pause."""
         if not self.paused:
             log.error(event, retry_in_s=self.settings.output_retry_s, **why)
+            self.recorder.paused(str(why.get("reason", event)))
         self.paused_until = time.monotonic() + self.settings.output_retry_s
 
     # -- out ------------------------------------------------------------------
@@ -129,9 +133,12 @@ class Dispatch:
             per = self.settings.batch_size
             queued = self.ledger.pending_count(per * self.executor.size)
             size = max(1, min(per, math.ceil(queued / self.executor.size)))
-            rows = self.ledger.claim(size, time.time())
+            now = time.time()
+            rows = self.ledger.claim(size, now)
             if not rows:
                 return
+            for r in rows:
+                self.recorder.queue_wait(now - r.queued_at)
             jobs = tuple(m.Job(next(self._job_ids), r.rel, attempt=r.attempts + 1) for r in rows)
             self.executor.submit(m.Batch(next(self._batch_ids), jobs))
 
@@ -158,6 +165,10 @@ class Dispatch:
             self._failed(ev)
         elif isinstance(ev, m.WorkerLost):
             self._lost(ev)
+        elif isinstance(ev, m.WorkerExit):
+            self.recorder.worker_exit(ev.reason)
+        elif isinstance(ev, m.BatchDone):
+            self.recorder.worker_rss(ev.slot, ev.rss_bytes)
 
     def _done(self, ev: m.Done) -> None:
         rel, now = ev.job.rel, time.time()
@@ -178,7 +189,8 @@ class Dispatch:
         except OSError as exc:
             if exc.errno in _NAME_ERRNOS:
                 detail = f"cannot write {dest}: {exc.strerror or exc}"
-                self.ledger.failed(rel, "output_name", detail, now, retry=False)
+                if self.ledger.failed(rel, "output_name", detail, now, retry=False):
+                    self.recorder.image_failed("output_name")
                 log.warning("image_failed", path=rel, reason="output_name", detail=detail)
                 self.on_result(rel, False)
                 return
@@ -186,8 +198,9 @@ class Dispatch:
             reason = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "output_error"
             self.pause("output_paused", reason=reason, path=rel, detail=str(exc))
             return
-        self.ledger.done(rel, ev.size, ev.mtime_ns, str(dest), ev.elapsed_ms, now)
+        self.ledger.done(rel, ev.size, ev.mtime_ns, str(dest), ev.elapsed_ms, now, pages=ev.pages)
         log.info("image_done", path=rel, slot=ev.slot, pages=len(ev.pages), lines=ev.lines, ms=ev.elapsed_ms)
+        self.recorder.image_done(ev.elapsed_ms / 1000)
         self._streak.clear()
         if self._storms:
             log.info("crash_storm_over", path=rel)
@@ -202,7 +215,8 @@ class Dispatch:
             self.ledger.release([rel], now)
             self.on_moved(rel)
             return
-        self.ledger.failed(rel, ev.reason, ev.detail, now, retry=False)
+        if self.ledger.failed(rel, ev.reason, ev.detail, now, retry=False):
+            self.recorder.image_failed(ev.reason)
         self.on_result(rel, False)
 
     def _lost(self, ev: m.WorkerLost) -> None:
@@ -230,9 +244,11 @@ class Dispatch:
         what = "the worker died" if ev.reason == "worker_crashed" else "the worker hung"
         both = " (another image was being decoded or OCR'd beside it)" if beside else ""
         detail = f"{what} on it ({ev.cause}){both}; attempt {j.attempt} of {self.settings.max_attempts}"
-        self.ledger.failed(j.rel, ev.reason, detail, now, retry=not final)
+        recorded = self.ledger.failed(j.rel, ev.reason, detail, now, retry=not final)
         if final:
             log.error("image_quarantined", path=j.rel, reason=ev.reason, cause=ev.cause)
+            if recorded:
+                self.recorder.image_failed(ev.reason)
             self.on_result(j.rel, False)
         else:
             log.warning("image_retry", path=j.rel, attempt=j.attempt + 1, reason=ev.reason, cause=ev.cause)
@@ -252,6 +268,7 @@ class Dispatch:
         pause = self.settings.crash_pause_s * min(2.0**self._storms, MAX_STORM_FACTOR)
         self._storms += 1
         self.storm_until = time.monotonic() + pause
+        self.recorder.paused("crash_storm")
         log.error(
             "crash_storm_paused",
             images=len(streak),
@@ -305,21 +322,6 @@ class Dispatch:
 # -- `ocr-inbox retry` --------------------------------------------------------------
 
 
-def _daemon_holds(state_dir: Path) -> bool:
-    """Whether a daemon holds the state dir's lock (it is then the only ledger writer)."""
-    try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def request_retry(state_dir: Path, reasons: list[str], paths: list[str]) -> Path:
     """Leave a retry request for the running daemon, which applies it at its next loop pass."""
     dest = state_dir / REQUESTS_DIR / f"retry-{time.time_ns()}-{os.getpid()}.json"
@@ -331,12 +333,12 @@ def request_retry(state_dir: Path, reasons: list[str], paths: list[str]) -> Path
 def retry_failed(state_dir: Path, reasons: list[str], paths: list[str]) -> int | None:
     """Requeue failed images: directly when no daemon runs (returns how many), else through a
     request the daemon applies (returns None)."""
-    if not _daemon_holds(state_dir):
+    if not in_use(state_dir):
         try:
             with Ledger.open(state_dir) as ledger:
                 return ledger.requeue_failed(time.time(), reasons, paths)
         except StateError:
-            if not _daemon_holds(state_dir):  # a daemon started meanwhile: ask it
+            if not in_use(state_dir):  # a daemon started meanwhile: ask it
                 raise
     request_retry(state_dir, reasons, paths)
     return None

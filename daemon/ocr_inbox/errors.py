@@ -9,27 +9,33 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """The documented exit statuses of every ``ocr-inbox`` command (see README)."""
+    """The documented exit statuses of every ``ocr-inbox`` command (see README and ``MEANINGS``)."""
 
     ok = 0
-    #: the run finished but some images failed (see the failures report)
     some_failed = 1
-    #: bad command line or input paths (missing dir, outbox inside inbox, ...)
     bad_args = 2
-    #: the configuration file is invalid (file, key and reason are logged)
     bad_config = 3
-    #: a model profile, model file or device is unavailable
     engine_unavailable = 4
-    #: the output could not be written (permissions, disk full)
     output_error = 5
-    #: the state directory / ledger is unusable (locked, corrupt)
     state_error = 6
-    #: the workers could not start (they crash while loading)
     worker_boot = 7
-    #: an unexpected internal error (a bug: the log has the traceback as one record)
     internal_error = 70
-    #: interrupted by a signal before finishing (SIGINT)
     interrupted = 130
+
+
+#: what each status means, for ``ocr-inbox --help`` (the README's table says the same)
+MEANINGS: dict[ExitCode, str] = {
+    ExitCode.ok: "success",
+    ExitCode.some_failed: "finished, but some images failed (doctor: a check failed)",
+    ExitCode.bad_args: "bad command line or input paths (missing dir, outbox inside inbox, ...)",
+    ExitCode.bad_config: "invalid configuration (the log names file, key and reason)",
+    ExitCode.engine_unavailable: "a model profile, model file or device is unavailable",
+    ExitCode.output_error: "the output could not be written (permissions, disk full)",
+    ExitCode.state_error: "the state directory / ledger is unusable (locked, corrupt)",
+    ExitCode.worker_boot: "the workers could not start (they crash while loading)",
+    ExitCode.internal_error: "internal error (a bug: the log has the traceback as one record)",
+    ExitCode.interrupted: "interrupted by a signal before finishing (SIGINT)",
+}
 
 
 class OcrInboxError(Exception):

@@ -19,7 +19,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 #: syslog priorities for sd-daemon(3) prefixes
 _PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
-_NOISY_LIBRARIES = ("watchdog", "paddlex", "paddle", "PIL", "urllib3", "filelock", "modelscope")
+_NOISY_LIBRARIES = ("watchdog", "paddlex", "paddle", "PIL", "urllib3", "filelock", "modelscope", "fontTools")
 
 
 def printable(value: str) -> str:

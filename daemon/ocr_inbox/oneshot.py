@@ -1,7 +1,10 @@
 """``ocr-inbox ocr INBOX OUTBOX``: the daemon's core, run once over a tree until the queue is empty.
 
 The same stages as the daemon (intake -> ledger -> dispatch -> executor ->
-JSON, then folder PDFs with ``--pdf``), with no watcher and no settle time.
+JSON, and folder PDFs with ``--pdf``), with no watcher and no settle time.
+PDFs are built while OCR goes on: a folder's build starts with its first pages
+done and gets the rest as they are done (``FolderPdfs(stream=True)``), so when
+the last image is done only its page and the merge are left.
 Its ledger lives in ``STATE_DIR/runs/<tree id>``: a second run skips what is
 current, an interrupted run (even ``kill -9``) resumes where it stopped, and
 a JSON already in the outbox for exactly this version of an image is adopted.
@@ -10,8 +13,6 @@ Never writes into the inbox.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import wait
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from ocr_inbox import atomic, cache, executors
+from ocr_inbox import atomic, cache, executors, runs
 from ocr_inbox.config import Settings
 from ocr_inbox.dispatch import Dispatch
 from ocr_inbox.errors import BadArguments, ExitCode, OutputError
@@ -30,6 +31,9 @@ from ocr_inbox.inbox.intake import Intake
 from ocr_inbox.ledger import Ledger, reports
 from ocr_inbox.outbox import names
 from ocr_inbox.progress import Progress
+from ocr_inbox.runs import state_dir_for
+
+__all__ = ["Failure", "RunSummary", "run", "state_dir_for", "validate_paths"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +57,6 @@ class RunSummary:
     @property
     def exit_code(self) -> ExitCode:
         return ExitCode.some_failed if self.failed else ExitCode.ok
-
-
-def state_dir_for(state_dir: Path, inbox: Path, outbox: Path) -> Path:
-    """One ledger per (inbox, outbox) pair, so runs over different trees never mix."""
-    key = f"{os.path.realpath(inbox)}\0{os.path.realpath(outbox)}".encode()
-    return state_dir / "runs" / hashlib.sha256(key).hexdigest()[:16]
 
 
 def validate_paths(inbox: Path, outbox: Path, state_dir: Path) -> None:
@@ -85,7 +83,9 @@ def run(
     atomic.sweep_temp_files(outbox, older_than_s=60)  # a daemon may be writing into the same outbox
     # No settle time (the tree is taken as it is) and no periodic rescan.
     watch = settings.watch.model_copy(update={"settle_seconds": 0.0, "rescan_interval_s": 0.0})
-    with Ledger.open(state_dir_for(settings.paths.state_dir, inbox, outbox)) as ledger:
+    run_dir = state_dir_for(settings.paths.state_dir, inbox, outbox)
+    with Ledger.open(run_dir) as ledger:
+        runs.record(run_dir, inbox, outbox)
         ledger.recover(time.time())
         intake = Intake(inbox, outbox, ledger, watch, watch=False)
         intake.start()
@@ -96,8 +96,14 @@ def run(
         done_before = reports.stats(ledger, time.time()).done
         todo = ledger.unfinished()
         log.info("scan_done", inbox=str(inbox), to_do=todo, current=done_before)
-        done = _ocr(settings, inbox, outbox, ledger, intake, todo, progress) if todo else 0
-        built = _pdfs(settings, inbox, outbox, ledger) if pdfs and settings.pdf.enabled else 0
+        want_pdfs = pdfs and settings.pdf.enabled
+        folder_pdfs = FolderPdfs(ledger, settings, inbox, outbox, stream=True) if want_pdfs else None
+        try:
+            done = _ocr(settings, inbox, outbox, ledger, intake, todo, progress, folder_pdfs) if todo else 0
+            built = _finish_pdfs(folder_pdfs) if folder_pdfs else 0
+        finally:
+            if folder_pdfs:
+                folder_pdfs.cancel()  # interrupted: nothing half-built is published, the next run builds it
         st = reports.stats(ledger, time.time())
         failed = tuple(Failure(f.rel, f.reason, f.detail) for f in reports.failures(ledger, limit=st.failed))
     summary = RunSummary(st.done + st.failed, st.done - done, done, failed, built, time.monotonic() - t0)
@@ -109,9 +115,17 @@ def run(
 
 
 def _ocr(
-    settings: Settings, inbox: Path, outbox: Path, ledger: Ledger, intake: Intake, todo: int, show: bool | None
+    settings: Settings,
+    inbox: Path,
+    outbox: Path,
+    ledger: Ledger,
+    intake: Intake,
+    todo: int,
+    show: bool | None,
+    pdfs: FolderPdfs | None,
 ) -> int:
-    """Run dispatch until nothing is queued, running or settling; returns the images done."""
+    """Run dispatch until nothing is queued, running or settling, and with ``pdfs`` the folder
+    builds beside it; returns the images done."""
     bar = Progress(todo, show)
     done = 0
 
@@ -119,6 +133,8 @@ def _ocr(
         nonlocal done
         done += ok
         bar.advance(ok)
+        if pdfs:
+            pdfs.wake(rel)  # its folder may have its next pages (or all of them) now
 
     # no point booting more workers than there are images
     dispatch = Dispatch(ledger, executors.create(settings, inbox, max_workers=todo), outbox, settings.pool,
@@ -126,12 +142,16 @@ def _ocr(
     try:
         dispatch.executor.start()
         while ledger.unfinished() or intake.settling:
-            dispatch.record(dispatch.executor.poll(1.0))
+            dispatch.record(dispatch.executor.poll(1.0, pdfs.waitables if pdfs else []))
             if dispatch.paused:  # a one-shot run does not wait for space: rerun to resume
                 raise OutputError("the outbox or the state directory refused a write (see the log); "
                                   "fix it and run again: the run resumes where it stopped")
             intake.step()
             dispatch.fill()
+            if pdfs:
+                pdfs.step(may_start=True, quiet_seconds=0.0)
+                while pdfs.moved:  # changed since its OCR: OCR'd again, then its folder's PDF
+                    intake.track(pdfs.moved.pop())
     finally:
         bar.close()
         dispatch.drain(10.0)
@@ -139,9 +159,10 @@ def _ocr(
     return done
 
 
-def _pdfs(settings: Settings, inbox: Path, outbox: Path, ledger: Ledger) -> int:
-    """Build every folder's PDF that is due, one after the other; returns how many were published."""
-    pdfs = FolderPdfs(ledger, settings, inbox, outbox)
+def _finish_pdfs(pdfs: FolderPdfs) -> int:
+    """Finish the build under way and build every folder's PDF still due, one after the other;
+    returns how many were published in this run."""
+    pdfs.look_now()
     while True:
         pdfs.step(may_start=True, quiet_seconds=0.0)
         if not pdfs.busy:

@@ -1,4 +1,4 @@
-"""Progress for one-shot runs: a rich bar on a terminal, log lines otherwise."""
+"""Progress of long commands (``ocr``, ``index rebuild``): a rich bar on a terminal, log lines otherwise."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ log = structlog.get_logger(__name__)
 
 
 class Progress:
-    def __init__(self, total: int, interactive: bool | None = None, log_every_s: float = 10.0) -> None:
+    def __init__(
+        self, total: int, interactive: bool | None = None, log_every_s: float = 10.0, *, label: str = "OCR"
+    ) -> None:
         self.total, self.done, self.failed = total, 0, 0
         self.t0 = time.monotonic()
         self.log_every_s = log_every_s
+        self.label = label
         self._last_log = self.t0
         self._bar: Any = None
         if interactive if interactive is not None else sys.stderr.isatty():
@@ -30,7 +33,7 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
-                TextColumn("OCR"),
+                TextColumn(label),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:.2f} img/s"),
@@ -61,7 +64,8 @@ class Progress:
             self._last_log = now
             left = self.total - self.done - self.failed
             eta = round(left / self.rate) if self.rate else None
-            log.info("progress", done=self.done, failed=self.failed, total=self.total, rate=round(self.rate, 3), eta_s=eta)
+            log.info("progress", of=self.label, done=self.done, failed=self.failed, total=self.total,
+                     rate=round(self.rate, 3), eta_s=eta)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -10,13 +10,34 @@ in-flight image told apart from the images it had not started.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ocr_inbox.executors.messages import Batch, Event, Job
 
 
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker as ``ocr-inbox status`` and the metrics show it."""
+
+    slot: int
+    node: str  # this host's name, or the Ray node ("address/node id")
+    device: str  # "cpu", "gpu:0", or the Ray resource share ("GPU x 0.5")
+    state: str  # booting, idle, busy, retiring, respawning
+    pid: int | None
+    images: int  # images finished by this worker (process or actor) since it started
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Executor(Protocol):
     """Runs OCR batches; one owner thread calls every method."""
+
+    #: a reload may boot a second executor beside this one (the local pool: the machine has
+    #: room for both for a while); False for Ray, whose actors hold the cluster's GPU shares,
+    #: so a second set could never be placed: it is stopped first, then replaced
+    boots_beside: bool
 
     def start(self) -> None:
         """Start the workers (loading models happens asynchronously: see ``ready``)."""
@@ -45,6 +66,9 @@ class Executor(Protocol):
 
     def in_flight(self) -> list[Job]:
         """Jobs handed out and not finished."""
+
+    def workers_view(self) -> list[WorkerView]:
+        """Every worker now, for ``status`` (through the daemon's live file) and the metrics."""
 
     def status_note(self) -> str:
         """A note for the daemon's STATUS= line ("" = nothing to add), e.g. a cluster that is unreachable."""

@@ -14,6 +14,7 @@ import enum
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import structlog
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import EngineUnavailable, WorkerBootError
 from ocr_inbox.executors import messages as m
+from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.executors.worker import STACK_DUMP_SIGNAL, WorkerConfig
 from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
@@ -71,6 +73,7 @@ class _Worker:
     #: when STACK_DUMP_SIGNAL was sent (stuck); SIGKILL follows after STACK_DUMP_GRACE_S
     dump_sent: float | None = None
     killed: str = ""  # why the pool killed it ("" = it died by itself)
+    recycled: str = ""  # why it was told to exit after its batch (max_images, max_rss)
     finished: set[int] = field(default_factory=set)
     images: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +91,8 @@ def describe_exit(code: int | None) -> str:
 
 class LocalExecutor:
     """Worker processes on this machine, one per ``WorkerSlot`` (device and threads)."""
+
+    boots_beside = True
 
     def __init__(
         self,
@@ -142,6 +147,16 @@ class LocalExecutor:
 
     def status_note(self) -> str:
         return ""
+
+    def workers_view(self) -> list[WorkerView]:
+        host = socket.gethostname()
+        views = [
+            WorkerView(slot, host, str(w.slot.device), str(w.state), w.process.pid, w.images)
+            for slot, w in sorted(self.workers.items())
+        ]
+        by_slot = {s.slot: s for s in self.slots}
+        views += [WorkerView(n, host, str(by_slot[n].device), "respawning", None, 0) for n in sorted(self.respawn_at) if n in by_slot]
+        return views
 
     def busy(self) -> bool:
         return any(w.state == WorkerState.busy for w in self.workers.values())
@@ -233,7 +248,7 @@ class LocalExecutor:
             reason = "max_rss"
         if reason and not self.stopping:
             log.info("worker_recycle", slot=w.slot.slot, reason=reason, images=w.images, rss_mb=rss >> 20)
-            w.state = WorkerState.retiring
+            w.state, w.recycled = WorkerState.retiring, reason
             try:
                 w.conn.send(m.Stop())
             except OSError:
@@ -248,9 +263,12 @@ class LocalExecutor:
             cause = f"{w.killed}; {cause}"
         events: list[m.Event] = []
         crashed = False
+        exit_reason = "stuck" if w.killed else "crashed"
         if w.state == WorkerState.retiring and w.batch is None:
             log.info("worker_retired", slot=slot, pid=w.process.pid)
+            exit_reason = f"recycled_{w.recycled}"
         elif w.state == WorkerState.booting:
+            exit_reason = "boot_failed"
             n = self.boot_failures.get(slot, 0) + 1
             self.boot_failures[slot] = n
             log.error("worker_died_booting", slot=slot, pid=w.process.pid, cause=cause, failures=n)
@@ -277,8 +295,9 @@ class LocalExecutor:
             crashed = True
             log.warning("worker_exited", slot=slot, pid=w.process.pid, cause=cause)
         if self.stopping:
-            pass
-        elif crashed:
+            return events
+        events.append(m.WorkerExit(slot, exit_reason))
+        if crashed:
             self._respawn_later(w.slot)
         else:
             self._spawn(w.slot)

@@ -4,7 +4,8 @@ Picklable and small: a ``Batch`` of ``Job``\\ s goes out; ``Started``,
 ``Decoding``/``Decoded`` (the next image being decoded meanwhile), ``Progress``
 (a page OCR'd), ``Done`` (with the OCR result; dispatch writes the JSON),
 ``Failed`` and ``BatchDone`` come back, plus ``WorkerLost`` from the executor
-when a worker dies with work in hand.
+when a worker dies with work in hand, and ``WorkerExit`` (for the metrics) whenever
+a worker ends without being stopped.
 """
 
 from __future__ import annotations
@@ -144,6 +145,24 @@ class WorkerLost:
         return tuple(j for j in (self.in_flight, self.decoding) if j is not None)
 
 
+#: why a worker ended without being stopped (``WorkerExit.reason``): it crashed; it was killed
+#: for silence; it was recycled after pool.max_images_per_worker or past pool.max_worker_rss_mb;
+#: it died or failed while loading its models; its Ray actor was gone (its node left) or the
+#: whole Ray cluster was lost
+WORKER_EXIT_REASONS = (
+    "crashed", "stuck", "recycled_max_images", "recycled_max_rss", "boot_failed", "actor_gone", "cluster_lost",
+)
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """A worker ended without being stopped; the executor replaces it. Only counted (metrics):
+    ``WorkerLost`` is what tells dispatch about the work it held."""
+
+    slot: int
+    reason: str  # one of WORKER_EXIT_REASONS
+
+
 WorkerMessage = Ready | BootFailed | Started | Decoding | Decoded | Progress | Done | Failed | BatchDone
 #: what an executor's ``poll`` returns
-Event = WorkerMessage | WorkerLost
+Event = WorkerMessage | WorkerLost | WorkerExit

@@ -50,6 +50,7 @@ from ocr_inbox import logs
 from ocr_inbox.config import ExecutorSettings, PoolSettings, Settings
 from ocr_inbox.errors import BadImage, EngineUnavailable
 from ocr_inbox.executors import messages as m
+from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.executors.worker import WorkerConfig, check_unchanged, limit_memory, ocr_one, rss_bytes
 from ocr_inbox.signals import die_with_parent
 from ocr_inbox.ocr import engine as engine_mod
@@ -146,6 +147,11 @@ def actors_for(resources: dict[str, float], cfg: BridgeConfig) -> int:
     return min(by_gpu, by_cpu)
 
 
+def gpu_share(cfg: BridgeConfig) -> float:
+    """Each actor's share of one GPU (or of the stand-in resource); Ray keeps 4 decimals."""
+    return math.floor(10_000 / cfg.workers_per_gpu) / 10_000
+
+
 def actor_options(node_id: str, cfg: BridgeConfig) -> dict[str, Any]:
     """Placement of one actor: pinned to its node, one share of a GPU (or of the stand-in
     resource) and ``cpus_per_worker`` CPUs; never restarted and no task retried by Ray
@@ -160,7 +166,7 @@ def actor_options(node_id: str, cfg: BridgeConfig) -> dict[str, Any]:
         "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
     }
     if cfg.workers_per_gpu > 0:
-        share = math.floor(10_000 / cfg.workers_per_gpu) / 10_000  # Ray keeps 4 decimals
+        share = gpu_share(cfg)
         if cfg.gpu_resource == "GPU":
             opts["num_gpus"] = share
         else:
@@ -439,10 +445,14 @@ class _Mirror:
     state: ActorState = ActorState.booting
     batch: m.Batch | None = None
     finished: set[int] = field(default_factory=set)
+    pid: int | None = None
+    images: int = 0
 
 
 class RayExecutor:
     """OCR actors on a Ray cluster, driven through the bridge process."""
+
+    boots_beside = False
 
     def __init__(self, cfg: BridgeConfig, pool: PoolSettings, settings: ExecutorSettings) -> None:
         self.cfg = cfg
@@ -530,6 +540,14 @@ class RayExecutor:
         nodes = len({a.node for a in self.actors.values()})
         return f"ray: {self.ready_count()} actors ready on {nodes} nodes"
 
+    def workers_view(self) -> list[WorkerView]:
+        c = self.cfg
+        if c.workers_per_gpu > 0:
+            device = f"{c.gpu_resource} x {gpu_share(c):g}"
+        else:
+            device = f"cpu x {c.cpus_per_worker:g}"
+        return [WorkerView(a.slot, a.node, device, str(a.state), a.pid, a.images) for _, a in sorted(self.actors.items())]
+
     def capacity(self) -> int:
         if not self.connected:
             return 0
@@ -608,11 +626,11 @@ class RayExecutor:
         if isinstance(ev, ActorGone):
             self.actors.pop(ev.slot, None)
             log.warning("ray_actor_gone", slot=ev.slot, cause=ev.cause)
-            return []
+            return [m.WorkerExit(ev.slot, "actor_gone")]
         a = self.actors.get(ev.slot)
         if isinstance(ev, m.Ready):
             if a is not None:
-                a.state = ActorState.idle
+                a.state, a.pid = ActorState.idle, ev.pid
                 self.booted = self.booted or self.ready_count() == self.size
                 log.info("worker_ready", slot=ev.slot, node=a.node, pid=ev.pid, load_s=ev.load_s, **ev.info)
         elif isinstance(ev, m.BootFailed):
@@ -620,9 +638,11 @@ class RayExecutor:
             if not self.booted and ev.fatal:
                 raise EngineUnavailable(f"a Ray actor could not load the engine: {ev.error}")
             log.error("worker_boot_failed", slot=ev.slot, error=ev.error, node=a.node if a else None)
+            return [ev, m.WorkerExit(ev.slot, "boot_failed")]
         elif isinstance(ev, m.Done | m.Failed):
             if a is not None:
                 a.finished.add(ev.job.job_id)
+                a.images += 1
         elif isinstance(ev, m.BatchDone):
             if a is not None:
                 a.state, a.batch = ActorState.idle, None
@@ -636,6 +656,8 @@ class RayExecutor:
                 image=ev.in_flight.rel if ev.in_flight else None,
                 unstarted=len(ev.unstarted),
             )
+            if a is not None:  # (None: an actor already reported gone, whose batch came back)
+                return [ev, m.WorkerExit(ev.slot, "stuck" if ev.reason == "worker_stuck" else "crashed")]
         return [ev]
 
     def _cluster_lost(self, cause: str) -> list[m.Event]:
@@ -647,9 +669,10 @@ class RayExecutor:
                 pending = tuple(j for j in a.batch.jobs if j.job_id not in a.finished)
                 events.append(m.WorkerLost(a.slot, f"ray cluster lost: {cause}", None, pending))
                 images_back += len(pending)
+            events.append(m.WorkerExit(a.slot, "cluster_lost"))
         self.actors.clear()
         self._close_bridge()
-        if events:
+        if any(isinstance(e, m.WorkerLost) for e in events):
             log.warning("returned_to_queue", images=images_back, reason="ray cluster lost")
         self._unreachable(cause)
         return events

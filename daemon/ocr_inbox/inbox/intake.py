@@ -24,6 +24,7 @@ from ocr_inbox.inbox import scan
 from ocr_inbox.inbox.stability import StabilityTracker
 from ocr_inbox.inbox.watcher import InboxWatcher
 from ocr_inbox.ledger import ImageStatus, Ledger
+from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import document, names
 
 log = structlog.get_logger(__name__)
@@ -35,12 +36,17 @@ INBOX_RETRY_S = 15.0
 
 
 class Intake:
-    def __init__(self, inbox: Path, outbox: Path, ledger: Ledger, settings: WatchSettings, *, watch: bool) -> None:
+    def __init__(
+        self, inbox: Path, outbox: Path, ledger: Ledger, settings: WatchSettings, *, watch: bool,
+        recorder: Recorder = Recorder(),
+    ) -> None:
         self.inbox = inbox
         self.root = os.path.realpath(inbox)
         self.outbox = outbox
         self.ledger = ledger
         self.settings = settings
+        #: the metrics: refusals and adopted JSON (the base records nothing)
+        self.recorder = recorder
         self.tracker = StabilityTracker()
         self.watcher = InboxWatcher(inbox, settings) if watch else None
         self.next_rescan = 0.0
@@ -108,7 +114,10 @@ class Intake:
             new += 1
         gone = 0
         for rel, row in known.items():
-            if rel not in seen and row.status in (ImageStatus.pending, ImageStatus.running):
+            if rel not in seen and (
+                row.status in (ImageStatus.pending, ImageStatus.running)
+                or (row.status == ImageStatus.done and not row.source_deleted)
+            ):
                 self.ledger.gone(rel, now)
                 gone += 1
         self._schedule_rescan()
@@ -155,6 +164,7 @@ class Intake:
     def _refuse(self, item: scan.Refused) -> int:
         if self.ledger.refuse(item.rel, item.reason, item.detail, time.time()):
             log.warning("file_refused", path=item.rel, reason=item.reason, detail=item.detail)
+            self.recorder.image_failed(item.reason)
             return 1
         return 0
 
@@ -197,9 +207,11 @@ class Intake:
         observed = self.ledger.observe_many(ready, now)
         adopted = 0
         for (rel, size, mtime_ns), what in zip(ready, observed, strict=True):
-            if what.queued and self._json_current(rel, size, mtime_ns):
-                adopted += self.ledger.adopt(rel, size, mtime_ns, str(names.json_path_for(self.outbox, rel)), now)
+            if not what.queued:
+                continue
+            dest = names.json_path_for(self.outbox, rel)
+            doc = document.read_current(dest, size, mtime_ns)
+            if doc is not None and self.ledger.adopt(rel, size, mtime_ns, str(dest), now, pages=doc.pages):
+                adopted += 1
+                self.recorder.image_adopted()
         log.debug("files_settled", count=len(ready), adopted=adopted)
-
-    def _json_current(self, rel: str, size: int, mtime_ns: int) -> bool:
-        return document.is_current(names.json_path_for(self.outbox, rel), size, mtime_ns)

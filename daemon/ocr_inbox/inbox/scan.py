@@ -244,6 +244,23 @@ def walk(
         stack.extend(reversed(subdirs))
 
 
+def folders(inbox: Path, max_depth: int = DEFAULT_MAX_DEPTH) -> Iterator[str]:
+    """The folders the watcher puts an inotify watch on, relative ('' is the inbox): each
+    real (not symlinked) folder down to ``max_depth`` levels that can be listed, ignored
+    ones included (the watch covers them; intake drops their events). Iterative, like ``walk``."""
+    stack = [(os.path.realpath(inbox), "", 0)]
+    while stack:
+        dirpath, rel, depth = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                subdirs = [e for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # vanished or unreadable: inotify cannot watch it either
+        yield rel
+        if depth < max_depth:
+            stack.extend((e.path, f"{rel}/{e.name}" if rel else e.name, depth + 1) for e in subdirs)
+
+
 def folder_of(rel: str) -> str:
     """The inbox folder an image belongs to ('' for the inbox itself)."""
     return rel.rsplit("/", 1)[0] if "/" in rel else ""

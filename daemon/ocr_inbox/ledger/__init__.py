@@ -7,10 +7,12 @@ from ocr_inbox.ledger.store import (
     FolderRow,
     ImageRow,
     ImageStatus,
+    Indexable,
     Known,
     Ledger,
     Observation,
     PdfState,
+    in_use,
 )
 from ocr_inbox.outbox.order import natural_key
 
@@ -20,9 +22,11 @@ __all__ = [
     "FolderRow",
     "ImageRow",
     "ImageStatus",
+    "Indexable",
     "Known",
     "Ledger",
     "Observation",
     "PdfState",
+    "in_use",
     "natural_key",
 ]

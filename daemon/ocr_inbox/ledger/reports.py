@@ -5,6 +5,7 @@ The state machine and every write are in ``store.py``; nothing here changes the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -121,3 +122,18 @@ def failures(ledger: Ledger, limit: int = 100) -> list[Failure]:
     return [Failure(*r) for r in rows]
 
 
+def failed_by_reason(ledger: Ledger) -> list[tuple[str, int]]:
+    """Failed images per reason (a short range of images_by_status: cheap on a big ledger)."""
+    rows = ledger.connection.execute(
+        "SELECT coalesce(error_reason, ''), count(*) FROM images WHERE status = 'failed' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    return [(str(reason), int(n)) for reason, n in rows]
+
+
+def size_bytes(ledger: Ledger) -> int:
+    """The database file and its write-ahead log, as they take up the state disk."""
+    total = 0
+    for path in (ledger.path, ledger.path.with_name(ledger.path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total

@@ -1,9 +1,13 @@
 """The ledger's store: every accepted image and every folder's PDF state, in SQLite.
 
 The state machine (``ImageStatus``, ``PdfState``) and its transitions; the
-read-only reports that ``status`` shows are in ``reports.py``. One writer (the supervisor's thread) owns the
-database; every transition is one short transaction, so a ``kill -9`` at any
-moment leaves either the old or the new state, never half of one.
+read-only reports that ``status`` shows are in ``reports.py``. One writer
+(the supervisor's thread) owns the database; every transition is one short
+transaction, so a ``kill -9`` at any moment leaves either the old or the new
+state, never half of one. The search index (``search/index.py``) lives in the
+same database and is written in the transitions' own transactions: an image's
+text is there exactly while it is done (its file in the inbox, or deleted by
+``delete_processed``).
 
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction is in the
 WAL file before ``commit()`` returns, so a killed *process* loses nothing (the
@@ -23,7 +27,7 @@ import errno
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -33,13 +37,15 @@ import structlog
 
 from ocr_inbox.errors import StateError
 from ocr_inbox.inbox.scan import folder_of
+from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox.order import natural_key
+from ocr_inbox.search import index
 
 log = structlog.get_logger(__name__)
 
 DB_NAME = "ledger.sqlite3"
 LOCK_NAME = "ocr-inbox.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: a second writer waits this long before the open fails with "locked"
 BUSY_TIMEOUT_MS = 1000
 #: size and mtime stored for a refused path (never equal to a real file's)
@@ -79,17 +85,24 @@ CREATE INDEX images_by_folder ON images (folder, status);
 CREATE INDEX images_by_done_at ON images (done_at) WHERE done_at IS NOT NULL;
 """
 
+#: the images ``gone`` takes: all but those gone already and done ones whose source
+#: ``delete_processed`` deleted (their pages live on in the folder's PDF)
+_LEAVES = "(status IN ('pending', 'running', 'failed') OR (status = 'done' AND source_deleted = 0))"
+
 #: user_version -> statements that bring the schema from that version to the next
 _MIGRATIONS: dict[int, str] = {
     0: _SCHEMA,
     # [inbox] delete_processed: the source was deleted after its folder's PDF took it in
     1: "ALTER TABLE images ADD COLUMN source_deleted INTEGER NOT NULL DEFAULT 0;",
+    # the search index (search/index.py), written with the transitions below
+    2: index.MIGRATION,
 }
 
 _IMAGE_COLUMNS = (
     "rel, folder, size, mtime_ns, status, attempts, error_reason, error_detail, "
     "output, first_seen, updated, done_at, elapsed_ms"
 )
+_KNOWN_COLUMNS = "rel, size, mtime_ns, status, source_deleted"
 _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
 
 #: Folders with pending images, oldest first. A loose index scan: one seek in
@@ -155,6 +168,9 @@ class ImageRow:
     updated: float
     done_at: float | None
     elapsed_ms: int | None
+    #: set by ``claim``: when the image was queued (a pending row's ``updated``: every
+    #: change into pending sets it), for the metrics' queue wait
+    queued_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -168,11 +184,21 @@ class FolderRow:
     pdf_error: str | None
 
 
+class Indexable(NamedTuple):
+    rel: str
+    size: int
+    mtime_ns: int
+    #: deleted by ``delete_processed``: its page lives on in the folder's PDF
+    source_deleted: bool
+
+
 class Known(NamedTuple):
     rel: str
     size: int
     mtime_ns: int
     status: ImageStatus
+    #: deleted by ``delete_processed`` (stays done when the scan misses it)
+    source_deleted: bool = False
 
 
 def _image(row: tuple[Any, ...]) -> ImageRow:
@@ -210,12 +236,14 @@ class Ledger:
     # -- opening and closing -------------------------------------------------
 
     @classmethod
-    def open(cls, state_dir: Path, *, readonly: bool = False) -> Ledger:
+    def open(cls, state_dir: Path, *, readonly: bool = False, verify: bool = True) -> Ledger:
         """Open (creating if needed) the ledger in ``state_dir`` for the one daemon.
 
         Takes an exclusive lock on ``state_dir/ocr-inbox.lock`` first, so a second
         daemon on the same state dir fails here. ``readonly`` (for ``ocr-inbox
-        status`` beside a running daemon) takes no lock and creates nothing.
+        status`` beside a running daemon) takes no lock and creates nothing;
+        without ``verify`` it skips the integrity check, which reads every page
+        (seconds for ``ocr-inbox search`` on a ledger with a large index).
         Raises StateError naming the file and the fix; never resets anything.
         """
         path = state_dir / DB_NAME
@@ -224,7 +252,7 @@ class Ledger:
                 raise StateError(f"no ledger at {path}: has the daemon run with this state_dir?")
             conn = _connect(path, path.resolve().as_uri() + "?mode=ro")
             try:
-                _check(conn, path)
+                _check(conn, path, quick_check=verify)
             except BaseException:
                 conn.close()
                 raise
@@ -242,12 +270,16 @@ class Ledger:
             os.close(lock_fd)
             raise
         log.debug("ledger_opened", path=str(path))
+        if not index.complete(conn):
+            log.warning("search_index_incomplete", ledger=str(path),
+                        fix="images done before this version are not searchable yet: "
+                        "stop the daemon and run `ocr-inbox index rebuild`")
         return cls(conn, path, lock_fd)
 
     @classmethod
-    def open_readonly(cls, state_dir: Path) -> Ledger:
-        """``open(state_dir, readonly=True)``: for ``ocr-inbox status`` beside the daemon."""
-        return cls.open(state_dir, readonly=True)
+    def open_readonly(cls, state_dir: Path, *, verify: bool = True) -> Ledger:
+        """``open(state_dir, readonly=True)``: for ``ocr-inbox status`` and ``search`` beside the daemon."""
+        return cls.open(state_dir, readonly=True, verify=verify)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -326,6 +358,8 @@ class Ledger:
         what = Observation.returned if status == "gone" else Observation.changed
         # A new version deserves fresh attempts; a running worker's result for
         # the old version is refused by done() (status no longer 'running').
+        # The old version's text leaves the index now, not when the new one is done.
+        index.drop(c, [rel])
         c.execute(
             "UPDATE images SET size = ?, mtime_ns = ?, status = 'pending', attempts = 0, source_deleted = 0,"
             " error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
@@ -348,6 +382,8 @@ class Ledger:
                 return False
             was_done = row is not None and row[0] == "done"
             self._touch_folder(c, folder, now, rearm=was_done)
+            if was_done:
+                index.drop(c, [rel])
             c.execute(
                 "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, error_reason, error_detail,"
                 "  first_seen, updated) VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?, ?)"
@@ -359,40 +395,35 @@ class Ledger:
             return True
 
     def gone(self, rel: str, now: float) -> bool:
-        """The file left the inbox before it was done: not a failure, just gone.
+        """The file left the inbox: not a failure, just gone (and its text leaves the search index).
 
-        A done image stays done (its JSON is still right, and ``delete_processed``
-        removes done sources on purpose). Returns whether anything changed.
+        A done image goes too: a file that is not there is not searchable, and if
+        it comes back unchanged, ``observe`` sees it return and its JSON is adopted
+        again. Only a source deleted by ``delete_processed`` stays done: its page
+        lives on in the folder's PDF. The folder's PDF is not rebuilt for a file
+        that left. Returns whether anything changed.
         """
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE images SET status = 'gone', updated = ?"
-                " WHERE rel = ? AND status IN ('pending', 'running', 'failed')",
-                (now, rel),
-            )
+            cur = c.execute(f"UPDATE images SET status = 'gone', updated = ? WHERE rel = ? AND {_LEAVES}", (now, rel))
             if cur.rowcount == 0:
                 return False
+            index.drop(c, [rel])
             self._touch_folder(c, folder_of(rel), now, rearm=False)
             return True
 
     def gone_tree(self, rel_dir: str, now: float) -> int:
         """``gone`` for every image under the directory ``rel_dir`` (moved out or deleted whole)."""
         prefix = rel_dir.rstrip("/") + "/"
+        under = "substr(rel, 1, ?) = ?"
         with self._tx() as c:
-            folders = [
-                f
-                for (f,) in c.execute(
-                    "SELECT DISTINCT folder FROM images WHERE substr(rel, 1, ?) = ?"
-                    " AND status IN ('pending', 'running', 'failed')",
-                    (len(prefix), prefix),
-                )
-            ]
+            leaving = c.execute(
+                f"SELECT rel, folder FROM images WHERE {under} AND {_LEAVES}", (len(prefix), prefix)
+            ).fetchall()
             n = c.execute(
-                "UPDATE images SET status = 'gone', updated = ? WHERE substr(rel, 1, ?) = ?"
-                " AND status IN ('pending', 'running', 'failed')",
-                (now, len(prefix), prefix),
+                f"UPDATE images SET status = 'gone', updated = ? WHERE {under} AND {_LEAVES}", (now, len(prefix), prefix)
             ).rowcount
-            for folder in folders:
+            index.drop(c, [rel for rel, _ in leaving])
+            for folder in {f for _, f in leaving}:
                 self._touch_folder(c, folder, now, rearm=False)
         return n
 
@@ -427,10 +458,14 @@ class Ledger:
         except BaseException:
             self._queue = None
             raise
-        return [replace(r, status=ImageStatus.running, updated=now) for r in claimed]
+        return [replace(r, status=ImageStatus.running, updated=now, queued_at=r.updated) for r in claimed]
 
-    def done(self, rel: str, size: int, mtime_ns: int, output: str, elapsed_ms: int, now: float) -> bool:
-        """running -> done, if the file OCR'd (``size``, ``mtime_ns``) is the one recorded.
+    def done(
+        self, rel: str, size: int, mtime_ns: int, output: str, elapsed_ms: int, now: float,
+        pages: Sequence[Page] = (),
+    ) -> bool:
+        """running -> done, if the file OCR'd (``size``, ``mtime_ns``) is the one recorded;
+        its ``pages`` go into the search index in the same transaction.
 
         Otherwise the result is for an older version of the file: the image stays
         (or goes back to) pending to be done again. Returns whether it was taken.
@@ -443,6 +478,7 @@ class Ledger:
                 (output, elapsed_ms, now, now, rel, size, mtime_ns),
             )
             if cur.rowcount:
+                index.replace(c, rel, pages)
                 return True
             self._requeued(folder_of(rel))
             c.execute(
@@ -460,16 +496,22 @@ class Ledger:
         ).fetchone()
         return row is not None
 
-    def adopt(self, rel: str, size: int, mtime_ns: int, output: str, now: float) -> bool:
+    def adopt(
+        self, rel: str, size: int, mtime_ns: int, output: str, now: float, pages: Sequence[Page] = ()
+    ) -> bool:
         """pending -> done without OCR: the outbox already holds a JSON for exactly this version
-        (a lost or new ledger, a tree OCR'd before). Returns whether it was taken."""
+        (a lost or new ledger, a tree OCR'd before), whose ``pages`` are indexed. Returns whether
+        it was taken."""
         with self._tx() as c:
             cur = c.execute(
                 "UPDATE images SET status = 'done', output = ?, done_at = ?, updated = ?"
                 " WHERE rel = ? AND status = 'pending' AND size = ? AND mtime_ns = ?",
                 (output, now, now, rel, size, mtime_ns),
             )
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            index.replace(c, rel, pages)
+            return True
 
     def failed(self, rel: str, reason: str, detail: str, now: float, *, retry: bool) -> bool:
         """A running image failed: count the attempt; ``retry`` queues it again, else quarantine."""
@@ -568,17 +610,17 @@ class Ledger:
         while True:
             if after is None:
                 rows = self._conn.execute(
-                    "SELECT rel, size, mtime_ns, status FROM images ORDER BY rel LIMIT ?", (chunk,)
+                    f"SELECT {_KNOWN_COLUMNS} FROM images ORDER BY rel LIMIT ?", (chunk,)
                 ).fetchall()
             else:
                 rows = self._conn.execute(
-                    "SELECT rel, size, mtime_ns, status FROM images WHERE rel > ? ORDER BY rel LIMIT ?",
+                    f"SELECT {_KNOWN_COLUMNS} FROM images WHERE rel > ? ORDER BY rel LIMIT ?",
                     (after, chunk),
                 ).fetchall()
             if not rows:
                 return
-            for rel, size, mtime_ns, status in rows:
-                yield Known(rel, size, mtime_ns, ImageStatus(status))
+            for rel, size, mtime_ns, status, deleted in rows:
+                yield Known(rel, size, mtime_ns, ImageStatus(status), bool(deleted))
             after = rows[-1][0]
 
     # -- folder PDFs ---------------------------------------------------------
@@ -599,14 +641,48 @@ class Ledger:
         ).fetchall()
         return [_folder(r) for r in rows]
 
-    def pages_of(self, folder: str) -> list[ImageRow]:
-        """The folder's done images whose source is still in the inbox: its PDF's new pages."""
+    def next_quiet_at(self, quiet_seconds: float) -> float | None:
+        """When the next folder that ``quiet_folders`` waits for (all its images finished)
+        becomes quiet, as wall time; None when no folder waits for that."""
+        row = self._conn.execute(
+            "SELECT min(last_activity) FROM folders f WHERE pdf_state = 'needed'"
+            " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder"
+            "  AND i.status IN ('pending', 'running'))"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')",
+        ).fetchone()
+        return None if row[0] is None else float(row[0]) + quiet_seconds
+
+    def has_unfinished(self, folder: str) -> bool:
+        """Some image of the folder is queued or with a worker."""
+        row = self._conn.execute(
+            "SELECT 1 FROM images WHERE folder = ? AND status IN ('pending', 'running') LIMIT 1", (folder,)
+        ).fetchone()
+        return row is not None
+
+    def growing_folders(self) -> list[FolderRow]:
+        """Folders whose PDF is needed with a page done and images still queued or running,
+        oldest first (the order ``claim`` OCRs them in)."""
         rows = self._conn.execute(
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status = 'done'"
-            " AND source_deleted = 0 ORDER BY natkey, rel",
+            f"SELECT {_FOLDER_COLUMNS} FROM folders f WHERE pdf_state = 'needed'"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status IN ('pending', 'running'))"
+            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+            " ORDER BY first_seen, folder",
+        ).fetchall()
+        return [_folder(r) for r in rows]
+
+    def folder_images(self, folder: str) -> list[ImageRow]:
+        """The folder's images that are or may become its PDF's new pages, in any status but
+        gone (done images whose source was deleted are in the published PDF already)."""
+        rows = self._conn.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status != 'gone'"
+            " AND NOT (status = 'done' AND source_deleted = 1) ORDER BY natkey, rel",
             (folder,),
         ).fetchall()
         return [_image(r) for r in rows]
+
+    def pages_of(self, folder: str) -> list[ImageRow]:
+        """The folder's done images whose source is still in the inbox: its PDF's new pages."""
+        return [r for r in self.folder_images(folder) if r.status == ImageStatus.done]
 
     def has_deleted_sources(self, folder: str) -> bool:
         """Some of the folder's pages live on only in its published PDF (``delete_processed``)."""
@@ -650,6 +726,11 @@ class Ledger:
             )
             return cur.rowcount > 0
 
+    def pdf_reopen(self, folder: str) -> None:
+        """building -> needed: a build given up before its end, to be started again."""
+        with self._tx() as c:
+            c.execute("UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'building'", (folder,))
+
     def pdf_rearm(self, folder: str) -> bool:
         """failed -> needed: try the PDF again (its failure was the disk's, not the folder's)."""
         with self._tx() as c:
@@ -657,6 +738,47 @@ class Ledger:
                 "UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'failed'", (folder,)
             )
             return cur.rowcount > 0
+
+    # -- the search index ------------------------------------------------------
+
+    def indexable(self) -> list[Indexable]:
+        """Done images whose text belongs in the search index (a rebuild checks their files)."""
+        rows = self._conn.execute(
+            "SELECT rel, size, mtime_ns, source_deleted FROM images WHERE status = 'done' ORDER BY rel"
+        ).fetchall()
+        return [Indexable(rel, size, mtime_ns, bool(deleted)) for rel, size, mtime_ns, deleted in rows]
+
+    def rebuild_index(self, docs: Iterable[tuple[str, Sequence[Page]]], now: float, chunk: int = 200) -> int:
+        """A new search index of ``docs`` (rel, pages), swapped in by one transaction; returns images indexed.
+
+        It is filled beside the live one, committed every ``chunk`` images: cut off half-way,
+        the live index is untouched (the next rebuild discards the part filled). The caller
+        holds the state dir (``open``, not read-only), so no transition runs meanwhile.
+        """
+        with self._tx() as c:
+            index.start_rebuild(c)
+        n = 0
+        try:
+            batch: list[tuple[str, Sequence[Page]]] = []
+            for item in docs:
+                batch.append(item)
+                if len(batch) >= chunk:
+                    n += self._index_next(batch)
+                    batch = []
+            n += self._index_next(batch)
+            with self._tx() as c:
+                index.swap_in(c, now)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error), self._tx() as c:
+                index.discard_rebuild(c)
+            raise
+        return n
+
+    def _index_next(self, batch: list[tuple[str, Sequence[Page]]]) -> int:
+        with self._tx() as c:
+            for rel, pages in batch:
+                index.put(c, rel, pages, index.NEXT)
+        return len(batch)
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -668,6 +790,21 @@ class Ledger:
             f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE folder = ?", (folder,)
         ).fetchone()
         return _folder(row) if row else None
+
+def in_use(state_dir: Path) -> bool:
+    """Whether a daemon (or ``ocr-inbox ocr``) holds the state dir's lock: the one ledger writer."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
 
 def _lock_state_dir(state_dir: Path) -> int:
     """Exclusive flock on the lock file: one daemon per state dir. Returns the held fd."""
@@ -714,6 +851,12 @@ def _connect(path: Path, target: str) -> sqlite3.Connection:
 
 def _state_error(path: Path, exc: sqlite3.Error) -> StateError:
     msg = str(exc)
+    if "no such module: fts5" in msg:
+        return StateError(
+            f"the SQLite library of this Python ({sqlite3.sqlite_version}) lacks FTS5, which the search index "
+            f"in {path} needs; nothing was changed. Use a Python whose sqlite3 has it (python.org, Debian, "
+            "Ubuntu and conda builds do)"
+        )
     if "locked" in msg or "busy" in msg:
         return StateError(
             f"the ledger {path} is locked by another process ({msg}); "
@@ -731,9 +874,9 @@ def _state_error(path: Path, exc: sqlite3.Error) -> StateError:
     )
 
 
-def _check(conn: sqlite3.Connection, path: Path) -> None:
+def _check(conn: sqlite3.Connection, path: Path, *, quick_check: bool = True) -> None:
     try:
-        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()] if quick_check else ["ok"]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise _state_error(path, exc) from None

@@ -60,6 +60,31 @@ class WorkerSlot:
         return "gpu:0" if self.device.kind == "gpu" else "cpu"
 
 
+def gpu_support_problem(engine: str) -> tuple[str, str] | None:
+    """Why ``engine``'s installed build cannot run on a CUDA GPU, and the fix; None when it can.
+
+    Imports the engine's runtime (ONNX Runtime, or Paddle for "paddle"): PaddleX would
+    otherwise fall back to the CPU without a word."""
+    if engine == "onnxruntime":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return (
+                "ONNX Runtime has no CUDA provider",
+                '`pip uninstall onnxruntime && pip install onnxruntime-gpu`, or set devices = ["cpu"]',
+            )
+        return None
+    import paddle
+
+    if not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() < 1:
+        return (
+            "this Paddle build sees no CUDA GPU",
+            "install paddlepaddle-gpu from Paddle's index (README, GPUs), check CUDA_VISIBLE_DEVICES "
+            'and /dev/nvidia*, or set devices = ["cpu"]',
+        )
+    return None
+
+
 def default_workers(device: Device, cpu_count: int) -> int:
     # Measured (docs/BENCHMARKS.md): on CPU, 1-thread processes beat fewer fatter ones;
     # on a GPU several processes overlap decoding and host work with inference.

@@ -22,6 +22,7 @@ import numpy as np
 
 from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, profiles
+from ocr_inbox.ocr.devices import gpu_support_problem
 from ocr_inbox.ocr.results import Line, Word
 
 if TYPE_CHECKING:
@@ -196,23 +197,9 @@ class PaddleXEngine:
 
     def _check_gpu(self, profile: profiles.Profile) -> None:
         """PaddleX quietly falls back to the CPU when Paddle has no GPU: refuse instead."""
-        where = f"ocr.devices contains {self.s.reported_device!r}"
-        if profile.engine == "onnxruntime":
-            import onnxruntime
-
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise EngineUnavailable(
-                    f"{where}, but ONNX Runtime has no CUDA provider; `pip uninstall onnxruntime && "
-                    "pip install onnxruntime-gpu`, or set devices = [\"cpu\"]"
-                )
-            return
-        import paddle
-
-        if not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() < 1:
-            raise EngineUnavailable(
-                f"{where}, but this Paddle build sees no CUDA GPU; install paddlepaddle-gpu from Paddle's "
-                "index (README, GPUs), check CUDA_VISIBLE_DEVICES and /dev/nvidia*, or set devices = [\"cpu\"]"
-            )
+        problem = gpu_support_problem(profile.engine)
+        if problem is not None:
+            raise EngineUnavailable(f"ocr.devices contains {self.s.reported_device!r}, but {problem[0]}; {problem[1]}")
 
     def _refiner(self) -> Refiner | None:
         p = self.refine_profile

@@ -50,13 +50,18 @@ def missing_files(models_dir: Path, profile: Profile, roles: Sequence[str] = ("d
     return out
 
 
+def install_command(models_dir: Path, profile: Profile) -> str:
+    """The command that installs ``profile``'s files into ``models_dir``."""
+    return f"ocr-inbox models install --profile {profile.name} --models-dir {models_dir}"
+
+
 def require(models_dir: Path, profile: Profile, roles: Sequence[str] = ("det", "rec")) -> None:
     """Raise ``EngineUnavailable`` naming a missing file and the command that installs it."""
     missing = missing_files(models_dir, profile, roles)
     if missing:
         raise EngineUnavailable(
             f"model files for profile {profile.name!r} are missing, e.g. {missing[0]}; "
-            f"run `ocr-inbox models install --profile {profile.name} --models-dir {models_dir}`"
+            f"run `{install_command(models_dir, profile)}`"
         )
 
 

@@ -100,8 +100,8 @@ def read(path: Path) -> Document:
         return from_json(json.load(fh))
 
 
-def is_current(json_file: Path, size: int, mtime_ns: int) -> bool:
-    """True when ``json_file`` is a valid document for the source version (``size``, ``mtime_ns``).
+def read_current(json_file: Path, size: int, mtime_ns: int) -> Document | None:
+    """``json_file``'s document if it is valid and for the source version (``size``, ``mtime_ns``), else None.
 
     Opened non-blocking and read only if it is a regular file: a FIFO planted in the
     outbox must not hang the daemon.
@@ -109,12 +109,12 @@ def is_current(json_file: Path, size: int, mtime_ns: int) -> bool:
     try:
         fd = os.open(json_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
     try:
         with os.fdopen(fd, encoding="utf-8") as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return False
-            src = json.load(fh)["source"]
-        return bool(src["size"] == size and src["mtime_ns"] == mtime_ns)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+                return None
+            doc = from_json(json.load(fh))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return doc if (doc.source.size, doc.source.mtime_ns) == (size, mtime_ns) else None

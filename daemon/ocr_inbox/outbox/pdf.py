@@ -3,10 +3,15 @@
 Recipe (:func:`build_pdf`; :func:`build_folder_pdf` lists a folder first):
 
 1. the caller gives the pages in order (:class:`PageSource`: image path beneath
-   the root, its JSON, the version that was OCR'd);
+   the root, its JSON, the version that was OCR'd), all at once or as a stream
+   that yields each page once it is OCR'd (the build then overlaps OCR; a page
+   OCR'd before the pages ahead of it may come made ready by :func:`prepare`,
+   which is step 2 up to adding the page);
 2. per image: read it beneath the root and decode it with ``ocr/images.py``,
    the same code and limits as OCR (a file that is not the version OCR'd
-   stops the build: :class:`SourceChanged`); store each frame as it is (JPEG
+   stops the build: :class:`SourceChanged`; a JPEG whose bytes have the
+   SHA-256 its JSON records was decoded in full by OCR: its header is checked,
+   it is not decoded again); store each frame as it is (JPEG
    bytes unchanged, other formats losslessly as PNG-predicted Flate), read its
    JSON, and add a page with the picture and the invisible text layer
    (``textlayer.py``);
@@ -33,10 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -56,8 +62,8 @@ from ocr_inbox.outbox.names import JSON_SUFFIX, is_temp_for, work_dir_for
 from ocr_inbox.outbox.pdfobj import new_stream
 
 __all__ = [
-    "DEFAULT_DPI", "PageIssue", "PageSource", "PdfImage", "PdfReport", "SourceChanged", "build_folder_pdf",
-    "build_pdf", "list_images", "pdf_image", "work_dir_for",
+    "DEFAULT_DPI", "PageIssue", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
+    "build_folder_pdf", "build_pdf", "list_images", "pdf_image", "prepare", "work_dir_for",
 ]
 
 IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
@@ -238,6 +244,22 @@ def _lossless_page(im: Image.Image, orientation: int, dpi: tuple[float, float]) 
 
 # --- PDF assembly -------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _PageParts:
+    """One page made ready to add: the picture, its invisible text (content stream), its outline title."""
+
+    image: PdfImage
+    text: bytes  # b"": no text layer
+    title: str
+
+
+def _text_ops(image: PdfImage, text_page: Page | None) -> bytes:
+    if text_page is None:
+        return b""
+    width, height = image.page_size
+    tf = textlayer.PixelToPoint.fit(text_page.width, text_page.height, width, height)
+    return textlayer.text_layer(text_page, tf, "F0")
+
 
 class _ChunkWriter:
     """Pages go into an in-memory document saved as a chunk PDF every ``size`` pages."""
@@ -250,10 +272,10 @@ class _ChunkWriter:
         #: pages in all chunks, written or not
         self.pages = 0
 
-    def add(self, image: PdfImage, text_page: Page | None) -> None:
+    def add(self, page: _PageParts) -> None:
         if self.doc is None:
             self.doc, self.font_xref = pymupdf.open(), 0
-        doc = self.doc
+        doc, image = self.doc, page.image
         width, height = image.page_size
         doc.new_page(width=width, height=height)
         self.pages += 1
@@ -263,14 +285,11 @@ class _ChunkWriter:
         cm = " ".join(textlayer.num(v, 4) for v in image.matrix())
         contents = [new_stream(doc, "<<>>", f"q {cm} cm /Im0 Do Q\n".encode())]
         fonts = ""
-        if text_page is not None:
-            tf = textlayer.PixelToPoint.fit(text_page.width, text_page.height, width, height)
-            text = textlayer.text_layer(text_page, tf, "F0")
-            if text:
-                if not self.font_xref:
-                    self.font_xref = font.add_font(doc)
-                contents.append(new_stream(doc, "<<>>", text))
-                fonts = f"/Font<</F0 {self.font_xref} 0 R>>"
+        if page.text:
+            if not self.font_xref:
+                self.font_xref = font.add_font(doc)
+            contents.append(new_stream(doc, "<<>>", page.text))
+            fonts = f"/Font<</F0 {self.font_xref} 0 R>>"
         resources = f"<</XObject<</Im0 {image_xref} 0 R>>{fonts}>>"
         kind, ref = doc.xref_get_key(page_xref, "Resources")
         if kind == "xref":  # fill the page's own empty resources object
@@ -301,8 +320,7 @@ class _ChunkWriter:
 
 def _merge(chunks: Sequence[Path], dest: Path, title: str, toc: list[list[Any]]) -> None:
     """Append chunk after chunk to ``dest`` with incremental saves (flat memory)."""
-    shutil.copyfile(chunks[0], dest)
-    chunks[0].unlink()
+    shutil.move(chunks[0], dest)  # a rename: the work dir is beside the output
     for chunk in chunks[1:]:
         with pymupdf.open(dest) as out, pymupdf.open(chunk) as src:
             out.insert_pdf(src)
@@ -365,7 +383,7 @@ def _work_area(work_dir: Path, out_pdf: Path, log: Any) -> Iterator[Path]:
 
 def build_pdf(
     root: Path,
-    pages: Sequence[PageSource],
+    pages: Iterable[PageSource | PreparedImage],
     out_pdf: Path,
     *,
     title: str,
@@ -384,6 +402,10 @@ def build_pdf(
     cannot be read or decoded is left out; one without a JSON that matches it
     (size and mtime) goes in image-only; both are reported.
 
+    ``pages`` may be a generator that waits for pages still being OCR'd: each
+    page is added as it comes, and nothing is published before it ends (an
+    exception from it ends the build with nothing published).
+
     ``keep_previous``: an existing ``out_pdf``'s pages (and outline) come first,
     so a late page extends the PDF of a folder whose sources are gone.
     Work files go to ``<work_dir or out_pdf's dir>/`` + ``names.work_dir_for``,
@@ -400,7 +422,7 @@ def build_pdf(
         raise BadArguments(f"output is a directory: {out_pdf}")
     if chunk_pages < 1:
         raise BadArguments(f"chunk_pages must be at least 1, not {chunk_pages}")
-    if not pages and not (keep_previous and out_pdf.exists()):
+    if isinstance(pages, Sized) and not pages and not (keep_previous and out_pdf.exists()):
         raise BadArguments(f"no images for {out_pdf}")
     try:
         out_pdf.parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +430,8 @@ def build_pdf(
         raise OutputError(f"cannot create {out_pdf.parent}: {exc}") from exc
     work = work_dir_for(out_pdf, work_dir)
 
-    log.info("pdf_build_started", root=str(root), images=len(pages), out=str(out_pdf))
+    count = {"images": len(pages)} if isinstance(pages, Sized) else {"streamed": True}
+    log.info("pdf_build_started", root=str(root), out=str(out_pdf), **count)
     issues = _Issues(log)
     toc: list[list[Any]] = []
     with _work_area(work, out_pdf, log):
@@ -416,8 +439,15 @@ def build_pdf(
         if keep_previous and out_pdf.exists():
             _take_previous(writer, out_pdf, toc, issues)
         try:
-            for src in pages:
-                _add_image(writer, root, src, limits, toc, issues)
+            for item in pages:
+                if isinstance(item, PreparedImage):
+                    issues.replay(item.issues)
+                    parts: Iterable[_PageParts] = item.pages
+                else:
+                    parts = _image_pages(root, item, limits, issues)
+                for page in parts:
+                    writer.add(page)
+                    toc.append([1, page.title, writer.pages])
             writer.flush()
         finally:
             writer.close()
@@ -439,7 +469,8 @@ def build_pdf(
 
 
 class _Issues:
-    """What went in without text, and what was left out: logged and kept for the report."""
+    """What went in without text, and what was left out: logged (unless ``log`` is None:
+    recorded ahead, by :func:`prepare`, and logged when replayed) and kept for the report."""
 
     def __init__(self, log: Any) -> None:
         self.log = log
@@ -448,13 +479,21 @@ class _Issues:
 
     def without_text(self, issue: PageIssue) -> None:
         self.image_only.append(issue)
-        self.log.warning("pdf_page_without_text", image=issue.image, frame=issue.frame,
-                         reason=issue.reason, detail=issue.detail)
+        if self.log is not None:
+            self.log.warning("pdf_page_without_text", image=issue.image, frame=issue.frame,
+                             reason=issue.reason, detail=issue.detail)
 
     def leave_out(self, issue: PageIssue) -> None:
         self.left_out.append(issue)
-        self.log.warning("pdf_image_left_out", image=issue.image, frame=issue.frame,
-                         reason=issue.reason, detail=issue.detail)
+        if self.log is not None:
+            self.log.warning("pdf_image_left_out", image=issue.image, frame=issue.frame,
+                             reason=issue.reason, detail=issue.detail)
+
+    def replay(self, recorded: _Issues) -> None:
+        for issue in recorded.left_out:
+            self.leave_out(issue)
+        for issue in recorded.image_only:
+            self.without_text(issue)
 
 
 def _take_previous(writer: _ChunkWriter, out_pdf: Path, toc: list[list[Any]], issues: _Issues) -> None:
@@ -476,15 +515,35 @@ def _take_previous(writer: _ChunkWriter, out_pdf: Path, toc: list[list[Any]], is
         toc.extend(outline)
 
 
-def _add_image(
-    writer: _ChunkWriter,
-    root: Path,
-    src: PageSource,
-    limits: images.Limits,
-    toc: list[list[Any]],
-    issues: _Issues,
-) -> None:
-    """Add every frame of one image file; record what went in without text or not at all."""
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready to add before its turn (:func:`prepare`); its issues are logged when added."""
+
+    src: PageSource
+    pages: tuple[_PageParts, ...]
+    issues: _Issues
+
+
+def prepare(root: Path, src: PageSource, limits: images.Limits) -> PreparedImage | None:
+    """Everything :func:`build_pdf` does for one image but adding it: read it beneath ``root``,
+    check it is the version OCR'd (else :class:`SourceChanged`), decode it, lay out its text.
+
+    For a page OCR'd before the pages ahead of it: a streaming build makes it ready
+    while it waits for them. None for a file of several frames: those are done frame
+    by frame in their turn, so memory stays at about a chunk.
+    """
+    issues = _Issues(None)
+    pages: list[_PageParts] = []
+    for page in _image_pages(Path(root), src, limits, issues):
+        if pages:
+            return None
+        pages.append(page)
+    return PreparedImage(src, tuple(pages), issues)
+
+
+def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Issues) -> Iterator[_PageParts]:
+    """Every frame of one image file as a page made ready, one at a time; record what goes in
+    without text or not at all."""
     name = src.rel.rsplit("/", 1)[-1]
     try:
         data, st = images.read_file(str(root), src.rel, limits)
@@ -495,9 +554,11 @@ def _add_image(
         src.mtime_ns is not None and st.st_mtime_ns != src.mtime_ns
     ):
         raise SourceChanged(src.rel, f"size {st.st_size}, mtime_ns {st.st_mtime_ns}; OCR'd {src.size}, {src.mtime_ns}")
-    text_pages, reason, detail = _json_pages(src.json, st)
+    text_pages, sha256, reason, detail = _json_pages(src.json, st)
+    # OCR decoded these very bytes: the check decode would only repeat it (80 % of a page's build)
+    decoded = sha256 is not None and hashlib.sha256(data).hexdigest() == sha256
     try:
-        for frame in images.frames(data, limits, draft_jpeg=True):
+        for frame in images.frames(data, limits, draft_jpeg=True, decoded_before=decoded):
             multi = frame.count > 1
             frame_no = frame.index if multi else None
             if isinstance(frame, images.BadFrame):
@@ -509,8 +570,8 @@ def _add_image(
                 issues.leave_out(PageIssue(src.rel, "corrupt", frame_no, str(exc)))
                 continue
             text_page = _text_page(src.rel, frame_no, frame.index, image, text_pages, reason, detail, issues)
-            writer.add(image, text_page)
-            toc.append([1, f"{name} ({frame.index + 1}/{frame.count})" if multi else name, writer.pages])
+            title = f"{name} ({frame.index + 1}/{frame.count})" if multi else name
+            yield _PageParts(image, _text_ops(image, text_page), title)
     except BadImage as exc:  # the file as a whole
         issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
 
@@ -538,20 +599,21 @@ def _text_page(
     return text_page
 
 
-def _json_pages(json_file: Path, st: os.stat_result) -> tuple[tuple[Page, ...], str, str]:
-    """The JSON's pages if it describes the file opened (``st``), else () with the reason why not."""
+def _json_pages(json_file: Path, st: os.stat_result) -> tuple[tuple[Page, ...], str | None, str, str]:
+    """The JSON's pages and the SHA-256 it records if it describes the file opened (``st``),
+    else ((), None) with the reason why not."""
     try:
         doc = document.read(json_file)
     except FileNotFoundError:
-        return (), "json_missing", str(json_file)
+        return (), None, "json_missing", str(json_file)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return (), "json_unreadable", f"{type(exc).__name__}: {exc}"
+        return (), None, "json_unreadable", f"{type(exc).__name__}: {exc}"
     if (doc.source.size, doc.source.mtime_ns) != (st.st_size, st.st_mtime_ns):
-        return (), "json_stale", (
+        return (), None, "json_stale", (
             f"JSON of size {doc.source.size}, mtime_ns {doc.source.mtime_ns}; "
             f"the file has {st.st_size}, {st.st_mtime_ns}"
         )
-    return doc.pages, "", ""
+    return doc.pages, doc.source.sha256, "", ""
 
 
 # --- a folder -----------------------------------------------------------------

@@ -3,13 +3,24 @@
 The request names the pages (the ledger's done images, in page order, with the
 size and mtime that were OCR'd); the child builds from exactly those, reports
 a short summary (or the error) over a pipe and exits, returning all its memory.
+
+A request that is not ``final`` opens a streaming build: more pages follow over
+the same pipe (:class:`MorePages`, in page order) as they are OCR'd, and the
+child adds each as it comes, so the work left when the last one arrives is that
+page and the merge. Pages done before the pages ahead of them (another worker's
+batch) come as ``ahead``: the child makes them ready while it waits
+(``pdf.prepare``) and adds them in their turn. Nothing is published before the
+final pages arrived.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -44,6 +55,18 @@ class PdfRequest:
     limits: images.Limits
     log_level: str
     log_format: str
+    #: False: more pages follow (``PdfBuild.add``) until one with ``final`` set
+    final: bool = True
+
+
+@dataclass(frozen=True)
+class MorePages:
+    """The next pages of a streaming build, in page order; ``final``: the last of them."""
+
+    pages: tuple[PdfPage, ...]
+    final: bool
+    #: done pages whose turn has not come (some page before them is not done): made ready meanwhile
+    ahead: tuple[PdfPage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,14 +85,48 @@ class PdfResult:
 
 
 def _main(conn: Connection, req: PdfRequest) -> None:
+    _build(conn, req)
+    # Published (or not) and reported: skip the interpreter's teardown, which took
+    # 0.25 s on a busy machine while the caller waited for the exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _build(conn: Connection, req: PdfRequest) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(req.log_level, req.log_format, pdf=req.folder or ".")
     from ocr_inbox.outbox import names, pdf
 
     outbox = Path(req.outbox)
+
+    def source(p: PdfPage) -> pdf.PageSource:
+        return pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns)
+
+    def stream() -> Iterator[pdf.PageSource | pdf.PreparedImage]:
+        ready: dict[PdfPage, pdf.PreparedImage] = {}
+        batch, final = req.pages, req.final
+        ahead: tuple[PdfPage, ...] = ()
+        while True:
+            for p in batch:
+                early = ready.pop(p, None)
+                yield early if early is not None else source(p)
+            if final:
+                return
+            for p in ahead:  # at most a chunk of them: memory stays at about two chunks
+                if p not in ready and len(ready) < req.chunk_pages:
+                    try:
+                        made = pdf.prepare(Path(req.inbox), source(p), req.limits)
+                    except Exception:  # noqa: BLE001 - done again in its turn, where an error counts
+                        made = None
+                    if made is not None:
+                        ready[p] = made
+            more: MorePages = conn.recv()  # EOFError: the parent cancelled (or died)
+            batch, ahead, final = more.pages, more.ahead, more.final
+
     try:
-        pages = [pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns) for p in req.pages]
+        pages = [source(p) for p in req.pages] if req.final else stream()
         report = pdf.build_pdf(
             Path(req.inbox),
             pages,
@@ -81,6 +138,8 @@ def _main(conn: Connection, req: PdfRequest) -> None:
         )
         problems = len(report.image_only) + len(report.left_out)
         conn.send(PdfResult(req.folder, True, pages=report.pages, problems=problems))
+    except EOFError:  # nobody is left to tell; nothing was published
+        return
     except pdf.SourceChanged as exc:
         conn.send(PdfResult(req.folder, False, error=str(exc), transient=True, changed=exc.rel))
     except (OutputError, OSError) as exc:
@@ -90,18 +149,36 @@ def _main(conn: Connection, req: PdfRequest) -> None:
 
 
 class PdfBuild:
-    """A running build: ``waitables`` for the loop, ``result()`` once it is over."""
+    """A running build: ``waitables`` for the loop, ``add()`` while it is open, ``result()`` once it is over."""
 
     def __init__(self, req: PdfRequest) -> None:
         self.req = req
-        self._conn, child = _CTX.Pipe(duplex=False)
+        self._conn, child = _CTX.Pipe(duplex=True)
         self.process: Any = _CTX.Process(target=_main, args=(child, req), name="ocr-inbox-pdf", daemon=True)
         self.process.start()
-        self.started = time.monotonic()
+        #: when the last pages were sent: an open build waits for OCR, which is no build time
+        self.started: float | None = time.monotonic() if req.final else None
         child.close()
 
+    @property
+    def open(self) -> bool:
+        """Still taking pages (a streaming build whose final pages were not sent yet)."""
+        return self.started is None
+
+    def add(self, pages: tuple[PdfPage, ...], final: bool, ahead: tuple[PdfPage, ...] = ()) -> None:
+        """Send an open build its next pages (and pages to make ready before their turn);
+        a child that ended early (an error) tells ``result()``."""
+        if final:
+            self.started = time.monotonic()
+        try:
+            # (a child slower than OCR fills the pipe, and this then waits for it: the
+            # run would wait for its PDF at the end anyway)
+            self._conn.send(MorePages(pages, final, ahead))
+        except OSError:  # BrokenPipeError: it ended already, its result is in the pipe
+            pass
+
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
+        return 0.0 if self.started is None else time.monotonic() - self.started
 
     @property
     def waitables(self) -> list[Any]:

@@ -1,0 +1,64 @@
+"""The running daemon's live view, for ``ocr-inbox status``: its workers per node, and why
+dispatch is paused.
+
+The ledger says what was done; only the daemon's memory knows which workers (processes,
+or Ray actors on which nodes) exist now. The daemon writes
+``STATE_DIR/live.json`` atomically when that view changes (at most every few seconds), and
+once more without workers when it stops. Whether a daemon is running at all is told by the
+state dir's lock, not by this file: after a ``kill -9`` the file stays, and ``status``
+says the daemon is not running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ocr_inbox.executors.base import WorkerView
+from ocr_inbox.ledger import in_use
+
+LIVE_NAME = "live.json"
+
+
+def write(state_dir: Path, executor: str, workers: list[WorkerView], note: str, paused: str) -> None:
+    view = {
+        "pid": os.getpid(),
+        "written_at": time.time(),
+        "executor": executor,
+        "note": note,
+        "paused": paused,
+        "workers": [w.as_dict() for w in workers],
+    }
+    # Replaced whole (a reader never sees half a file), through one fixed temp name: a kill
+    # leaves at most that one file, overwritten by the next write. No fsync: it is a view
+    # of memory, rewritten within seconds, and worthless after a crash anyway.
+    tmp = state_dir / f".{LIVE_NAME}.tmp"
+    tmp.write_text(json.dumps(view, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, state_dir / LIVE_NAME)
+
+
+def read(state_dir: Path) -> dict[str, Any]:
+    """The last view the daemon wrote, with ``running``; a daemon that is not running has no
+    workers, whatever a killed one left in the file."""
+    view: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        view = json.loads((state_dir / LIVE_NAME).read_text(encoding="utf-8"))
+    view["running"] = in_use(state_dir)  # the state dir's lock
+    if not view["running"]:
+        view.update(workers=[], note="", paused="")
+    return view
+
+
+def per_node(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Workers grouped by node and device: counts by state and images done, for the table."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for w in workers:
+        g = groups.setdefault((w["node"], w["device"]), {"node": w["node"], "device": w["device"], "workers": 0, "images": 0, "states": {}})
+        g["workers"] += 1
+        g["images"] += w["images"]
+        g["states"][w["state"]] = g["states"].get(w["state"], 0) + 1
+    return [groups[k] for k in sorted(groups)]

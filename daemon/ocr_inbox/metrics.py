@@ -1,0 +1,275 @@
+"""Prometheus metrics: what the daemon did (counters, histograms) and where it stands (gauges).
+
+The stages report through a ``Recorder`` (dispatch: images done and failed, OCR
+time, queue wait, pauses, worker exits and memory; intake: refusals and adopted
+JSON; folder PDFs: builds). The base class records nothing (``ocr-inbox ocr``);
+``Metrics`` counts into its own ``CollectorRegistry`` (never the global one), and
+the daemon serves that registry with prometheus_client's HTTP server (``serving``)
+when ``[metrics] listen`` is set.
+
+Two kinds of numbers, for two uses (docs/OPERATIONS.md, "Metrics"):
+
+- counters count what *this process* did since it started: they reset on a
+  restart (``rate()`` and ``increase()`` handle that) and are what alerts use;
+- ``ocr_inbox_ledger_*`` gauges are the ledger's totals, taken on the daemon's
+  status tick (2 s): they survive restarts and include images adopted from an
+  existing outbox, retried or changed on disk.
+
+The HTTP server's thread only reads: counters are thread-safe, and the gauges
+come from snapshots the main loop replaces whole (the ledger's SQLite connection
+and the executor belong to the main thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from ocr_inbox import reasons
+from ocr_inbox.config import parse_listen
+from ocr_inbox.errors import BadArguments
+from ocr_inbox.executors.base import WorkerView
+from ocr_inbox.executors.messages import WORKER_EXIT_REASONS
+from ocr_inbox.ledger.reports import Stats
+
+log = structlog.get_logger(__name__)
+
+#: why dispatch stops handing out work (``Dispatch.pause`` and the crash breaker)
+PAUSE_REASONS = ("disk_full", "output_error", "ledger_write_failed", "crash_storm")
+#: why a folder's PDF failed (``PdfResult.reason``, and the limits checked before a build)
+PDF_FAILURE_REASONS = ("error", "output", "timeout", "too_many_pages", "no_pages")
+#: an image's OCR: a small page on a GPU (~50 ms) up to the default image_timeout_s (600 s)
+OCR_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: from queued to a worker: nothing (an idle pool) to a day's backlog
+QUEUE_BUCKETS = (0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+#: one folder's PDF: a page or two up to the default build_timeout_s (3600 s)
+PDF_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class Recorder:
+    """What the stages report as it happens. This base records nothing."""
+
+    def image_done(self, ocr_seconds: float) -> None:
+        """An image OCR'd and recorded done (its JSON written); ``ocr_seconds``: the worker's time on it."""
+
+    def image_failed(self, reason: str) -> None:
+        """An image failed for good (quarantined by dispatch, or refused by intake)."""
+
+    def image_adopted(self) -> None:
+        """An image recorded done from a JSON already in the outbox, without OCR."""
+
+    def queue_wait(self, seconds: float) -> None:
+        """An image handed to a worker ``seconds`` after it was queued in the ledger."""
+
+    def worker_exit(self, reason: str) -> None:
+        """A worker ended without being stopped (``messages.WORKER_EXIT_REASONS``); it is replaced."""
+
+    def worker_rss(self, slot: int, rss_bytes: int) -> None:
+        """A worker's resident memory, reported after each batch."""
+
+    def paused(self, reason: str) -> None:
+        """Dispatch stopped handing out work (``PAUSE_REASONS``)."""
+
+    def pdf_done(self, seconds: float, pages: int) -> None:
+        """A folder's PDF was published after a build of ``seconds``."""
+
+    def pdf_failed(self, reason: str) -> None:
+        """A folder's PDF failed (``PDF_FAILURE_REASONS``)."""
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """The ledger and dispatch at one status tick."""
+
+    stats: Stats
+    failed_by_reason: tuple[tuple[str, int], ...]
+    size_bytes: int
+    paused_output: bool
+    paused_crash_storm: bool
+
+
+class Metrics(Recorder):
+    """Every metric of the daemon, in one registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.done = Counter(
+            "ocr_inbox_images_done", "Images OCR'd and recorded done (JSON written) by this process", registry=r
+        )
+        self.failed = Counter(
+            "ocr_inbox_images_failed", "Images failed for good (quarantined or refused) by this process, by reason",
+            ["reason"], registry=r,
+        )
+        self.adopted = Counter(
+            "ocr_inbox_images_adopted", "Images recorded done from a JSON already in the outbox (no OCR)", registry=r
+        )
+        self.ocr_seconds = Histogram(
+            "ocr_inbox_ocr_duration_seconds", "A worker's time on one image (decode and OCR, all its pages)",
+            buckets=OCR_BUCKETS, registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "ocr_inbox_queue_wait_seconds", "From an image queued in the ledger to its batch handed to a worker",
+            buckets=QUEUE_BUCKETS, registry=r,
+        )
+        self.restarts = Counter(
+            "ocr_inbox_worker_restarts", "Workers that ended without being stopped and were replaced, by cause",
+            ["cause"], registry=r,
+        )
+        self.pauses = Counter(
+            "ocr_inbox_dispatch_pauses", "Times dispatch stopped handing out work, by reason", ["reason"], registry=r
+        )
+        self.pdf_seconds = Histogram(
+            "ocr_inbox_pdf_build_duration_seconds", "Builds of a folder's PDF that were published: their duration",
+            buckets=PDF_BUCKETS, registry=r,
+        )
+        self.pdf_pages = Counter("ocr_inbox_pdf_pages", "Pages in the folder PDFs published", registry=r)
+        self.pdf_failures = Counter(
+            "ocr_inbox_pdf_failures", "Folder PDFs that failed, by reason", ["reason"], registry=r
+        )
+        # known labels start at 0, so rate() sees their first increase after a restart
+        for reason in reasons.ADVICE:
+            self.failed.labels(reason)
+        for cause in WORKER_EXIT_REASONS:
+            self.restarts.labels(cause)
+        for why in PAUSE_REASONS:
+            self.pauses.labels(why)
+        for why in PDF_FAILURE_REASONS:
+            self.pdf_failures.labels(why)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc. of the daemon itself
+        self._state = _StateCollector()
+        r.register(self._state)
+        self._rss: dict[int, int] = {}
+
+    # -- the stages' hooks (main thread) ------------------------------------------------
+
+    def image_done(self, ocr_seconds: float) -> None:
+        self.done.inc()
+        self.ocr_seconds.observe(ocr_seconds)
+
+    def image_failed(self, reason: str) -> None:
+        self.failed.labels(reason).inc()
+
+    def image_adopted(self) -> None:
+        self.adopted.inc()
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_seconds.observe(max(0.0, seconds))
+
+    def worker_exit(self, reason: str) -> None:
+        self.restarts.labels(reason).inc()
+
+    def worker_rss(self, slot: int, rss_bytes: int) -> None:
+        if rss_bytes > 0:  # Ray actors report none
+            self._rss[slot] = rss_bytes
+
+    def paused(self, reason: str) -> None:
+        self.pauses.labels(reason).inc()
+
+    def pdf_done(self, seconds: float, pages: int) -> None:
+        self.pdf_seconds.observe(seconds)
+        self.pdf_pages.inc(pages)
+
+    def pdf_failed(self, reason: str) -> None:
+        self.pdf_failures.labels(reason).inc()
+
+    # -- the daemon's snapshots (main thread) ---------------------------------------------
+
+    def workers(self, views: Sequence[WorkerView]) -> None:
+        """The executor's workers now; a slot's memory is shown while it has a worker."""
+        slots = {v.slot for v in views if v.pid is not None}
+        self._rss = {s: b for s, b in self._rss.items() if s in slots}
+        by_slot = {v.slot: v for v in views}
+        self._state.workers = tuple(views)
+        self._state.rss = tuple((by_slot[s], b) for s, b in sorted(self._rss.items()))
+
+    def ledger(self, state: LedgerState) -> None:
+        self._state.ledger = state
+
+
+class _StateCollector:
+    """The gauges, from the snapshots the main loop last set (each replaced whole)."""
+
+    def __init__(self) -> None:
+        self.workers: tuple[WorkerView, ...] = ()
+        self.rss: tuple[tuple[WorkerView, int], ...] = ()
+        self.ledger: LedgerState | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        workers, rss, ledger = self.workers, self.rss, self.ledger
+        by_state = GaugeMetricFamily(
+            "ocr_inbox_workers", "OCR workers (processes or Ray actors) by node, device and state",
+            labels=["node", "device", "state"],
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        for w in workers:
+            key = (w.node, w.device, w.state)
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in sorted(counts.items()):
+            by_state.add_metric(key, n)
+        yield by_state
+        mem = GaugeMetricFamily(
+            "ocr_inbox_worker_resident_memory_bytes", "A local worker's resident memory after its last batch",
+            labels=["slot", "device"],
+        )
+        for w, b in rss:
+            mem.add_metric([str(w.slot), w.device], b)
+        yield mem
+        if ledger is None:
+            return
+        st = ledger.stats
+        yield GaugeMetricFamily("ocr_inbox_queue_images", "Images queued in the ledger, waiting for a worker", st.queued)
+        images = GaugeMetricFamily("ocr_inbox_ledger_images", "Images in the ledger by status", labels=["status"])
+        for status, n in (("pending", st.queued), ("running", st.running), ("done", st.done),
+                          ("failed", st.failed), ("gone", st.gone)):
+            images.add_metric([status], n)
+        yield images
+        failed = GaugeMetricFamily(
+            "ocr_inbox_ledger_failed_images", "Failed images in the ledger by reason (until retried or changed)",
+            labels=["reason"],
+        )
+        for reason, n in ledger.failed_by_reason:
+            failed.add_metric([reason], n)
+        yield failed
+        yield GaugeMetricFamily(
+            "ocr_inbox_folders_waiting_for_pdf", "Folders whose PDF is due or being built", st.folders_waiting
+        )
+        yield GaugeMetricFamily("ocr_inbox_ledger_size_bytes", "The ledger's database file and its WAL", ledger.size_bytes)
+        paused = GaugeMetricFamily(
+            "ocr_inbox_dispatch_paused", "1 while dispatch hands out no work: output (a disk refused a write) "
+            "or crash_storm (workers crash on different images)", labels=["cause"],
+        )
+        paused.add_metric(["output"], float(ledger.paused_output))
+        paused.add_metric(["crash_storm"], float(ledger.paused_crash_storm))
+        yield paused
+
+
+@contextlib.contextmanager
+def serving(listen: str, metrics: Metrics) -> Iterator[str]:
+    """Serve ``metrics`` at ``http://listen/metrics`` (a thread) until the block ends;
+    yields the address bound ("" when ``listen`` is empty: metrics off)."""
+    if not listen:
+        yield ""
+        return
+    host, port = parse_listen(listen)
+    try:
+        server, thread = start_http_server(port, host, registry=metrics.registry)
+    except OSError as exc:  # in use, an address not on this host, a name that does not resolve
+        raise BadArguments(
+            f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}"
+            " (another process holds the port? pick another one, or leave metrics.listen empty)"
+        ) from None
+    bound_host, bound_port = server.socket.getsockname()[:2]  # port 0: the one the kernel chose
+    address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+    log.info("metrics_serving", address=address, url=f"http://{address}/metrics")
+    try:
+        yield address
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,51 @@
+"""What a user can do about each failure reason, for ``ocr-inbox status`` and the one-shot report.
+
+The reasons are the short codes the ledger, the journal (``reason=``) and the JSON
+reports carry; the advice is a sentence a person acts on. A failed image is tried
+again when its file changes, or by ``ocr-inbox retry`` (the last resort named in
+the advice where nothing about the file is wrong).
+"""
+
+from __future__ import annotations
+
+_RETRY = "then `ocr-inbox retry --reason {reason}`"
+
+ADVICE: dict[str, str] = {
+    # the file itself
+    "empty_file": "the file is empty: copy it again (a failed transfer?)",
+    "truncated": "the file ends early: copy it again once it is complete",
+    "corrupt": "the image data is damaged: re-scan or re-export it",
+    "not_an_image": "not an image (only its name looks like one): remove it or rename it",
+    "unsupported_format": "convert it to PNG, JPEG, TIFF, BMP or WebP",
+    "file_too_large": "bigger than [ocr] max_file_mb: split it or raise the limit, " + _RETRY,
+    "too_many_pixels": "bigger than [ocr] max_image_pixels: downscale it or raise the limit, " + _RETRY,
+    "too_many_pages": "more pages than [ocr] max_pages / max_total_pixels allow: split it or raise the limit, " + _RETRY,
+    "too_much_memory": "decoding it passed [pool] worker_memory_mb: downscale it or raise the limit, " + _RETRY,
+    "unreadable": "the service user cannot read it: fix its permissions (it is retried when it changes)",
+    "changed_while_reading": "it kept changing while being read: it is retried once it settles",
+    "vanished": "it was deleted or moved before it was read: nothing to do",
+    # names and links
+    "name_too_long": "its name is too long for its .json beside it: shorten the name",
+    "name_not_utf8": "its name is not UTF-8: rename it",
+    "not_a_regular_file": "a FIFO, socket or device, not a file: remove it",
+    "symlink_outside_inbox": "a link pointing outside the inbox is never followed: copy the file in instead",
+    "outside_inbox": "it resolved outside the inbox (a link swapped in): copy the file in instead",
+    "symlink_loop": "a link loop: remove the link",
+    "broken_symlink": "the link points nowhere: remove it or fix its target",
+    "directory_symlink": "links to folders are not followed: move or copy the folder into the inbox",
+    "too_deep": "deeper than [watch] max_depth folders: move it up, or raise the limit and restart",
+    # the workers
+    "worker_crashed": "an OCR worker died on it twice (see `journalctl -u ocr-inbox` for worker_lost): "
+    "check the image, " + _RETRY,
+    "worker_stuck": "OCR hung on it past [pool] image_timeout_s (its stack dump is in the journal): "
+    "raise the limit for huge pages, " + _RETRY,
+    "engine_error": "the OCR engine raised an error (detail): report it with the image, " + _RETRY,
+    # the outbox
+    "output_name": "something in the outbox is in the way of its JSON (detail): move it away, " + _RETRY,
+}
+
+
+def advice(reason: str) -> str:
+    """What to do about ``reason``; a generic hint for a reason this table does not know."""
+    text = ADVICE.get(reason, "see the detail and `journalctl -u ocr-inbox`; " + _RETRY)
+    return text.replace("{reason}", reason)
