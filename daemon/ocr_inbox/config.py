@@ -146,8 +146,8 @@ class OcrSettings(_Section):
     #: a Python "module:callable" returning an engine, instead of PaddleX (testing, plug-ins)
     engine_plugin: str = ""
     #: the confidence cascade: lines recognised with a score below this are read again by
-    #: refine_profile's recognizer (same worker, same detection) and the better-scoring text
-    #: is kept; 0 = off. Measured curve: docs/BENCHMARKS.md ("The confidence cascade")
+    #: refine_profile's recognizer (same worker, same detection), whose text replaces the
+    #: first; 0 = off. Measured curve: docs/BENCHMARKS.md ("The confidence cascade")
     refine_below: float = Field(default=0.0, ge=0.0, le=1.0)
     #: the profile whose recognizer reads the unsure lines again (only its rec model is
     #: loaded); the same as profile = off
