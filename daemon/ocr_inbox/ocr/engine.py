@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, profiles
 from ocr_inbox.ocr.devices import gpu_support_problem
 from ocr_inbox.ocr.results import Line, Word
+
+if TYPE_CHECKING:
+    from ocr_inbox.ocr.refine import Refinement, Refiner
 
 
 class Engine(Protocol):
@@ -45,6 +49,10 @@ class EngineSettings:
     word_boxes: bool = True
     min_score: float = 0.0
     plugin: str = ""
+    #: the confidence cascade (``ocr/refine.py``): lines scoring below ``refine_below`` are
+    #: read again by ``refine_profile``'s recognizer; 0 or an empty profile: off
+    refine_profile: str = ""
+    refine_below: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,13 +100,21 @@ def _poly(p: Any) -> tuple[tuple[float, float], ...]:
     return tuple((float(x), float(y)) for x, y in np.asarray(p).reshape(-1, 2)[:4])
 
 
-def convert_result(res: Any, min_score: float = 0.0) -> list[Line]:
-    """PaddleX ``OCRResult`` (a dict) -> our lines, in PaddleX's reading order."""
+def convert_result(res: Any, min_score: float = 0.0, refined: Mapping[int, Refinement] | None = None) -> list[Line]:
+    """PaddleX ``OCRResult`` (a dict) -> our lines, in PaddleX's reading order.
+
+    ``refined``: lines read again by the cascade's recognizer, by index; they replace
+    the pipeline's text, score and words (the box is the same detection)."""
     texts = list(res.get("rec_texts") or [])
     scores = list(res.get("rec_scores") or [])
     polys = list(res.get("rec_polys") or [])
     words_all = list(res.get("text_word") or []) if res.get("return_word_box") else []
     wboxes_all = list(res.get("text_word_boxes") or []) if res.get("return_word_box") else []
+    recs = [""] * len(texts)
+    for i, r in (refined or {}).items():
+        texts[i], scores[i], recs[i] = r.text, r.score, r.rec
+        if i < len(words_all) and i < len(wboxes_all):
+            words_all[i], wboxes_all[i] = list(r.words), r.word_boxes
     lines: list[Line] = []
     for i, (text, score, poly) in enumerate(zip(texts, scores, polys, strict=False)):
         if not str(text).strip() or float(score) < min_score:
@@ -108,8 +124,28 @@ def convert_result(res: Any, min_score: float = 0.0) -> list[Line]:
             for wt, wb in zip(words_all[i], np.asarray(wboxes_all[i]).reshape(-1, 4), strict=False):
                 if str(wt).strip():
                     words.append(Word(str(wt), tuple(float(v) for v in wb)))  # type: ignore[arg-type]
-        lines.append(Line(text=str(text), score=round(float(score), 4), poly=_poly(poly), words=tuple(words)))  # type: ignore[arg-type]
+        lines.append(Line(text=str(text), score=round(float(score), 4), poly=_poly(poly), words=tuple(words), rec=recs[i]))  # type: ignore[arg-type]
     return lines
+
+
+def rec_batch_size(engine: str, device: str, configured: int = 0) -> int:
+    """Recognition batch size: ``configured``, else what measured fastest for the engine.
+
+    Measured on the corpus (docs/BENCHMARKS.md, "Recognition batch size"): on the CPU,
+    ONNX Runtime is fastest one line at a time (a batch is padded to its widest line,
+    and the padding is computed too); Paddle's oneDNN re-plans every new input shape,
+    and batches of 2 measured fastest (fewer shapes, little padding). GPUs: batches
+    keep the device busy (8, PaddleX's GPU default; on paper, no GPU measured here)."""
+    if configured:
+        return configured
+    if not device.startswith("cpu"):
+        return 8
+    return ORT_CPU_REC_BATCH if engine == "onnxruntime" else PADDLE_CPU_REC_BATCH
+
+
+#: CPU recognition batches (bench/bench_rec_batch.py)
+ORT_CPU_REC_BATCH = 1
+PADDLE_CPU_REC_BATCH = 2
 
 
 class PaddleXEngine:
@@ -122,16 +158,22 @@ class PaddleXEngine:
         prepare_environment(s.cache_dir, s.threads)
         # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
         warnings.filterwarnings("ignore", message=".*ccache.*")
-        if self.profile.engine == "paddle":
-            try:
-                importlib.import_module("paddle")
-            except ImportError:
-                raise EngineUnavailable(
-                    f"profile {s.profile!r} runs on Paddle's engine but paddlepaddle is not installed; "
-                    "`pip install 'ocr-inbox[paddle]'` (CPU) or paddlepaddle-gpu from Paddle's index (see README)"
-                ) from None
+        self.refine_profile = refine_profile(s)
+        if self.refine_profile is not None:
+            models.require(s.models_dir, self.refine_profile, roles=("rec",))
+        for prof in (self.profile, self.refine_profile):
+            if prof is not None and prof.engine == "paddle":
+                try:
+                    importlib.import_module("paddle")
+                except ImportError:
+                    raise EngineUnavailable(
+                        f"profile {prof.name!r} runs on Paddle's engine but paddlepaddle is not installed; "
+                        "`pip install 'ocr-inbox[paddle]'` (CPU) or paddlepaddle-gpu from Paddle's index (see README)"
+                    ) from None
         if s.device.startswith("gpu"):
-            self._check_gpu()
+            for prof in (self.profile, self.refine_profile):
+                if prof is not None:
+                    self._check_gpu(prof)
         saved_stdout = sys.stdout
         sys.stdout = sys.stderr  # PaddleX and Paddle print on import; stdout is for logs only
         try:
@@ -143,8 +185,9 @@ class PaddleXEngine:
                 config=self._pipeline_config(),
                 device=s.device,
                 engine=self.profile.engine,
-                engine_config=self._engine_config(),
+                engine_config=self._engine_config(self.profile),
             )
+            self.refiner = self._refiner()
         except EngineUnavailable:
             raise
         except Exception as exc:  # PaddleX raises bare RuntimeError/ValueError for bad devices
@@ -152,17 +195,27 @@ class PaddleXEngine:
         finally:
             sys.stdout = saved_stdout
 
-    def _check_gpu(self) -> None:
+    def _check_gpu(self, profile: profiles.Profile) -> None:
         """PaddleX quietly falls back to the CPU when Paddle has no GPU: refuse instead."""
-        problem = gpu_support_problem(self.profile.engine)
+        problem = gpu_support_problem(profile.engine)
         if problem is not None:
             raise EngineUnavailable(f"ocr.devices contains {self.s.reported_device!r}, but {problem[0]}; {problem[1]}")
 
-    def _rec_batch(self) -> int:
-        if self.s.rec_batch_size:
-            return self.s.rec_batch_size
-        # on CPU oneDNN re-plans every new shape: batch 1 is fastest (models.md)
-        return 1 if self.s.device == "cpu" else 8
+    def _refiner(self) -> Refiner | None:
+        p = self.refine_profile
+        if p is None:
+            return None
+        from ocr_inbox.ocr.refine import Refiner
+
+        return Refiner(
+            p.rec.model_name,
+            None if p.from_hub else models.model_dir(self.s.models_dir, p, "rec"),
+            self.s.refine_below,
+            device=self.s.device,
+            engine=p.engine,
+            engine_config=self._engine_config(p),
+            batch_size=rec_batch_size(p.engine, self.s.device, self.s.rec_batch_size),
+        )
 
     def _pipeline_config(self) -> dict[str, Any]:
         p = self.profile
@@ -183,24 +236,36 @@ class PaddleXEngine:
                     "text_detection", p.det, "det", limit_side_len=64, limit_type="min", max_side_limit=4000, **det_params
                 ),
                 "TextRecognition": sub(
-                    "text_recognition", p.rec, "rec", batch_size=self._rec_batch(), score_thresh=0.0
+                    "text_recognition",
+                    p.rec,
+                    "rec",
+                    batch_size=rec_batch_size(p.engine, self.s.device, self.s.rec_batch_size),
+                    score_thresh=0.0,
                 ),
             },
         }
 
-    def _engine_config(self) -> dict[str, Any]:
-        if self.profile.engine == "onnxruntime":
+    def _engine_config(self, profile: profiles.Profile) -> dict[str, Any]:
+        if profile.engine == "onnxruntime":
             return {"intra_op_num_threads": self.s.threads, "inter_op_num_threads": 1}
         return {"cpu_threads": self.s.threads}
 
     def info(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "profile": self.profile.name,
             "engine": self.profile.engine,
             "models": {"det": self.profile.det.model_name, "rec": self.profile.rec.model_name},
             "paddlex_version": self.paddlex_version,
             "device": self.s.reported_device,
         }
+        if self.refiner is not None and self.refine_profile is not None:
+            info["refine"] = {
+                "profile": self.refine_profile.name,
+                "engine": self.refine_profile.engine,
+                "rec": self.refiner.model_name,
+                "below": self.refiner.below,
+            }
+        return info
 
     def recognise(self, bgr: np.ndarray) -> list[Line]:
         lim = det_limits_for(bgr.shape[1], bgr.shape[0])
@@ -212,7 +277,17 @@ class PaddleXEngine:
                 text_det_limit_type=lim.limit_type,
             )
         )
-        return convert_result(results[0], self.s.min_score) if results else []
+        if not results:
+            return []
+        refined = self.refiner.refine(bgr, results[0], self.s.word_boxes) if self.refiner is not None else None
+        return convert_result(results[0], self.s.min_score, refined)
+
+
+def refine_profile(s: EngineSettings) -> profiles.Profile | None:
+    """The cascade's profile, or None when it is off (no threshold, or the same recognizer)."""
+    if s.refine_below <= 0 or not s.refine_profile or s.refine_profile == s.profile:
+        return None
+    return profiles.get(s.refine_profile)
 
 
 def create(s: EngineSettings) -> Engine:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -35,12 +36,15 @@ def _weight_names(src: ModelSource) -> list[str]:
     return [name for name, _ in src.weights] + ["inference.yml"]
 
 
-def missing_files(models_dir: Path, profile: Profile) -> list[Path]:
-    """Files the engine needs that are not there (empty for hub profiles)."""
+def missing_files(models_dir: Path, profile: Profile, roles: Sequence[str] = ("det", "rec")) -> list[Path]:
+    """Files the engine needs that are not there (empty for hub profiles); ``roles``: only
+    these models (the cascade needs only its profile's recognizer)."""
     if profile.from_hub:
         return []
     out = []
     for role, src in (("det", profile.det), ("rec", profile.rec)):
+        if role not in roles:
+            continue
         d = model_dir(models_dir, profile, role)
         out += [d / n for n in _weight_names(src) if not (d / n).is_file()]
     return out
@@ -51,9 +55,9 @@ def install_command(models_dir: Path, profile: Profile) -> str:
     return f"ocr-inbox models install --profile {profile.name} --models-dir {models_dir}"
 
 
-def require(models_dir: Path, profile: Profile) -> None:
+def require(models_dir: Path, profile: Profile, roles: Sequence[str] = ("det", "rec")) -> None:
     """Raise ``EngineUnavailable`` naming a missing file and the command that installs it."""
-    missing = missing_files(models_dir, profile)
+    missing = missing_files(models_dir, profile, roles)
     if missing:
         raise EngineUnavailable(
             f"model files for profile {profile.name!r} are missing, e.g. {missing[0]}; "

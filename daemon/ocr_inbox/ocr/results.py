@@ -27,6 +27,9 @@ class Line:
     #: four corners, clockwise from the one nearest the image top-left (docs/JSON.md)
     poly: tuple[Point, Point, Point, Point]
     words: tuple[Word, ...] = ()
+    #: the recognition model that read the text when it is not the profile's own
+    #: (the confidence cascade, ``ocr/refine.py``); empty: the profile's recognizer
+    rec: str = ""
 
 
 @dataclass(frozen=True)

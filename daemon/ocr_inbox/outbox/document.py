@@ -18,7 +18,9 @@ from typing import Any
 from ocr_inbox import atomic
 from ocr_inbox.ocr.results import Line, Page, Word
 
-SCHEMA_VERSION = 1
+#: 2: lines may carry ``rec`` (the cascade's recognizer), ``engine`` may carry ``refine``;
+#: everything of schema 1 is unchanged, so schema-1 readers read schema 2 (docs/JSON.md)
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class Document:
         d = asdict(self)
         extra = d.pop("extra")
         d.update(extra)
+        for page in d["pages"]:
+            for line in page["lines"]:
+                if not line["rec"]:
+                    del line["rec"]  # the profile's own recognizer: engine.models.rec says which
         return d
 
 
@@ -63,7 +69,7 @@ def _line(d: dict[str, Any]) -> Line:
     if len(poly) != 4:
         raise ValueError("poly must have 4 points")
     words = tuple(Word(w["text"], _box(w["box"])) for w in d.get("words", ()))
-    return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words)
+    return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words, rec=str(d.get("rec", "")))
 
 
 def from_json(obj: dict[str, Any]) -> Document:

@@ -1,0 +1,211 @@
+"""The confidence cascade on ../shared/corpus: threshold -> accuracy, time relative to tiny, memory.
+
+    OCR_INBOX_MODELS_DIR=.models python bench/bench_cascade.py [--below 0.9,0.95,0.98] [--reps 3]
+        [--cli-reps 3] [--cli-below 0.93,0.95] [--skip curve,cli,rss]
+
+(1) curve: one engine per setting in this process (1 thread each, as in a worker): ppocrv6-tiny,
+    tiny + the cascade at each ``--below``, ppocrv6-small. Every corpus page goes through every
+    setting, in a shuffled order per page, ``--reps`` times. Times: medians over the passes of
+    each setting's total and of its ratio to tiny *in the same pass*, so a busy machine slows
+    every setting alike. Accuracy: the first pass's text, scored by ../shared/tools/ocr_score.py.
+(2) cli: ``ocr-inbox ocr`` over the corpus (2 workers, start-up and model loading included)
+    for tiny, the cascade at each ``--cli-below`` and small, interleaved (the order reversed
+    every other run), ``--cli-reps`` times: medians of wall time and of the ratio to tiny.
+(3) rss: a fresh process per setting creates the engine and OCRs every page (what a worker
+    holds): peak (VmHWM) and final (VmRSS) resident memory, twice each, interleaved, medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import CORPUS, MODELS, REPO, corpus_images, machine, ocr_cli, score
+
+sys.path.insert(0, str(REPO / "daemon"))
+
+TINY, SMALL = "ppocrv6-tiny", "ppocrv6-small"
+
+
+def settings_for(name: str, cache: Path) -> object:
+    from ocr_inbox.ocr.engine import EngineSettings
+
+    if name.startswith("<"):
+        return EngineSettings(TINY, MODELS, cache, refine_profile=SMALL, refine_below=float(name[1:]))
+    return EngineSettings(name, MODELS, cache)
+
+
+def load_pages() -> list[tuple[str, list[object]]]:
+    from ocr_inbox.ocr import images
+
+    lim = images.Limits(max_pixels=200_000_000, max_file_bytes=512 << 20, max_pages=2000, max_total_pixels=10**9)
+    return [(rel, [p.bgr for p in images.decode((CORPUS / rel).read_bytes(), lim)]) for rel in corpus_images()]
+
+
+def curve(below: list[float], reps: int, work: Path) -> None:
+    from ocr_inbox.ocr import engine
+
+    names = [TINY] + [f"<{b:g}" for b in below] + [SMALL]
+    engines = {n: engine.create(settings_for(n, work / "cache")) for n in names}  # type: ignore[arg-type]
+    pages = load_pages()
+    for n, e in engines.items():  # first predicts are slow (session set-up): not timed
+        e.recognise(pages[0][1][0])  # type: ignore[arg-type]
+    rng = random.Random(13)
+    totals: dict[str, list[float]] = {n: [] for n in names}
+    texts: dict[str, dict[str, str]] = {n: {} for n in names}
+    lines: dict[str, list[int]] = {n: [0, 0] for n in names}  # [lines, refined]
+    for rep in range(reps):
+        t = dict.fromkeys(names, 0.0)
+        for rel, bgrs in pages:
+            order = names[:]
+            rng.shuffle(order)
+            for n in order:
+                t0 = time.perf_counter()
+                out = [engines[n].recognise(b) for b in bgrs]  # type: ignore[arg-type]
+                t[n] += time.perf_counter() - t0
+                if rep == 0:
+                    texts[n][rel] = "\n".join(ln.text for page in out for ln in page)
+                    lines[n][0] += sum(len(page) for page in out)
+                    lines[n][1] += sum(1 for page in out for ln in page if ln.rec)
+        for n in names:
+            totals[n].append(t[n])
+        print(f"# pass {rep + 1}: " + ", ".join(f"{n} {t[n]:.1f}s" for n in names), flush=True)
+    print(f"\n## curve: {len(pages)} pages, {reps} passes, 1 thread per engine\n")
+    print("| setting | lines re-read (kept) | s/page | time vs tiny | char F1 | word F1 (Latin) | " + " | ".join(sets()) + " |")
+    print("|---" * (7 + len(sets())) + "|")
+    for n in names:
+        ratio = statistics.median(totals[n][r] / totals[TINY][r] for r in range(reps))
+        pred = work / f"pred{n}"
+        for rel, text in texts[n].items():
+            (pred / f"{rel}.txt").parent.mkdir(parents=True, exist_ok=True)
+            (pred / f"{rel}.txt").write_text(text, encoding="utf-8")
+        rows = parse_score(score(pred))
+        tried = "" if not n.startswith("<") else f"{tried_share(engines[TINY], pages, float(n[1:])):.0%} ({lines[n][1] / max(lines[n][0], 1):.0%})"
+        label = {TINY: "tiny", SMALL: "small"}.get(n, f"tiny, re-read < {n[1:]}")
+        per_set = " | ".join(f"{rows[s][0]:.3f}" for s in sets())
+        print(
+            f"| {label} | {tried} | {statistics.median(totals[n]) / len(pages):.3f} | {ratio:.2f} | "
+            f"{rows['ALL'][0]:.3f} | {rows['ALL'][1]:.3f} | {per_set} |"
+        )
+
+
+_TINY_SCORES: list[float] = []
+
+
+def tried_share(tiny: object, pages: list[tuple[str, list[object]]], below: float) -> float:
+    """Share of tiny's lines scoring below ``below`` (those the cascade re-reads)."""
+    if not _TINY_SCORES:
+        for _, bgrs in pages:
+            _TINY_SCORES.extend(ln.score for b in bgrs for ln in tiny.recognise(b))  # type: ignore[attr-defined]
+    return sum(1 for s in _TINY_SCORES if s < below) / len(_TINY_SCORES)
+
+
+def sets() -> list[str]:
+    """The sets ocr_score.py scores (those with verified ground truth)."""
+    return sorted(r for r in parse_score(score(Path("/nonexistent"))) if r != "ALL")
+
+
+def parse_score(out: str) -> dict[str, tuple[float, float]]:
+    rows = {}
+    for line in out.splitlines()[1:]:
+        f = line.split("\t")
+        rows[f[0]] = (float(f[2]), float(f[3]))
+    return rows
+
+
+def cli(below: list[float], reps: int, work: Path) -> None:
+    from common import copy_corpus, write_predictions
+
+    inbox = work / "in"
+    rels = copy_corpus(inbox)
+    off = work / "off.toml"
+    off.write_text("[ocr]\nrefine_below = 0\n")
+    runs = {"tiny": ["--config", str(off)]}
+    for b in below:
+        cfg = work / f"cascade{b}.toml"
+        cfg.write_text(f'[ocr]\nrefine_below = {b}\nrefine_profile = "{SMALL}"\n')
+        runs[f"tiny, re-read < {b:g}"] = ["--config", str(cfg)]
+    runs["small"] = ["--config", str(off), "--profile", SMALL]
+    key = {n: f"s{i}" for i, n in enumerate(runs)}  # each setting its own outbox and ledger
+    secs: dict[str, list[float]] = {n: [] for n in runs}
+    for rep in range(reps):
+        for n, extra in (runs.items() if rep % 2 == 0 else reversed(runs.items())):
+            out = work / f"out-{rep}-{key[n]}"
+            secs[n].append(ocr_cli(inbox, out, work / f"state-{rep}-{key[n]}", *extra))
+            if rep == 0:
+                write_predictions(out, work / f"clipred-{key[n]}")
+        print(f"# cli pass {rep + 1}: " + ", ".join(f"{n} {s[-1]:.1f}s" for n, s in secs.items()), flush=True)
+    print(f"\n## `ocr-inbox ocr`, {len(rels)} images, 2 workers x 1 thread, {reps} runs each (wall time with start-up)\n")
+    print("| setting | wall s (median) | s/image | vs tiny | char F1 | word F1 (Latin) |")
+    print("|---|---|---|---|---|---|")
+    for n, s in secs.items():
+        ratio = statistics.median(s[r] / secs["tiny"][r] for r in range(reps))
+        rows = parse_score(score(work / f"clipred-{key[n]}"))
+        med = statistics.median(s)
+        print(f"| {n} | {med:.1f} | {med / len(rels):.3f} | {ratio:.2f} | {rows['ALL'][0]:.3f} | {rows['ALL'][1]:.3f} |")
+
+
+_RSS_CHILD = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import bench_cascade as b
+from ocr_inbox.ocr import engine
+s = b.settings_for(sys.argv[3], Path(sys.argv[4]))
+e = engine.create(s)
+for _, bgrs in b.load_pages():
+    for bgr in bgrs:
+        e.recognise(bgr)
+st = dict(l.split(":", 1) for l in open("/proc/self/status"))
+print(json.dumps({k: int(st[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS")}))
+"""
+
+
+def rss(below: list[float], reps: int, work: Path) -> None:
+    names = [TINY] + [f"<{b:g}" for b in below] + [SMALL]
+    got: dict[str, list[dict[str, int]]] = {n: [] for n in names}
+    for rep in range(reps):
+        for n in names if rep % 2 == 0 else reversed(names):
+            cmd = [sys.executable, "-c", _RSS_CHILD, str(REPO / "bench"), str(REPO / "daemon"), n, str(work / "cache")]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            got[n].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    print(f"\n## worker memory: one process per setting, engine + all {len(corpus_images())} pages, {reps} runs, medians\n")
+    print("| setting | peak RSS (VmHWM) MiB | RSS after MiB |")
+    print("|---|---|---|")
+    for n in names:
+        label = {TINY: "tiny", SMALL: "small"}.get(n, f"tiny, re-read < {n[1:]}")
+        hwm = statistics.median(g["VmHWM"] for g in got[n])
+        now = statistics.median(g["VmRSS"] for g in got[n])
+        print(f"| {label} | {hwm:.0f} | {now:.0f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--below", default="0.8,0.9,0.93,0.95,0.97,0.98,0.99,1.0")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cli-below", default="0.93,0.95", help="cascade thresholds for the cli and rss parts")
+    ap.add_argument("--cli-reps", type=int, default=3)
+    ap.add_argument("--skip", default="")
+    args = ap.parse_args()
+    skip = set(args.skip.split(","))
+    print(f"# machine: {machine()}")
+    with tempfile.TemporaryDirectory() as td:
+        work = Path(td)
+        if "curve" not in skip:
+            curve([float(b) for b in args.below.split(",")], args.reps, work)
+        cli_below = [float(b) for b in args.cli_below.split(",")]
+        if "cli" not in skip:
+            cli(cli_below, args.cli_reps, work)
+        if "rss" not in skip:
+            rss(cli_below, 2, work)
+
+
+if __name__ == "__main__":
+    main()
