@@ -152,6 +152,21 @@ class OcrSettings(_Section):
     #: the profile whose recognizer reads the unsure lines again (only its rec model is
     #: loaded); the same as profile = off
     refine_profile: str = "ppocrv6-small"
+    #: word lists (pyspellchecker's: "en", "de", "fr", "es", "it", "nl", "pt" …): a Latin word
+    #: that is in none of them, and becomes a listed word when unsure letters take the
+    #: recognizer's own second choices, is respelled; [] = off. docs/BENCHMARKS.md ("Word lists")
+    lexicon: list[str] = ["en"]
+
+    @field_validator("lexicon")
+    @classmethod
+    def _lexicon(cls, v: list[str]) -> list[str]:
+        from ocr_inbox.ocr.lexicon import languages
+
+        known = languages()
+        for lang in v:
+            if lang not in known:
+                raise ValueError(f"no word list {lang!r}; known: {', '.join(known)}")
+        return v
 
     @field_validator("refine_profile")
     @classmethod

@@ -80,6 +80,7 @@ def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSl
             plugin=o.engine_plugin,
             refine_profile=o.refine_in_use() or "",
             refine_below=o.refine_below,
+            lexicon=tuple(o.lexicon),
         )
         return WorkerConfig(
             slot=slot.slot,

@@ -52,7 +52,7 @@ class Refiner:
 
         self.model_name = model_name
         self.below = below
-        self._rec = paddlex.create_predictor(
+        self.predictor = paddlex.create_predictor(
             model_name=model_name,
             model_dir=None if model_dir is None else str(model_dir),
             device=device,
@@ -78,7 +78,7 @@ class Refiner:
         crops = self._crop(bgr, [polys[i] for i in todo])
         # widest last, as the pipeline orders them: batches of similar widths pad least
         order = sorted(range(len(todo)), key=lambda k: crops[k].shape[1] / float(crops[k].shape[0]))
-        outs = list(self._rec([crops[k] for k in order], return_word_box=word_boxes))
+        outs = list(self.predictor([crops[k] for k in order], return_word_box=word_boxes))
         readings: dict[int, Refinement] = {}
         for k, out in zip(order, outs, strict=True):
             i = todo[k]
