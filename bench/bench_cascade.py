@@ -1,18 +1,24 @@
-"""The confidence cascade on ../shared/corpus: threshold -> accuracy, time relative to tiny, memory.
+"""The confidence cascade and the word lists on ../shared/corpus: accuracy, time relative to tiny, memory.
 
-    OCR_INBOX_MODELS_DIR=.models python bench/bench_cascade.py [--below 0.9,0.95,0.98] [--reps 3]
-        [--cli-reps 3] [--cli-below 0.93,0.95] [--skip curve,cli,rss]
+    OCR_INBOX_MODELS_DIR=.models python bench/bench_cascade.py [--settings tiny,tiny+en,<0.95+en,small]
+        [--reps 3] [--cli-settings tiny,tiny+en,<0.93+en] [--cli-reps 3] [--skip curve,cli,rss]
 
-(1) curve: one engine per setting in this process (1 thread each, as in a worker): ppocrv6-tiny,
-    tiny + the cascade at each ``--below``, ppocrv6-small. Every corpus page goes through every
-    setting, in a shuffled order per page, ``--reps`` times. Times: medians over the passes of
-    each setting's total and of its ratio to tiny *in the same pass*, so a busy machine slows
-    every setting alike. Accuracy: the first pass's text, scored by ../shared/tools/ocr_score.py.
+A setting is ``tiny`` (ppocrv6-tiny), ``small`` (ppocrv6-small) or ``<T`` (tiny, and the lines it
+reads with a score below T read again by small's recognizer: ``[ocr] refine_below = T``), with
+``+en`` (or ``+de``, ``+en+fr`` …) for the word lists (``[ocr] lexicon``; without it: off). The
+first setting is the one the times are compared with.
+
+(1) curve: one engine per setting in this process (1 thread each, as in a worker). Every corpus
+    page goes through every setting, in a shuffled order per page, ``--reps`` times. Times:
+    medians over the passes of each setting's total and of its ratio to the first setting *in
+    the same pass*, so a busy machine slows every setting alike. Accuracy: the first pass's
+    text, scored by ../shared/tools/ocr_score.py.
 (2) cli: ``ocr-inbox ocr`` over the corpus (2 workers, start-up and model loading included)
-    for tiny, the cascade at each ``--cli-below`` and small, interleaved (the order reversed
-    every other run), ``--cli-reps`` times: medians of wall time and of the ratio to tiny.
-(3) rss: a fresh process per setting creates the engine and OCRs every page (what a worker
-    holds): peak (VmHWM) and final (VmRSS) resident memory, twice each, interleaved, medians.
+    for each ``--cli-settings``, interleaved (the order reversed every other run),
+    ``--cli-reps`` times: medians of wall time and of the ratio to the first.
+(3) rss: a fresh process per ``--cli-settings`` setting creates the engine and OCRs every page
+    (what a worker holds): peak (VmHWM) and final (VmRSS) resident memory, twice each,
+    interleaved, medians.
 """
 
 from __future__ import annotations
@@ -34,12 +40,37 @@ sys.path.insert(0, str(REPO / "daemon"))
 TINY, SMALL = "ppocrv6-tiny", "ppocrv6-small"
 
 
+def parse(name: str) -> tuple[str, float, tuple[str, ...]]:
+    """A setting's name -> (profile, refine_below, word lists)."""
+    base, *langs = name.split("+")
+    if base.startswith("<"):
+        return TINY, float(base[1:]), tuple(langs)
+    return {"tiny": TINY, "small": SMALL}.get(base, base), 0.0, tuple(langs)
+
+
 def settings_for(name: str, cache: Path) -> object:
     from ocr_inbox.ocr.engine import EngineSettings
 
-    if name.startswith("<"):
-        return EngineSettings(TINY, MODELS, cache, refine_profile=SMALL, refine_below=float(name[1:]))
-    return EngineSettings(name, MODELS, cache)
+    profile, below, langs = parse(name)
+    refine = SMALL if below > 0 else ""
+    return EngineSettings(profile, MODELS, cache, refine_profile=refine, refine_below=below, lexicon=langs)
+
+
+def label(name: str) -> str:
+    profile, below, langs = parse(name)
+    out = "tiny" if profile == TINY else "small" if profile == SMALL else profile
+    if below > 0:
+        out += f", re-read < {below:g}"
+    return out + (f" + word lists {'+'.join(langs)}" if langs else "")
+
+
+def config_for(name: str, work: Path) -> list[str]:
+    """``ocr-inbox ocr`` arguments for a setting."""
+    profile, below, langs = parse(name)
+    cfg = work / f"{abs(hash(name))}.toml"
+    cfg.write_text(f'[ocr]\nprofile = "{profile}"\nrefine_below = {below}\nrefine_profile = "{SMALL}"\n'
+                   f"lexicon = {json.dumps(list(langs))}\n")
+    return ["--config", str(cfg)]
 
 
 def load_pages() -> list[tuple[str, list[object]]]:
@@ -49,10 +80,9 @@ def load_pages() -> list[tuple[str, list[object]]]:
     return [(rel, [p.bgr for p in images.decode((CORPUS / rel).read_bytes(), lim)]) for rel in corpus_images()]
 
 
-def curve(below: list[float], reps: int, work: Path) -> None:
+def curve(names: list[str], reps: int, work: Path) -> None:
     from ocr_inbox.ocr import engine
 
-    names = [TINY] + [f"<{b:g}" for b in below] + [SMALL]
     engines = {n: engine.create(settings_for(n, work / "cache")) for n in names}  # type: ignore[arg-type]
     pages = load_pages()
     for n, e in engines.items():  # first predicts are slow (session set-up): not timed
@@ -81,17 +111,17 @@ def curve(below: list[float], reps: int, work: Path) -> None:
     print("| setting | lines re-read (kept) | s/page | time vs tiny | char F1 | word F1 (Latin) | " + " | ".join(sets()) + " |")
     print("|---" * (7 + len(sets())) + "|")
     for n in names:
-        ratio = statistics.median(totals[n][r] / totals[TINY][r] for r in range(reps))
+        ratio = statistics.median(totals[n][r] / totals[names[0]][r] for r in range(reps))
         pred = work / f"pred{n}"
         for rel, text in texts[n].items():
             (pred / f"{rel}.txt").parent.mkdir(parents=True, exist_ok=True)
             (pred / f"{rel}.txt").write_text(text, encoding="utf-8")
         rows = parse_score(score(pred))
-        tried = "" if not n.startswith("<") else f"{tried_share(engines[TINY], pages, float(n[1:])):.0%} ({lines[n][1] / max(lines[n][0], 1):.0%})"
-        label = {TINY: "tiny", SMALL: "small"}.get(n, f"tiny, re-read < {n[1:]}")
+        below = parse(n)[1]
+        tried = "" if not below else f"{tried_share(engines[names[0]], pages, below):.0%} ({lines[n][1] / max(lines[n][0], 1):.0%})"
         per_set = " | ".join(f"{rows[s][0]:.3f}" for s in sets())
         print(
-            f"| {label} | {tried} | {statistics.median(totals[n]) / len(pages):.3f} | {ratio:.2f} | "
+            f"| {label(n)} | {tried} | {statistics.median(totals[n]) / len(pages):.3f} | {ratio:.2f} | "
             f"{rows['ALL'][0]:.3f} | {rows['ALL'][1]:.3f} | {per_set} |"
         )
 
@@ -120,19 +150,12 @@ def parse_score(out: str) -> dict[str, tuple[float, float]]:
     return rows
 
 
-def cli(below: list[float], reps: int, work: Path) -> None:
+def cli(names: list[str], reps: int, work: Path) -> None:
     from common import copy_corpus, write_predictions
 
     inbox = work / "in"
     rels = copy_corpus(inbox)
-    off = work / "off.toml"
-    off.write_text("[ocr]\nrefine_below = 0\n")
-    runs = {"tiny": ["--config", str(off)]}
-    for b in below:
-        cfg = work / f"cascade{b}.toml"
-        cfg.write_text(f'[ocr]\nrefine_below = {b}\nrefine_profile = "{SMALL}"\n')
-        runs[f"tiny, re-read < {b:g}"] = ["--config", str(cfg)]
-    runs["small"] = ["--config", str(off), "--profile", SMALL]
+    runs = {n: config_for(n, work) for n in names}
     key = {n: f"s{i}" for i, n in enumerate(runs)}  # each setting its own outbox and ledger
     secs: dict[str, list[float]] = {n: [] for n in runs}
     for rep in range(reps):
@@ -143,13 +166,13 @@ def cli(below: list[float], reps: int, work: Path) -> None:
                 write_predictions(out, work / f"clipred-{key[n]}")
         print(f"# cli pass {rep + 1}: " + ", ".join(f"{n} {s[-1]:.1f}s" for n, s in secs.items()), flush=True)
     print(f"\n## `ocr-inbox ocr`, {len(rels)} images, 2 workers x 1 thread, {reps} runs each (wall time with start-up)\n")
-    print("| setting | wall s (median) | s/image | vs tiny | char F1 | word F1 (Latin) |")
+    print(f"| setting | wall s (median) | s/image | vs {label(names[0])} | char F1 | word F1 (Latin) |")
     print("|---|---|---|---|---|---|")
     for n, s in secs.items():
-        ratio = statistics.median(s[r] / secs["tiny"][r] for r in range(reps))
+        ratio = statistics.median(s[r] / secs[names[0]][r] for r in range(reps))
         rows = parse_score(score(work / f"clipred-{key[n]}"))
         med = statistics.median(s)
-        print(f"| {n} | {med:.1f} | {med / len(rels):.3f} | {ratio:.2f} | {rows['ALL'][0]:.3f} | {rows['ALL'][1]:.3f} |")
+        print(f"| {label(n)} | {med:.1f} | {med / len(rels):.3f} | {ratio:.2f} | {rows['ALL'][0]:.3f} | {rows['ALL'][1]:.3f} |")
 
 
 _RSS_CHILD = """
@@ -168,8 +191,7 @@ print(json.dumps({k: int(st[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS")})
 """
 
 
-def rss(below: list[float], reps: int, work: Path) -> None:
-    names = [TINY] + [f"<{b:g}" for b in below] + [SMALL]
+def rss(names: list[str], reps: int, work: Path) -> None:
     got: dict[str, list[dict[str, int]]] = {n: [] for n in names}
     for rep in range(reps):
         for n in names if rep % 2 == 0 else reversed(names):
@@ -180,17 +202,17 @@ def rss(below: list[float], reps: int, work: Path) -> None:
     print("| setting | peak RSS (VmHWM) MiB | RSS after MiB |")
     print("|---|---|---|")
     for n in names:
-        label = {TINY: "tiny", SMALL: "small"}.get(n, f"tiny, re-read < {n[1:]}")
         hwm = statistics.median(g["VmHWM"] for g in got[n])
         now = statistics.median(g["VmRSS"] for g in got[n])
-        print(f"| {label} | {hwm:.0f} | {now:.0f} |")
+        print(f"| {label(n)} | {hwm:.0f} | {now:.0f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--below", default="0.8,0.9,0.93,0.95,0.97,0.98,0.99,1.0")
+    ap.add_argument("--settings", default="tiny,tiny+en,<0.9+en,<0.93+en,<0.95+en,<0.98+en,<1+en,small,small+en")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--cli-below", default="0.93,0.95", help="cascade thresholds for the cli and rss parts")
+    ap.add_argument("--cli-settings", default="tiny,tiny+en,<0.93+en,<0.95+en,small+en",
+                    help="settings for the cli and rss parts")
     ap.add_argument("--cli-reps", type=int, default=3)
     ap.add_argument("--skip", default="")
     args = ap.parse_args()
@@ -199,12 +221,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
         if "curve" not in skip:
-            curve([float(b) for b in args.below.split(",")], args.reps, work)
-        cli_below = [float(b) for b in args.cli_below.split(",")]
+            curve(args.settings.split(","), args.reps, work)
+        cli_settings = args.cli_settings.split(",")
         if "cli" not in skip:
-            cli(cli_below, args.cli_reps, work)
+            cli(cli_settings, args.cli_reps, work)
         if "rss" not in skip:
-            rss(cli_below, 2, work)
+            rss(cli_settings, 2, work)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def ocr_cli(inbox: Path, outbox: Path, state: Path, *extra: str) -> float:
 
     cmd = [sys.executable, "-m", "ocr_inbox", "ocr", str(inbox), str(outbox), "--no-progress",
            "--state-dir", str(state), "--models-dir", str(MODELS), "--log-level", "warning", *extra]
+    # this checkout's code, whichever ocr_inbox the interpreter has installed (a worktree's bench)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "daemon"), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - t0
 
 
