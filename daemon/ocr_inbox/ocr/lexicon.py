@@ -12,10 +12,9 @@ only Latin letters, words of 3 letters or more, at most the 3 least sure letters
 only substitutions (never a letter added or removed), the word's case kept, at most
 1 letter changed in a word shorter than 5, 2 otherwise.
 
-The correction happens *before* PaddleX's CTC decoding: at each corrected letter's
-time steps, the chosen letter's probability and the first choice's are swapped, so
-PaddleX then decodes the corrected text itself, with its word boxes and the same
-line score. Measured on the corpus in docs/BENCHMARKS.md ("Word lists").
+The correction happens inside PaddleX's CTC decoding, between its choice of the best
+class at each time step and its decoding of them (``LexiconDecode``): PaddleX then
+decodes the corrected classes itself, with its word boxes and the same line score. Measured on the corpus in docs/BENCHMARKS.md ("Word lists").
 
 Word lists: pyspellchecker's word frequencies (MIT; counts from OpenSubtitles),
 words seen at least ``MIN_COUNT`` times.
@@ -29,7 +28,7 @@ import importlib.resources
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,51 +144,70 @@ def respell_line(lex: Lexicon, letters: Sequence[Letter]) -> list[tuple[int, str
 
 
 class LexiconDecode:
-    """PaddleX's CTC decoder (a recognition predictor's ``post_op``), with the respelling before it.
+    """PaddleX's CTC decoder (a recognition predictor's ``post_op``), respelling before it decodes.
 
-    ``decode.character`` maps class indices to characters (0 is CTC's blank).
+    PaddleX's decoder takes each time step's best class and its probability, then calls
+    its own ``decode(text_index, text_prob, ...)`` with them. That method is replaced on
+    this one decoder object: it gets the same arrays (nothing computed twice), changes the
+    classes of the letters respelled, and decodes them with PaddleX's code, word boxes
+    included. The full probabilities, needed for the alternatives of unsure letters
+    only, are kept from the call. The line's score stays the one PaddleX computes: the
+    probabilities of what the recognizer read.
     """
 
-    def __init__(self, decode: Callable[..., Any], lex: Lexicon) -> None:
-        self.decode = decode
+    def __init__(self, decoder: Any, lex: Lexicon) -> None:
+        self.decoder = decoder
         self.lex = lex
-        self.character: list[str] = list(decode.character)  # type: ignore[attr-defined]
+        self.character: list[str] = list(decoder.character)
         self._index = {c: k for k, c in reversed(list(enumerate(self.character)))}
-        self.respelled = 0  # letters changed so far (for the log)
+        self._decode = decoder.decode
+        decoder.decode = self._respelled_decode
+        self._probs: Any = None
+        self.respelled = 0  # letters changed so far
 
     def __call__(self, pred: Sequence[Any], **kwargs: Any) -> Any:
-        probs = np.asarray(pred[0])  # (batch, time steps, classes)
-        copied = False
-        for b in range(probs.shape[0]):
-            swaps = self._respell(probs[b])
-            if swaps:
-                if not copied:  # the runner's output stays as it was
-                    probs, copied = probs.copy(), True
-                for t, old, new in swaps:
-                    probs[b, t, old], probs[b, t, new] = probs[b, t, new], probs[b, t, old]
-        return self.decode([probs, *pred[1:]], **kwargs)
+        self._probs = pred[0]  # (batch, time steps, classes)
+        try:
+            return self.decoder(pred, **kwargs)
+        finally:
+            self._probs = None
 
-    def _respell(self, p: np.ndarray) -> list[tuple[int, int, int]]:
-        """(time step, class read, class wanted) for each time step to swap in one line's ``p``."""
-        idx = p.argmax(axis=-1)
+    def _respelled_decode(self, text_index: np.ndarray, text_prob: np.ndarray | None = None,
+                          is_remove_duplicate: bool = False, return_word_box: bool = False) -> Any:
+        if text_prob is not None and self._probs is not None:
+            fixed = None
+            for b in range(len(text_index)):
+                for t, k in self._respell(text_index[b], text_prob[b], self._probs[b]):
+                    if fixed is None:
+                        fixed = np.array(text_index)  # PaddleX's own array stays as it was
+                    fixed[b, t] = k
+            if fixed is not None:
+                text_index = fixed
+        return self._decode(text_index, text_prob, is_remove_duplicate, return_word_box)
+
+    def _respell(self, idx: np.ndarray, prob: np.ndarray, p: Any) -> list[tuple[int, int]]:
+        """(time step, class) for each time step of one line whose letter is respelled."""
         first = np.ones(len(idx), dtype=bool)
         first[1:] = idx[1:] != idx[:-1]
         steps = np.flatnonzero(first & (idx != 0))  # each decoded character's first time step
-        top = p[steps, idx[steps]]
+        top = prob[steps]
         if len(steps) == 0 or float(top.min()) >= UNSURE_BELOW:
             return []  # nothing unsure: the common case, one vectorised check
+        if not any(_latin_letter(self.character[idx[t]]) for t in steps[top < UNSURE_BELOW]):
+            return []  # unsure, but not a Latin letter (CJK, digits, punctuation)
         letters = []
         for t, c, pr in zip(steps, idx[steps], top, strict=True):
             alts: tuple[tuple[str, float], ...] = ()
             if pr < UNSURE_BELOW:
-                best = np.argpartition(-p[t], TOP_K)[:TOP_K]
-                alts = tuple((self.character[k], float(p[t, k])) for k in best if k not in (0, c))
+                row = np.asarray(p[t])
+                best = np.argpartition(-row, TOP_K)[:TOP_K]
+                alts = tuple((self.character[k], float(row[k])) for k in best if k not in (0, c))
             letters.append(Letter(self.character[c], float(pr), alts))
-        swaps = []
+        out = []
         for i, new in respell_line(self.lex, letters):
             t, old = int(steps[i]), int(idx[steps[i]])
             while t < len(idx) and idx[t] == old:  # the whole run CTC collapses into this letter
-                swaps.append((t, old, self._index[new]))
+                out.append((t, self._index[new]))
                 t += 1
             self.respelled += 1
-        return swaps
+        return out
