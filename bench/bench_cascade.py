@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import CORPUS, MODELS, REPO, corpus_images, machine, ocr_cli, score
+from common import CORPUS, MODELS, REPO, corpus_images, interleaved_passes, machine, ocr_cli, score
 
 sys.path.insert(0, str(REPO / "daemon"))
 
@@ -85,28 +83,10 @@ def curve(names: list[str], reps: int, work: Path) -> None:
 
     engines = {n: engine.create(settings_for(n, work / "cache")) for n in names}  # type: ignore[arg-type]
     pages = load_pages()
-    for n, e in engines.items():  # first predicts are slow (session set-up): not timed
-        e.recognise(pages[0][1][0])  # type: ignore[arg-type]
-    rng = random.Random(13)
-    totals: dict[str, list[float]] = {n: [] for n in names}
-    texts: dict[str, dict[str, str]] = {n: {} for n in names}
-    lines: dict[str, list[int]] = {n: [0, 0] for n in names}  # [lines, refined]
-    for rep in range(reps):
-        t = dict.fromkeys(names, 0.0)
-        for rel, bgrs in pages:
-            order = names[:]
-            rng.shuffle(order)
-            for n in order:
-                t0 = time.perf_counter()
-                out = [engines[n].recognise(b) for b in bgrs]  # type: ignore[arg-type]
-                t[n] += time.perf_counter() - t0
-                if rep == 0:
-                    texts[n][rel] = "\n".join(ln.text for page in out for ln in page)
-                    lines[n][0] += sum(len(page) for page in out)
-                    lines[n][1] += sum(1 for page in out for ln in page if ln.rec)
-        for n in names:
-            totals[n].append(t[n])
-        print(f"# pass {rep + 1}: " + ", ".join(f"{n} {t[n]:.1f}s" for n in names), flush=True)
+    totals, first = interleaved_passes(engines, pages, reps, seed=13)
+    texts = {n: {rel: "\n".join(ln.text for page in out for ln in page) for rel, out in first[n].items()} for n in names}
+    lines = {n: [sum(len(page) for out in first[n].values() for page in out),  # [lines, refined]
+                 sum(1 for out in first[n].values() for page in out for ln in page if ln.rec)] for n in names}
     print(f"\n## curve: {len(pages)} pages, {reps} passes, 1 thread per engine\n")
     print("| setting | lines re-read (kept) | s/page | time vs tiny | char F1 | word F1 (Latin) | " + " | ".join(sets()) + " |")
     print("|---" * (7 + len(sets())) + "|")

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import MODELS, REPO, machine, score
+from common import MODELS, REPO, interleaved_passes, machine, score
 
 sys.path.insert(0, str(REPO / "daemon"))
 
@@ -47,25 +45,8 @@ def bench(profile: str, batches: list[int], reps: int, pages: list[tuple[str, li
         )
         for bs in batches
     }
-    for e in engines.values():  # first predicts set sessions up: not timed
-        e.recognise(pages[0][1][0])  # type: ignore[arg-type]
-    rng = random.Random(8)
-    totals: dict[int, list[float]] = {bs: [] for bs in batches}
-    texts: dict[int, dict[str, str]] = {bs: {} for bs in batches}
-    for rep in range(reps):
-        t = dict.fromkeys(batches, 0.0)
-        for rel, bgrs in pages:
-            order = batches[:]
-            rng.shuffle(order)
-            for bs in order:
-                t0 = time.perf_counter()
-                out = [engines[bs].recognise(b) for b in bgrs]  # type: ignore[arg-type]
-                t[bs] += time.perf_counter() - t0
-                if rep == 0:
-                    texts[bs][rel] = "\n".join(ln.text for page in out for ln in page)
-        for bs in batches:
-            totals[bs].append(t[bs])
-        print(f"# {profile} pass {rep + 1}: " + ", ".join(f"b{bs} {t[bs]:.1f}s" for bs in batches), flush=True)
+    totals, first = interleaved_passes(engines, pages, reps, seed=8, label=f"{profile} (batch sizes) ")
+    texts = {bs: {rel: "\n".join(ln.text for page in out for ln in page) for rel, out in first[bs].items()} for bs in batches}
     print(f"\n## {profile} ({profiles.get(profile).engine}, {args.device}, {args.threads} thread(s)), "
           f"{len(pages)} pages, {reps} passes\n")
     print("| rec batch | s/page | time vs batch 1 | char F1 | word F1 (Latin) |")

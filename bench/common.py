@@ -76,3 +76,37 @@ def write_predictions(outbox: Path, pred: Path) -> None:
 def score(pred: Path) -> str:
     res = subprocess.run([sys.executable, str(SCORE), str(CORPUS), str(pred)], capture_output=True, text=True)
     return res.stdout
+
+
+def interleaved_passes(engines: dict, pages: list, reps: int, seed: int, label: str = "") -> tuple[dict, dict]:
+    """Every page through every engine, in a shuffled order per page, ``reps`` times.
+
+    Returns each engine's total seconds per pass (a busy machine slows every engine of a
+    pass alike, so compare within a pass) and the first pass's output: key -> rel -> the
+    ``recognise`` result of each of the file's pages. The first predicts (session set-up)
+    are made before, untimed.
+    """
+    import random
+    import time
+
+    keys = list(engines)
+    for e in engines.values():
+        e.recognise(pages[0][1][0])
+    rng = random.Random(seed)
+    totals: dict = {k: [] for k in keys}
+    first: dict = {k: {} for k in keys}
+    for rep in range(reps):
+        t = dict.fromkeys(keys, 0.0)
+        for rel, bgrs in pages:
+            order = keys[:]
+            rng.shuffle(order)
+            for k in order:
+                t0 = time.perf_counter()
+                out = [engines[k].recognise(b) for b in bgrs]
+                t[k] += time.perf_counter() - t0
+                if rep == 0:
+                    first[k][rel] = out
+        for k in keys:
+            totals[k].append(t[k])
+        print(f"# {label}pass {rep + 1}: " + ", ".join(f"{k} {t[k]:.1f}s" for k in keys), flush=True)
+    return totals, first

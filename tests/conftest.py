@@ -10,6 +10,7 @@ import sys
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,9 +44,10 @@ def models_dir() -> Path:
     """Offline model dirs (``make test`` prepares them; install here if run directly)."""
     from ocr_inbox.ocr import models, profiles
 
-    prof = profiles.get("ppocrv6-tiny")
-    if models.missing_files(MODELS, prof):
-        models.install(MODELS, prof)
+    for name in ("ppocrv6-tiny", "ppocrv6-small"):  # the default profile and the cascade's
+        prof = profiles.get(name)
+        if models.missing_files(MODELS, prof):
+            models.install(MODELS, prof)
     return MODELS
 
 
@@ -62,6 +64,15 @@ def copy_pages(dest: Path, pages: tuple[str, ...] = PAGES) -> Path:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(CORPUS / rel, dest / rel)
     return dest
+
+
+def load_config(tmp_path: Path, text: str) -> Any:
+    """``text`` as a config file in ``tmp_path``, loaded (and validated) as the daemon does."""
+    from ocr_inbox import config
+
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    return config.load(f)
 
 
 def ground_truth(rel: str) -> str:

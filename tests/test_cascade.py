@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import CORPUS, char_f1, copy_pages, ground_truth, run_cli
+from conftest import load_config as _load
 from daemon_harness import toml_config
-from ocr_inbox import config
-from ocr_inbox.errors import ConfigError, EngineUnavailable
+from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.executors.setup import preflight
 from ocr_inbox.ocr import engine, models, profiles
 from ocr_inbox.ocr.refine import Refinement
@@ -29,27 +29,6 @@ from ocr_inbox.outbox import document
 
 UNSURE_PAGES = ("funsd/82092117.png", "tesseract_test/8071_093.3B.tif")
 SMALL_REC = "PP-OCRv6_small_rec"
-
-
-def _load(tmp_path: Path, text: str) -> config.Settings:
-    f = tmp_path / "c.toml"
-    f.write_text(text)
-    return config.load(f)
-
-
-@pytest.mark.parametrize(
-    ("text", "key", "reason"),
-    [
-        ('[ocr]\nrefine_profile = "ppocrv9"\n', "ocr.refine_profile", "unknown model profile; known profiles: "),
-        ("[ocr]\nrefine_below = 1.5\n", "ocr.refine_below", "less than or equal to 1"),
-        ("[ocr]\nrefine_below = -0.1\n", "ocr.refine_below", "greater than or equal to 0"),
-    ],
-)
-def test_bad_cascade_settings_name_file_key_reason(tmp_path: Path, text: str, key: str, reason: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        _load(tmp_path, text)
-    assert (err.value.file, err.value.key) == (str(tmp_path / "c.toml"), key)
-    assert reason in err.value.reason
 
 
 def test_cascade_is_off_at_zero_with_the_same_profile_or_a_plugin(tmp_path: Path) -> None:

@@ -6,16 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_config as _load
 from conftest import run_cli
 from ocr_inbox import config
 from ocr_inbox.errors import ConfigError, ExitCode
 from ocr_inbox.ocr.devices import parse_device, plan_slots
-
-
-def _load(tmp_path: Path, text: str) -> config.Settings:
-    f = tmp_path / "c.toml"
-    f.write_text(text)
-    return config.load(f)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +23,11 @@ def _load(tmp_path: Path, text: str) -> config.Settings:
         ("[pdf]\nquiet_seconds = 'soon'\n", "pdf.quiet_seconds", "valid number"),
         ("[ocr\nprofile = 1\n", "(syntax)", "line 1"),
         ("[nonsense]\na = 1\n", "nonsense", "unknown key"),
+        ('[ocr]\nrefine_profile = "ppocrv9"\n', "ocr.refine_profile", "unknown model profile; known profiles: "),
+        ("[ocr]\nrefine_below = 1.5\n", "ocr.refine_below", "less than or equal to 1"),
+        ("[ocr]\nrefine_below = -0.1\n", "ocr.refine_below", "greater than or equal to 0"),
+        ('[ocr]\nlexicon = ["xx"]\n', "ocr.lexicon", "no word list 'xx'; known: "),
+        ("[ocr]\nlexicon = 3\n", "ocr.lexicon", "list"),
     ],
 )
 def test_errors_name_file_key_reason(tmp_path: Path, text: str, key: str, reason: str) -> None:

@@ -15,7 +15,6 @@ import yaml
 
 from conftest import CORPUS, char_f1, ground_truth
 from ocr_inbox import config
-from ocr_inbox.errors import ConfigError
 from ocr_inbox.ocr import engine, images, models, profiles
 from ocr_inbox.ocr.lexicon import Letter, Lexicon, LexiconDecode, languages, respell_line
 
@@ -102,18 +101,6 @@ def test_paddlex_decodes_the_respelled_line_with_its_word_boxes() -> None:
     # a sure line goes through untouched
     sure = [_probs(decode, [{c: 0.99} for c in "tho"])]
     assert wrapped(sure, **kw)[0][0][0] == "tho"
-
-
-@pytest.mark.parametrize(
-    ("text", "reason"), [('[ocr]\nlexicon = ["xx"]\n', "no word list 'xx'; known: "), ("[ocr]\nlexicon = 3\n", "list")]
-)
-def test_a_bad_word_list_names_file_key_reason(tmp_path: Path, text: str, reason: str) -> None:
-    f = tmp_path / "c.toml"
-    f.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        config.load(f)
-    assert (err.value.file, err.value.key) == (str(f), "ocr.lexicon")
-    assert reason in err.value.reason
 
 
 def test_english_is_on_by_default_and_the_lists_ship_with_the_dependency() -> None:

@@ -147,14 +147,15 @@ class OcrSettings(_Section):
     engine_plugin: str = ""
     #: the confidence cascade: lines recognised with a score below this are read again by
     #: refine_profile's recognizer (same worker, same detection), whose text replaces the
-    #: first; 0 = off. Measured curve: docs/BENCHMARKS.md ("The confidence cascade")
-    refine_below: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: first; 0 = off. 0.93: ~8 % of tiny's lines, ~1.25x its time, ~+85 MiB per worker;
+    #: the measured curve: docs/BENCHMARKS.md ("Accuracy at tiny's speed")
+    refine_below: float = Field(default=0.93, ge=0.0, le=1.0)
     #: the profile whose recognizer reads the unsure lines again (only its rec model is
     #: loaded); the same as profile = off
     refine_profile: str = "ppocrv6-small"
     #: word lists (pyspellchecker's: "en", "de", "fr", "es", "it", "nl", "pt" …): a Latin word
     #: that is in none of them, and becomes a listed word when unsure letters take the
-    #: recognizer's own second choices, is respelled; [] = off. docs/BENCHMARKS.md ("Word lists")
+    #: recognizer's own second choices, is respelled; [] = off. docs/BENCHMARKS.md
     lexicon: list[str] = ["en"]
 
     @field_validator("lexicon")

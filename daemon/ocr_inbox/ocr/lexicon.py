@@ -14,7 +14,7 @@ only substitutions (never a letter added or removed), the word's case kept, at m
 
 The correction happens inside PaddleX's CTC decoding, between its choice of the best
 class at each time step and its decoding of them (``LexiconDecode``): PaddleX then
-decodes the corrected classes itself, with its word boxes and the same line score. Measured on the corpus in docs/BENCHMARKS.md ("Word lists").
+decodes the corrected classes itself, with its word boxes and the same line score. Measured on the corpus in docs/BENCHMARKS.md ("Accuracy at tiny's speed").
 
 Word lists: pyspellchecker's word frequencies (MIT; counts from OpenSubtitles),
 words seen at least ``MIN_COUNT`` times.
@@ -54,10 +54,20 @@ def languages() -> list[str]:
 
 @functools.lru_cache(maxsize=8)
 def _words(lang: str) -> frozenset[str]:
+    """The words seen ``MIN_COUNT`` times or more. Read line by line (the lists are written
+    one ``"word": count,`` a line): ``json.load`` built all 160,000 entries of the English
+    list at once, and a worker kept the 24 MiB."""
     path = importlib.resources.files("spellchecker") / "resources" / f"{lang}.json.gz"
-    with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
-        counts: dict[str, int] = json.load(f)
-    return frozenset(w for w, n in counts.items() if n >= MIN_COUNT and w.isalpha())
+    with path.open("rb") as raw:
+        text = gzip.decompress(raw.read()).decode("utf-8")
+    words = set()
+    for line in text.splitlines():
+        key, sep, count = line.rstrip(",").rpartition(": ")
+        if sep and count.isdigit() and int(count) >= MIN_COUNT:
+            w = json.loads(key) if "\\" in key else key[1:-1]  # a JSON string
+            if w.isalpha():
+                words.add(w)
+    return frozenset(words)
 
 
 def _latin_letter(c: str) -> bool:

@@ -7,7 +7,7 @@ second recognizer sees exactly the pixels the first one saw, and its word boxes
 come from PaddleX's ``cal_ocr_word_box`` as the pipeline's do. The second reading
 replaces the first, whatever the two scores: on the corpus the stronger recognizer's
 text was the better one more often than its score said (word F1 at < 0.95: 0.903
-replacing, 0.900 keeping the better score; docs/BENCHMARKS.md, "The confidence cascade").
+replacing, 0.900 keeping the better score; docs/BENCHMARKS.md, "Accuracy at tiny's speed").
 Imported only inside a worker, after ``engine.prepare_environment``.
 """
 
