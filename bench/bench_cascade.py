@@ -89,7 +89,7 @@ def curve(names: list[str], reps: int, work: Path) -> None:
                  sum(1 for out in first[n].values() for page in out for ln in page if ln.rec)] for n in names}
     print(f"\n## curve: {len(pages)} pages, {reps} passes, 1 thread per engine\n")
     print("| setting | lines re-read (kept) | s/page | time vs tiny | char F1 | word F1 (Latin) | " + " | ".join(sets()) + " |")
-    print("|---" * (7 + len(sets())) + "|")
+    print("|---" * (6 + len(sets())) + "|")
     for n in names:
         ratio = statistics.median(totals[n][r] / totals[names[0]][r] for r in range(reps))
         pred = work / f"pred{n}"
