@@ -1,6 +1,7 @@
 """Folder -> searchable PDF: ``ocr-inbox ocr --pdf`` against OCRmyPDF on the same pages and cores.
 
-    python bench/bench_vs_ocrmypdf.py [--pages 24] [--rounds 3] [--folders 1] [--cpus 0,1] [--base REV] [--no-ocrmypdf]
+    python bench/bench_vs_ocrmypdf.py [--pages 24] [--rounds 3] [--folders 1] [--cpus 0,1] [--base REV]
+        [--variant LABEL=CONFIG ...] [--no-ocrmypdf]
 
 Input: XFUND Chinese forms (A4 scans, 2480x3508 at 300 dpi) from ``../shared/corpus``,
 cycled to ``--pages`` pages named ``pNNN_<source>.jpg`` in one folder (or split over
@@ -19,7 +20,8 @@ medians are reported, with pages/s and the ratio. ``--cpus`` pins every process 
 those cores (``taskset``), e.g. to compare on 2 cores of a bigger machine.
 ``--base REV`` also times another commit's ``ocr-inbox`` in the same rounds
 (e.g. the commit before the PDF overlap, to see what it pays); with
-``--no-ocrmypdf`` only the two ocr-inbox versions run.
+``--no-ocrmypdf`` only the ocr-inbox runs. ``--variant LABEL=CONFIG`` also times this
+tree's ``ocr-inbox`` with ``--config CONFIG`` (e.g. the cascade off), in the same rounds.
 
 Accuracy: the text layer of each PDF (PyMuPDF), page by page, scored with
 ``../shared/tools/ocr_score.py`` (order-insensitive char F1 after NFKC) on the first
@@ -135,11 +137,11 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_ocr_inbox(pages: Pages, work: Path, src: Path, cpus: str) -> Run:
+def run_ocr_inbox(pages: Pages, work: Path, src: Path, extra: tuple[str, ...] = (), cpus: str = "") -> Run:
     shutil.rmtree(work, ignore_errors=True)
     out = work / "out"
     cmd = [sys.executable, "-m", "ocr_inbox", "ocr", str(pages.inbox), str(out), "--pdf", "--no-progress",
-           "--state-dir", str(work / "state"), "--models-dir", str(MODELS), "--log-format", "logfmt"]
+           "--state-dir", str(work / "state"), "--models-dir", str(MODELS), "--log-format", "logfmt", *extra]
     env = {**os.environ, "PYTHONPATH": str(src / "daemon")}
     cpu0, t0 = children_cpu(), time.time()
     res = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, env=env)
@@ -240,6 +242,8 @@ def main() -> None:
     ap.add_argument("--base", help="also time this commit's ocr-inbox")
     ap.add_argument("--no-ocrmypdf", action="store_true", help="only ocr-inbox (with --base: two versions)")
     ap.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=CONFIG",
+                    help="also time this tree's ocr-inbox with --config CONFIG (repeatable)")
     args = ap.parse_args()
     ocrmypdf = args.ocrmypdf.split()
     if not args.no_ocrmypdf:
@@ -252,13 +256,17 @@ def main() -> None:
     n = args.pages
     print(f"{n} pages in {args.folders} folder(s), {args.rounds} round(s), interleaved")
 
-    contenders: dict[str, Path] = {"ocr-inbox": REPO}
+    #: name -> (source tree, extra arguments)
+    contenders: dict[str, tuple[Path, tuple[str, ...]]] = {"ocr-inbox": (REPO, ())}
+    for v in args.variant:
+        label, _, cfg = v.partition("=")
+        contenders[f"ocr-inbox {label}"] = (REPO, ("--config", str(Path(cfg).resolve())))
     base_tree = None
     if args.base:
         base_tree = root / "base"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree), args.base],
                        check=True, capture_output=True)
-        contenders[f"ocr-inbox {args.base}"] = base_tree
+        contenders[f"ocr-inbox {args.base}"] = (base_tree, ())
     names = [*contenders] + ([] if args.no_ocrmypdf else ["OCRmyPDF"])
     walls: dict[str, list[float]] = {name: [] for name in names}
     cpus: dict[str, list[float]] = {name: [] for name in names}
@@ -272,7 +280,7 @@ def main() -> None:
                     run = run_ocrmypdf(inputs, root / "ocrmypdf-out", ocrmypdf, args.jobs, args.langs, args.cpus)
                     figures = {}
                 else:
-                    run = run_ocr_inbox(pages, root / "ocr-inbox", contenders[name], args.cpus)
+                    run = run_ocr_inbox(pages, root / "ocr-inbox", *contenders[name], cpus=args.cpus)
                     figures = breakdown(run)
                 walls[name].append(run.wall_s)
                 cpus[name].append(run.cpu_s)
