@@ -54,6 +54,19 @@ def test_missing_model_fails_naming_it_and_the_install_command(tmp_path: Path) -
     assert res.stdout.splitlines()[-1].startswith("doctor: ") and "1 FAIL" in res.stdout.splitlines()[-1]
 
 
+def test_a_missing_cascade_recognizer_fails_naming_it(tmp_path: Path, models_dir: Path) -> None:
+    _layout(tmp_path)
+    only_tiny = tmp_path / "models"
+    only_tiny.mkdir()
+    (only_tiny / "ppocrv6-tiny").symlink_to(models_dir / "ppocrv6-tiny")
+    checks = _by_name(doctor.check_models(config.Settings(paths={"models_dir": only_tiny})))
+    assert checks["models"]["level"] == "FAIL"
+    assert "'ppocrv6-small' (the cascade's recognizer)" in checks["models"]["detail"]
+    assert checks["models"]["fix"] == f"ocr-inbox models install --profile ppocrv6-small --models-dir {only_tiny}"
+    off = config.Settings(paths={"models_dir": only_tiny}, ocr={"refine_below": 0})
+    assert _by_name(doctor.check_models(off))["models"]["level"] == "OK"
+
+
 def test_healthy_setup_is_ok_and_json_parses(tmp_path: Path, models_dir: Path) -> None:
     _layout(tmp_path)
     res = _doctor(tmp_path, "--json", models=models_dir)

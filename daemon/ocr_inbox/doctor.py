@@ -239,16 +239,21 @@ def check_models(s: Settings) -> list[Check]:
         hub = f"profile {profile.name!r}: PaddleX downloads it from its model hubs on first use"
         return [Check("models", Level.OK, hub)]
     mdir = s.paths.resolved_models_dir()
-    missing = models.missing_files(mdir, profile)
-    if missing:
-        return [
-            Check(
-                "models", Level.FAIL,
-                f"profile {profile.name!r}: {len(missing)} model file(s) missing, e.g. {missing[0]}",
-                models.install_command(mdir, profile),
-            )
-        ]
-    return [Check("models", Level.OK, f"profile {profile.name!r} installed in {mdir}")]
+    refine = s.ocr.refine_in_use()
+    # the cascade's profile lends only its recognizer
+    needed = [(profile, ("det", "rec"), "")] + ([(profiles.get(refine), ("rec",), " (the cascade's recognizer)")] if refine else [])
+    for prof, roles, what in needed:
+        missing = models.missing_files(mdir, prof, roles)
+        if missing:
+            return [
+                Check(
+                    "models", Level.FAIL,
+                    f"profile {prof.name!r}{what}: {len(missing)} model file(s) missing, e.g. {missing[0]}",
+                    models.install_command(mdir, prof),
+                )
+            ]
+    also = f", and {refine!r}'s recognizer for the cascade" if refine else ""
+    return [Check("models", Level.OK, f"profile {profile.name!r} installed in {mdir}{also}")]
 
 
 def check_devices(s: Settings, host: Host) -> list[Check]:
