@@ -110,6 +110,19 @@ def test_english_is_on_by_default_and_the_lists_ship_with_the_dependency() -> No
     assert en.known("Confidential") and en.known("november") and not en.known("confidentlal")
 
 
+@pytest.mark.parametrize("lang", ["en", "de"])
+def test_the_lists_are_read_as_json_reads_them(lang: str) -> None:
+    import gzip
+    import importlib.resources
+    import json
+
+    from ocr_inbox.ocr import lexicon
+
+    path = importlib.resources.files("spellchecker") / "resources" / f"{lang}.json.gz"
+    counts = json.loads(gzip.decompress(path.read_bytes()))
+    assert lexicon._words(lang) == {w for w, n in counts.items() if n >= lexicon.MIN_COUNT and w.isalpha()}
+
+
 def test_the_fast_yaml_loader_builds_the_same_model_configs(models_dir: Path) -> None:
     for role in ("det", "rec"):
         path = models.model_dir(models_dir, profiles.get("ppocrv6-tiny"), role) / "inference.yml"

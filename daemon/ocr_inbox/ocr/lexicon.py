@@ -14,7 +14,8 @@ only substitutions (never a letter added or removed), the word's case kept, at m
 
 The correction happens inside PaddleX's CTC decoding, between its choice of the best
 class at each time step and its decoding of them (``LexiconDecode``): PaddleX then
-decodes the corrected classes itself, with its word boxes and the same line score. Measured on the corpus in docs/BENCHMARKS.md ("Accuracy at tiny's speed").
+decodes the corrected classes itself, with its word boxes and the same line score.
+Measured on the corpus in docs/BENCHMARKS.md ("Accuracy at tiny's speed").
 
 Word lists: pyspellchecker's word frequencies (MIT; counts from OpenSubtitles),
 words seen at least ``MIN_COUNT`` times.
@@ -67,6 +68,9 @@ def _words(lang: str) -> frozenset[str]:
             w = json.loads(key) if "\\" in key else key[1:-1]  # a JSON string
             if w.isalpha():
                 words.add(w)
+    if not words:  # written some other way by a later pyspellchecker: read it as JSON
+        counts: dict[str, int] = json.loads(text)
+        words = {w for w, n in counts.items() if n >= MIN_COUNT and w.isalpha()}
     return frozenset(words)
 
 
