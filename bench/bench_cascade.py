@@ -2,6 +2,7 @@
 
     OCR_INBOX_MODELS_DIR=.models python bench/bench_cascade.py [--settings tiny,tiny+en,<0.95+en,small]
         [--reps 3] [--cli-settings tiny,tiny+en,<0.93+en] [--cli-reps 3] [--skip curve,cli,rss]
+        [--rss-settings tiny,<0.93+en] [--rss-tree before=../before]
 
 A setting is ``tiny`` (ppocrv6-tiny), ``small`` (ppocrv6-small) or ``<T`` (tiny, and the lines it
 reads with a score below T read again by small's recognizer: ``[ocr] refine_below = T``), with
@@ -16,9 +17,11 @@ first setting is the one the times are compared with.
 (2) cli: ``ocr-inbox ocr`` over the corpus (2 workers, start-up and model loading included)
     for each ``--cli-settings``, interleaved (the order reversed every other run),
     ``--cli-reps`` times: medians of wall time and of the ratio to the first.
-(3) rss: a fresh process per ``--cli-settings`` setting creates the engine and OCRs every page
+(3) rss: a fresh process per setting (``--rss-settings``, else ``--cli-settings``) creates the
+    engine and OCRs every corpus file, read and decoded one page at a time as a worker does
     (what a worker holds): peak (VmHWM) and final (VmRSS) resident memory, twice each,
-    interleaved, medians.
+    interleaved, medians. ``--rss-tree LABEL=DIR`` also runs them on another checkout's code
+    (``git worktree add ../before REV``), to compare with the commit before a change.
 """
 
 from __future__ import annotations
@@ -160,31 +163,36 @@ import json, sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import bench_cascade as b
-from ocr_inbox.ocr import engine
+from ocr_inbox.ocr import engine, images
 s = b.settings_for(sys.argv[3], Path(sys.argv[4]))
 e = engine.create(s)
-for _, bgrs in b.load_pages():
-    for bgr in bgrs:
-        e.recognise(bgr)
+for rel in b.corpus_images():  # as a worker does: one file read and one page decoded at a time
+    for page in images.pages((b.CORPUS / rel).read_bytes(), images.Limits()):
+        e.recognise(page.bgr)
+        del page
 st = dict(l.split(":", 1) for l in open("/proc/self/status"))
 print(json.dumps({k: int(st[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS")}))
 """
 
 
-def rss(names: list[str], reps: int, work: Path) -> None:
-    got: dict[str, list[dict[str, int]]] = {n: [] for n in names}
+def rss(names: list[str], reps: int, work: Path, trees: dict[str, Path]) -> None:
+    """Each setting on each tree's ``daemon/`` (this checkout, and ``--rss-tree`` ones)."""
+    runs = [(t, n) for t in trees for n in names]
+    got: dict[tuple[str, str], list[dict[str, int]]] = {r: [] for r in runs}
     for rep in range(reps):
-        for n in names if rep % 2 == 0 else reversed(names):
-            cmd = [sys.executable, "-c", _RSS_CHILD, str(REPO / "bench"), str(REPO / "daemon"), n, str(work / "cache")]
+        for tree, n in runs if rep % 2 == 0 else reversed(runs):
+            daemon = trees[tree] / "daemon"
+            cmd = [sys.executable, "-c", _RSS_CHILD, str(REPO / "bench"), str(daemon), n, str(work / "cache")]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            got[n].append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(f"\n## worker memory: one process per setting, engine + all {len(corpus_images())} pages, {reps} runs, medians\n")
-    print("| setting | peak RSS (VmHWM) MiB | RSS after MiB |")
-    print("|---|---|---|")
-    for n in names:
-        hwm = statistics.median(g["VmHWM"] for g in got[n])
-        now = statistics.median(g["VmRSS"] for g in got[n])
-        print(f"| {label(n)} | {hwm:.0f} | {now:.0f} |")
+            got[(tree, n)].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    print(f"\n## worker memory: one process per setting, engine + all {len(corpus_images())} files one page at a time, "
+          f"{reps} runs, medians\n")
+    print("| code | setting | peak RSS (VmHWM) MiB | RSS after MiB |")
+    print("|---|---|---|---|")
+    for tree, n in runs:
+        hwm = statistics.median(g["VmHWM"] for g in got[(tree, n)])
+        now = statistics.median(g["VmRSS"] for g in got[(tree, n)])
+        print(f"| {tree} | {label(n)} | {hwm:.0f} | {now:.0f} |")
 
 
 def main() -> None:
@@ -194,6 +202,9 @@ def main() -> None:
     ap.add_argument("--cli-settings", default="tiny,tiny+en,<0.93+en,<0.95+en,small+en",
                     help="settings for the cli and rss parts")
     ap.add_argument("--cli-reps", type=int, default=3)
+    ap.add_argument("--rss-tree", action="append", default=[], metavar="LABEL=DIR",
+                    help="also measure the memory of another checkout's code (e.g. a worktree of the commit before)")
+    ap.add_argument("--rss-settings", default="", help="settings for the rss part (default: --cli-settings)")
     ap.add_argument("--skip", default="")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
@@ -206,7 +217,8 @@ def main() -> None:
         if "cli" not in skip:
             cli(cli_settings, args.cli_reps, work)
         if "rss" not in skip:
-            rss(cli_settings, 2, work)
+            trees = {"this tree": REPO, **{k: Path(v) for k, v in (t.split("=", 1) for t in args.rss_tree)}}
+            rss(args.rss_settings.split(",") if args.rss_settings else cli_settings, 2, work, trees)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import imagemaker
 import pymupdf
 import pytest
 from PIL import Image
@@ -314,3 +315,104 @@ def test_temp_names_belong_to_one_output(tmp_path):
     assert names.is_temp_for(long_a, names.temp_path_for(long_a).name)
     assert not names.is_temp_for(long_a, names.temp_path_for(long_b).name)
     assert pdf.work_dir_for is names.work_dir_for
+
+
+# --- JPEG pages: libjpeg-turbo straight to BGR, the same pixels as PIL's decode ----------
+
+
+def pil_bgr(data: bytes) -> np.ndarray:
+    """The page as PIL decodes it (the path every format but YCbCr/grey JPEG takes)."""
+    (frame,) = images.frames(data, LIMITS)
+    assert isinstance(frame, images.Frame)
+    return images.upright_bgr(frame)
+
+
+@pytest.fixture
+def fast_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """One entry per JPEG page the direct decoder was asked for: True when it decoded it."""
+    seen: list[bool] = []
+    real = images._jpeg_bgr
+
+    def spy(frame: images.Frame) -> np.ndarray | None:
+        out = real(frame)
+        seen.append(out is not None)
+        return out
+
+    monkeypatch.setattr(images, "_jpeg_bgr", spy)
+    return seen
+
+
+def photo(size: tuple[int, int] = (203, 141)) -> Image.Image:
+    """Colour gradients and edges, odd sizes: chroma subsampling and the IDCT both show."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([(x * 255 // w), (y * 255 // h), ((x ^ y) & 0xFF)], axis=-1).astype(np.uint8)
+    arr[h // 3 : h // 2, w // 4 : w // 2] = (10, 200, 40)
+    return Image.fromarray(arr, "RGB")
+
+
+@pytest.mark.parametrize(
+    "mode,params",
+    [
+        ("RGB", {"subsampling": 0}),  # 4:4:4
+        ("RGB", {"subsampling": 1}),  # 4:2:2
+        ("RGB", {"subsampling": 2}),  # 4:2:0, what scanners and cameras write
+        ("RGB", {"progressive": True}),
+        ("RGB", {"restart_marker_rows": 1}),
+        ("L", {}),
+    ],
+)
+def test_jpeg_pages_decode_to_the_pixels_pil_gives(tmp_path, fast_decodes, mode, params):
+    data = imagemaker.save(photo().convert(mode), tmp_path / "p.jpg", "JPEG", quality=90, **params).read_bytes()
+    (page,) = images.decode(data, LIMITS)
+    assert fast_decodes == [True]
+    assert page.bgr.dtype == np.uint8
+    assert np.array_equal(page.bgr, pil_bgr(data))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_pages_are_turned_upright_as_pil_turns_them(tmp_path, fast_decodes, orientation):
+    data = imagemaker.with_exif_orientation(photo(), tmp_path / "o.jpg", orientation).read_bytes()
+    (page,) = images.decode(data, LIMITS)
+    assert fast_decodes == [True]
+    assert page.bgr.shape == (141, 203, 3)  # upright: the size of the picture as drawn
+    assert np.array_equal(page.bgr, pil_bgr(data))
+
+
+def test_cmyk_jpegs_still_go_through_pil(tmp_path, fast_decodes):
+    data = imagemaker.cmyk_jpeg(photo(), tmp_path / "c.jpg").read_bytes()
+    (page,) = images.decode(data, LIMITS)
+    assert fast_decodes == []
+    assert np.array_equal(page.bgr, pil_bgr(data))
+
+
+def test_a_truncated_jpeg_is_still_refused_as_truncated(tmp_path, fast_decodes, capfd):
+    path = imagemaker.truncate(imagemaker.save(photo((600, 400)), tmp_path / "t.jpg", "JPEG", quality=90), keep=0.6)
+    with pytest.raises(BadImage) as err:
+        images.decode(path.read_bytes(), LIMITS)
+    assert err.value.reason == "truncated"
+    assert fast_decodes == [False]  # libjpeg-turbo's refusal is not the answer: PIL's is
+    assert capfd.readouterr().err == ""
+
+
+def test_a_corrupt_jpeg_stream_decodes_as_pil_decodes_it_and_prints_nothing(tmp_path, fast_decodes, capfd):
+    """Damaged entropy-coded data: PIL decodes what it can, silently; so does a page now."""
+    data = bytearray(imagemaker.save(photo((600, 400)), tmp_path / "x.jpg", "JPEG", quality=90).read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(range(64))
+    (page,) = images.decode(bytes(data), LIMITS)
+    assert fast_decodes == [False]
+    assert np.array_equal(page.bgr, pil_bgr(bytes(data)))
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.corpus
+def test_every_corpus_jpeg_decodes_to_the_pixels_pil_gives(fast_decodes):
+    from conftest import CORPUS
+
+    jpegs = sorted(CORPUS.rglob("*.jpg"))
+    assert jpegs
+    for path in jpegs:
+        data = path.read_bytes()
+        (page,) = images.decode(data, LIMITS)
+        assert np.array_equal(page.bgr, pil_bgr(data)), path.name
+    assert fast_decodes == [True] * len(jpegs)

@@ -235,7 +235,7 @@ class PaddleXEngine:
             self.s.refine_below,
             device=self.s.device,
             engine=p.engine,
-            engine_config=self._engine_config(p),
+            engine_config=self._engine_config(p, rarely_used=True),
             batch_size=rec_batch_size(p.engine, self.s.device, self.s.rec_batch_size),
         )
 
@@ -283,10 +283,22 @@ class PaddleXEngine:
             },
         }
 
-    def _engine_config(self, profile: profiles.Profile) -> dict[str, Any]:
-        if profile.engine == "onnxruntime":
-            return {"intra_op_num_threads": self.s.threads, "inter_op_num_threads": 1}
-        return {"cpu_threads": self.s.threads}
+    def _engine_config(self, profile: profiles.Profile, *, rarely_used: bool = False) -> dict[str, Any]:
+        """Engine options for one of the worker's models; ``rarely_used``: the cascade's recognizer.
+
+        ONNX Runtime on the CPU (docs/BENCHMARKS.md, "Worker memory"): its memory
+        pattern, a block planned and kept per input shape, grows with every new crop
+        width and page size; without it the worker's peak is ~60 MiB lower at the same
+        speed. A model that reads a few lines a page also gives its memory arena back
+        (~45 MiB) for ~2 % of its own time."""
+        if profile.engine != "onnxruntime":
+            return {"cpu_threads": self.s.threads}
+        cfg: dict[str, Any] = {"intra_op_num_threads": self.s.threads, "inter_op_num_threads": 1}
+        if not self.s.device.startswith("gpu"):
+            cfg["enable_mem_pattern"] = False
+            if rarely_used:
+                cfg["enable_cpu_mem_arena"] = False
+        return cfg
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {

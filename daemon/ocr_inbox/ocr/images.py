@@ -452,8 +452,7 @@ class LoadedImage:
 
 def upright_bgr(frame: Frame) -> np.ndarray:
     """The frame as the engine sees it: 8-bit BGR, EXIF orientation applied."""
-    import cv2  # the engine's own dependency: loaded in a worker already, not in the daemon or the PDF child
-
+    cv2 = _cv2()
     im = frame.image
     if im.mode == "I;16":
         im = _stretch(im)
@@ -466,6 +465,63 @@ def upright_bgr(frame: Frame) -> np.ndarray:
     return cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR)
 
 
+#: EXIF orientation -> the turn of :data:`_UPRIGHT` on an array: (transpose first?, then cv2.flip's
+#: code: 1 mirrors left-right, 0 top-bottom, -1 both, None not at all)
+_UPRIGHT_ARRAY: dict[int, tuple[bool, int | None]] = {
+    2: (False, 1),
+    3: (False, -1),
+    4: (False, 0),
+    5: (True, None),
+    6: (True, 1),
+    7: (True, -1),
+    8: (True, 0),
+}
+
+
+def _cv2() -> Any:
+    import cv2  # the engine's own dependency: loaded in a worker already, not in the daemon or the PDF child
+
+    return cv2
+
+
+def _upright_array(bgr: np.ndarray, orientation: int) -> np.ndarray:
+    transpose, flip = _UPRIGHT_ARRAY.get(orientation, (False, None))
+    cv2 = _cv2()
+    if transpose:
+        bgr = cv2.transpose(bgr)
+    return bgr if flip is None else cv2.flip(bgr, flip)
+
+
+def _jpeg_bgr(frame: Frame) -> np.ndarray | None:
+    """A YCbCr or grey JPEG decoded by libjpeg-turbo straight into BGR (simplejpeg), upright.
+
+    Same pixels as PIL's decode (the same library, checked on the corpus and in the
+    tests), in one buffer instead of three (PIL's image, its numpy copy, the BGR
+    copy): 69 -> 45 ms and ~55 MiB less at a worker's peak for a 300-dpi A4 page.
+    None when libjpeg-turbo reports anything at all (``strict``: a truncated or
+    corrupt stream, never printed to stderr as cv2's decoder would): PIL then decides
+    as it always did, refusing truncation and decoding what it can of the rest.
+    """
+    import simplejpeg
+
+    assert frame.jpeg is not None
+    try:
+        bgr = simplejpeg.decode_jpeg(frame.jpeg.data, colorspace="BGR", strict=True)
+    except ValueError:
+        return None
+    if bgr.shape[:2] != (frame.height, frame.width):
+        return None
+    return _upright_array(bgr, frame.orientation)
+
+
+def _page_bgr(frame: Frame) -> np.ndarray:
+    if frame.jpeg is not None and frame.format == "JPEG" and frame.jpeg.mode in ("L", "RGB"):
+        bgr = _jpeg_bgr(frame)
+        if bgr is not None:
+            return bgr
+    return upright_bgr(frame)  # PIL loads the frame's pixels here
+
+
 def pages(data: bytes, limits: Limits) -> Iterator[PageImage]:
     """The pages of an image file as upright BGR, decoded one at a time; a bad frame
     raises :class:`BadImage` (OCR refuses the whole file).
@@ -473,12 +529,13 @@ def pages(data: bytes, limits: Limits) -> Iterator[PageImage]:
     Only the page last yielded is held here: drop it before asking for the next,
     and a 1,000-page file needs the memory of one page.
     """
-    for frame in frames(data, limits):
+    # a JPEG frame comes undecoded (its header checked against the limits): _page_bgr decodes it
+    for frame in frames(data, limits, draft_jpeg=True, decoded_before=True):
         if isinstance(frame, BadFrame):
             raise frame.error
         try:
-            bgr = upright_bgr(frame)
-        except (OSError, ValueError) as exc:
+            bgr = _page_bgr(frame)
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
             raise _decode_error(exc) from None
         page = PageImage(frame.index, bgr, frame.dpi, frame.count)
         del frame, bgr
