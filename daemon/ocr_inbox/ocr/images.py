@@ -452,7 +452,8 @@ class LoadedImage:
 
 def upright_bgr(frame: Frame) -> np.ndarray:
     """The frame as the engine sees it: 8-bit BGR, EXIF orientation applied."""
-    cv2 = _cv2()
+    import cv2  # the engine's own dependency: loaded in a worker already, not in the daemon or the PDF child
+
     im = frame.image
     if im.mode == "I;16":
         im = _stretch(im)
@@ -478,15 +479,10 @@ _UPRIGHT_ARRAY: dict[int, tuple[bool, int | None]] = {
 }
 
 
-def _cv2() -> Any:
-    import cv2  # the engine's own dependency: loaded in a worker already, not in the daemon or the PDF child
-
-    return cv2
-
-
 def _upright_array(bgr: np.ndarray, orientation: int) -> np.ndarray:
+    import cv2
+
     transpose, flip = _UPRIGHT_ARRAY.get(orientation, (False, None))
-    cv2 = _cv2()
     if transpose:
         bgr = cv2.transpose(bgr)
     return bgr if flip is None else cv2.flip(bgr, flip)
