@@ -162,8 +162,9 @@ _RSS_CHILD = """
 import json, sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from ocr_inbox.ocr import engine, images  # first: bench_cascade puts this checkout's daemon/ on the path
 import bench_cascade as b
-from ocr_inbox.ocr import engine, images
+assert Path(engine.__file__).is_relative_to(sys.argv[2]), engine.__file__
 s = b.settings_for(sys.argv[3], Path(sys.argv[4]))
 e = engine.create(s)
 for rel in b.corpus_images():  # as a worker does: one file read and one page decoded at a time
@@ -181,7 +182,7 @@ def rss(names: list[str], reps: int, work: Path, trees: dict[str, Path]) -> None
     got: dict[tuple[str, str], list[dict[str, int]]] = {r: [] for r in runs}
     for rep in range(reps):
         for tree, n in runs if rep % 2 == 0 else reversed(runs):
-            daemon = trees[tree] / "daemon"
+            daemon = trees[tree].resolve() / "daemon"
             cmd = [sys.executable, "-c", _RSS_CHILD, str(REPO / "bench"), str(daemon), n, str(work / "cache")]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             got[(tree, n)].append(json.loads(res.stdout.strip().splitlines()[-1]))

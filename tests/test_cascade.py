@@ -179,6 +179,18 @@ def test_threshold_zero_is_todays_engine(engines: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.corpus
+def test_every_onnx_runtime_session_got_the_memory_options(engines: dict[str, Any]) -> None:
+    """What engine_config asks for reaches the sessions PaddleX creates (main models and the cascade's)."""
+    on = engines["on"]
+    inner = getattr(on.pipeline, "_pipeline", on.pipeline)
+    for model in (inner.text_det_model, inner.text_rec_model, on.refiner.predictor):
+        opts = model.runner.session.get_session_options()
+        assert not opts.enable_mem_pattern
+        assert opts.enable_cpu_mem_arena == (model is not on.refiner.predictor)
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
 def test_ocr_command_marks_refined_lines_in_the_json(tmp_path: Path, models_dir: Path) -> None:
     _small_rec_installed(models_dir)
     pages = (UNSURE_PAGES[0], "cnocr/helloworld.jpg")

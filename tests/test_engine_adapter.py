@@ -55,6 +55,16 @@ def test_rec_batch_size_is_the_measured_one_per_engine_unless_configured() -> No
     assert engine.rec_batch_size("onnxruntime", "cpu", configured=6) == 6
 
 
+def test_onnx_runtime_on_the_cpu_plans_no_memory_per_shape_and_the_cascade_keeps_no_arena() -> None:
+    # docs/BENCHMARKS.md, "Worker memory"
+    main = engine.engine_config("onnxruntime", 1, "cpu")
+    assert main == {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "enable_mem_pattern": False}
+    assert engine.engine_config("onnxruntime", 1, "cpu", rarely_used=True) == {**main, "enable_cpu_mem_arena": False}
+    # GPUs keep ONNX Runtime's defaults; Paddle's engine takes its threads only
+    assert engine.engine_config("onnxruntime", 2, "gpu:1", rarely_used=True) == {"intra_op_num_threads": 2, "inter_op_num_threads": 1}
+    assert engine.engine_config("paddle", 2, "cpu") == {"cpu_threads": 2}
+
+
 def test_unknown_profile_and_missing_models_are_clear(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match="known profiles: .*ppocrv6-tiny"):
         profiles.get("ppocrv9")

@@ -163,6 +163,24 @@ def rec_batch_size(engine: str, device: str, configured: int = 0) -> int:
     return ORT_CPU_REC_BATCH if engine == "onnxruntime" else PADDLE_CPU_REC_BATCH
 
 
+def engine_config(engine: str, threads: int, device: str, *, rarely_used: bool = False) -> dict[str, Any]:
+    """PaddleX's ``engine_config`` for one of a worker's models; ``rarely_used``: the cascade's recognizer.
+
+    ONNX Runtime on the CPU (docs/BENCHMARKS.md, "Worker memory"): its memory
+    pattern, a block planned and kept per input shape, grows with every new crop
+    width and page size; without it a worker's peak is ~60 MiB lower at the same
+    speed. A model that reads a few lines a page also gives its memory arena back
+    (~45 MiB) for ~2 % of its own time. GPUs keep ONNX Runtime's defaults (not measured)."""
+    if engine != "onnxruntime":
+        return {"cpu_threads": threads}
+    cfg: dict[str, Any] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    if not device.startswith("gpu"):
+        cfg["enable_mem_pattern"] = False
+        if rarely_used:
+            cfg["enable_cpu_mem_arena"] = False
+    return cfg
+
+
 #: CPU recognition batches (bench/bench_rec_batch.py)
 ORT_CPU_REC_BATCH = 1
 PADDLE_CPU_REC_BATCH = 2
@@ -284,21 +302,7 @@ class PaddleXEngine:
         }
 
     def _engine_config(self, profile: profiles.Profile, *, rarely_used: bool = False) -> dict[str, Any]:
-        """Engine options for one of the worker's models; ``rarely_used``: the cascade's recognizer.
-
-        ONNX Runtime on the CPU (docs/BENCHMARKS.md, "Worker memory"): its memory
-        pattern, a block planned and kept per input shape, grows with every new crop
-        width and page size; without it the worker's peak is ~60 MiB lower at the same
-        speed. A model that reads a few lines a page also gives its memory arena back
-        (~45 MiB) for ~2 % of its own time."""
-        if profile.engine != "onnxruntime":
-            return {"cpu_threads": self.s.threads}
-        cfg: dict[str, Any] = {"intra_op_num_threads": self.s.threads, "inter_op_num_threads": 1}
-        if not self.s.device.startswith("gpu"):
-            cfg["enable_mem_pattern"] = False
-            if rarely_used:
-                cfg["enable_cpu_mem_arena"] = False
-        return cfg
+        return engine_config(profile.engine, self.s.threads, self.s.device, rarely_used=rarely_used)
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
