@@ -261,16 +261,17 @@ def test_a_crash_storm_pauses_instead_of_quarantining_and_retry_requeues(
 
 
 @pytest.mark.slow
-def test_an_image_past_the_worker_memory_ceiling_fails_alone(tmp_path: Path, models_dir: Path) -> None:
-    # 12,000 x 12,000 white RGB: a tiny file within the pixel limits set here, but its
-    # decode and BGR copy need ~0.9 GB, far past a 400 MiB ceiling (RLIMIT_DATA)
+@pytest.mark.parametrize("fmt", ["png", "jpg"])  # PIL's decode, and a JPEG's straight into BGR
+def test_an_image_past_the_worker_memory_ceiling_fails_alone(tmp_path: Path, models_dir: Path, fmt: str) -> None:
+    # 12,000 x 12,000 white RGB: a small file within the pixel limits set here, but its
+    # decode needs 0.4-0.9 GB, past a 400 MiB ceiling (RLIMIT_DATA)
     cfg = daemon_config(ocr={"max_image_pixels": 500_000_000}, pool={"worker_memory_mb": 400})
     d = Daemon(tmp_path, models_dir, cfg)
-    Image.new("RGB", (12_000, 12_000), (255, 255, 255)).save(d.inbox / "huge.png", optimize=True)
+    Image.new("RGB", (12_000, 12_000), (255, 255, 255)).save(d.inbox / f"huge.{fmt}", optimize=True)
     plain(d.inbox / "small.png")
     d.start()
     d.ready()
-    d.until(lambda: "huge.png" in _failures(d) and "small.png" in json_files(d.outbox), "both accounted for")
-    assert _failures(d)["huge.png"]["reason"] == "too_much_memory"
+    d.until(lambda: f"huge.{fmt}" in _failures(d) and "small.png" in json_files(d.outbox), "both accounted for")
+    assert _failures(d)[f"huge.{fmt}"]["reason"] == "too_much_memory"
     assert not d.events("worker_lost")  # the worker survived it
     assert d.stop() == 0

@@ -493,7 +493,8 @@ def _jpeg_bgr(frame: Frame) -> np.ndarray | None:
 
     Same pixels as PIL's decode (the same library, checked on the corpus and in the
     tests), in one buffer instead of three (PIL's image, its numpy copy, the BGR
-    copy): 69 -> 45 ms and ~55 MiB less at a worker's peak for a 300-dpi A4 page.
+    copy): ~55 MiB less at a worker's peak for a 300-dpi A4 page, and 0.62x the time
+    (bench/bench_decode.py).
     None when libjpeg-turbo reports anything at all (``strict``: a truncated or
     corrupt stream, never printed to stderr as cv2's decoder would): PIL then decides
     as it always did, refusing truncation and decoding what it can of the rest.
