@@ -46,6 +46,8 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})
 #: JPEG colour spaces a PDF can show from the original bytes (DCTDecode)
 JPEG_SPACES = frozenset({"L", "RGB", "CMYK"})
 
+#: what PIL (and a TIFF directory's struct parsing) raises for bytes it cannot decode
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 _SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic)
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -391,20 +393,20 @@ def frames(
             raise BadImage("unsupported_format", str(fmt))
         try:
             count = int(getattr(img, "n_frames", 1)) if fmt == "TIFF" else 1
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        except _DECODE_ERRORS as exc:
             raise _decode_error(exc) from None
         if count > limits.max_pages:
             raise BadImage("too_many_pages", f"{count} > {limits.max_pages}")
         try:
             _header_pixels(img, count, limits)
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        except _DECODE_ERRORS as exc:
             raise _decode_error(exc) from None
         for i in range(count):
             try:
                 frame: Frame | BadFrame = _frame(img, data, i, count, limits, draft_jpeg, decoded_before)
             except BadImage as exc:
                 frame = BadFrame(i, count, exc)
-            except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+            except _DECODE_ERRORS as exc:
                 frame = BadFrame(i, count, _decode_error(exc))
             yield frame
             del frame  # not held while the next frame decodes
@@ -532,7 +534,7 @@ def pages(data: bytes, limits: Limits) -> Iterator[PageImage]:
             raise frame.error
         try:
             bgr = _page_bgr(frame)
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        except _DECODE_ERRORS as exc:
             raise _decode_error(exc) from None
         page = PageImage(frame.index, bgr, frame.dpi, frame.count)
         del frame, bgr
