@@ -147,8 +147,8 @@ class OcrSettings(_Section):
     engine_plugin: str = ""
     #: the confidence cascade: lines recognised with a score below this are read again by
     #: refine_profile's recognizer (same worker, same detection), whose text replaces the
-    #: first; 0 = off. 0.93: ~8 % of tiny's lines, ~1.25x its time, ~+85 MiB per worker;
-    #: the measured curve: docs/BENCHMARKS.md ("Accuracy at tiny's speed")
+    #: first; 0 = off. 0.93: ~8 % of tiny's lines, ~1.25x its time, ~+40 MiB per worker at
+    #: the peak; the measured curve: docs/BENCHMARKS.md ("Accuracy at tiny's speed", "Worker memory")
     refine_below: float = Field(default=0.93, ge=0.0, le=1.0)
     #: the profile whose recognizer reads the unsure lines again (only its rec model is
     #: loaded); the same as profile = off

@@ -168,9 +168,9 @@ def engine_config(engine: str, threads: int, device: str, *, rarely_used: bool =
 
     ONNX Runtime on the CPU (docs/BENCHMARKS.md, "Worker memory"): its memory
     pattern, a block planned and kept per input shape, grows with every new crop
-    width and page size; without it a worker's peak is ~60 MiB lower at the same
+    width and page size; without it a worker's peak was 38 MiB lower at the same
     speed. A model that reads a few lines a page also gives its memory arena back
-    (~45 MiB) for ~2 % of its own time. GPUs keep ONNX Runtime's defaults (not measured)."""
+    (~45 MiB) for ~3 % of its own time. GPUs keep ONNX Runtime's defaults (not measured)."""
     if engine != "onnxruntime":
         return {"cpu_threads": threads}
     cfg: dict[str, Any] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
