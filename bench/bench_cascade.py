@@ -19,7 +19,8 @@ first setting is the one the times are compared with.
     ``--cli-reps`` times: medians of wall time and of the ratio to the first.
 (3) rss: a fresh process per setting (``--rss-settings``, else ``--cli-settings``) creates the
     engine and OCRs every corpus file, read and decoded one page at a time as a worker does
-    (what a worker holds): peak (VmHWM) and final (VmRSS) resident memory, twice each,
+    (what a worker holds): peak (VmHWM) and final (VmRSS) resident memory, and VmData (what
+    ``[pool] worker_memory_mb`` caps) at the end, twice each,
     interleaved, medians. ``--rss-tree LABEL=DIR`` also runs them on another checkout's code
     (``git worktree add ../before REV``), to compare with the commit before a change.
 """
@@ -172,7 +173,7 @@ for rel in b.corpus_images():  # as a worker does: one file read and one page de
         e.recognise(page.bgr)
         del page
 st = dict(l.split(":", 1) for l in open("/proc/self/status"))
-print(json.dumps({k: int(st[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS")}))
+print(json.dumps({k: int(st[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS", "VmData")}))
 """
 
 
@@ -188,12 +189,13 @@ def rss(names: list[str], reps: int, work: Path, trees: dict[str, Path]) -> None
             got[(tree, n)].append(json.loads(res.stdout.strip().splitlines()[-1]))
     print(f"\n## worker memory: one process per setting, engine + all {len(corpus_images())} files one page at a time, "
           f"{reps} runs, medians\n")
-    print("| code | setting | peak RSS (VmHWM) MiB | RSS after MiB |")
-    print("|---|---|---|---|")
+    print("| code | setting | peak RSS (VmHWM) MiB | RSS after MiB | VmData after MiB |")
+    print("|---|---|---|---|---|")
     for tree, n in runs:
         hwm = statistics.median(g["VmHWM"] for g in got[(tree, n)])
         now = statistics.median(g["VmRSS"] for g in got[(tree, n)])
-        print(f"| {tree} | {label(n)} | {hwm:.0f} | {now:.0f} |")
+        data = statistics.median(g.get("VmData", 0) for g in got[(tree, n)])
+        print(f"| {tree} | {label(n)} | {hwm:.0f} | {now:.0f} | {data:.0f} |")
 
 
 def main() -> None:

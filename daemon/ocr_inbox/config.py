@@ -218,11 +218,11 @@ class PoolSettings(_Section):
     #: after a full disk or an unwritable outbox/state dir, wait this long before trying again
     output_retry_s: float = Field(default=15.0, gt=0)
     #: a worker's data memory ceiling (RLIMIT_DATA, MiB; 0 = none): an image that still blows
-    #: up fails alone as too_much_memory. A ppocrv6-tiny CPU worker measured 0.42 GiB of
-    #: it after real pages (VmData; VmSize 0.8 GiB); a page at max_image_pixels needs ~2.5 GiB
-    #: more while it is decoded. RLIMIT_AS would count the big address-space reservations of
-    #: ONNX Runtime, Paddle and CUDA, RLIMIT_DATA only private writable memory. CPU workers
-    #: only (GPU workers: the unit's MemoryMax= bounds them)
+    #: up fails alone as too_much_memory. A CPU worker with the default OCR settings measured
+    #: ~0.5 GiB of it after the corpus (VmData, bench/bench_cascade.py); a page at
+    #: max_image_pixels needs ~2.5 GiB more while it is decoded. RLIMIT_AS would count the
+    #: big address-space reservations of ONNX Runtime, Paddle and CUDA, RLIMIT_DATA only
+    #: private writable memory. CPU workers only (GPU workers: the unit's MemoryMax= bounds them)
     worker_memory_mb: int = Field(default=8192, ge=0)
     #: this many different images crashing workers in a row, with no success between, is a
     #: crash storm (the machine's fault: memory, GPU): dispatch pauses instead of
