@@ -60,7 +60,7 @@ def test_refined_lines_replace_text_score_and_words_and_say_which_model(tmp_path
     doc = document.Document(document.SourceInfo("a.png", 1, 2, "0" * 64), {}, (Page(0, 300, 200, (first, second)),), 5)
     document.write(tmp_path / "a.png.json", doc)
     raw = json.loads((tmp_path / "a.png.json").read_text())
-    assert raw["schema"] == 2
+    assert raw["schema"] == 3
     one, two = raw["pages"][0]["lines"]
     assert one["rec"] == SMALL_REC and "rec" not in two
     assert set(two) == {"text", "score", "poly", "words"}
@@ -69,6 +69,15 @@ def test_refined_lines_replace_text_score_and_words_and_say_which_model(tmp_path
     raw["schema"] = 1
     del one["rec"]
     assert document.from_json(raw).pages[0].lines[0].rec == ""
+
+    # schema 3: the words the word lists respelled, on the lines that have any
+    mended = dataclasses.replace(second, text="An Equal Opportunity Employer", respelled=(("Oppertunity", "Opportunity"),))
+    doc = dataclasses.replace(doc, pages=(Page(0, 300, 200, (first, mended)),))
+    document.write(tmp_path / "b.png.json", doc)
+    raw = json.loads((tmp_path / "b.png.json").read_text())
+    one, two = raw["pages"][0]["lines"]
+    assert "respelled" not in one and two["respelled"] == [["Oppertunity", "Opportunity"]]
+    assert document.read(tmp_path / "b.png.json").pages[0].lines == (first, mended)
 
 
 def _small_rec_installed(models_dir: Path) -> Path:
@@ -205,7 +214,7 @@ def test_ocr_command_marks_refined_lines_in_the_json(tmp_path: Path, models_dir:
         assert res.returncode == 0, res.stderr
         docs[below] = {rel: json.loads((out / (rel + ".json")).read_text()) for rel in pages}
     form_on, form_off = docs[0.95][pages[0]], docs[0][pages[0]]
-    assert form_on["schema"] == 2
+    assert form_on["schema"] == 3
     assert form_on["engine"]["models"] == {"det": "PP-OCRv6_tiny_det", "rec": "PP-OCRv6_tiny_rec"}
     assert form_on["engine"]["refine"]["rec"] == SMALL_REC and "refine" not in form_off["engine"]
     lines_on, lines_off = form_on["pages"][0]["lines"], form_off["pages"][0]["lines"]

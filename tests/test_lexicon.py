@@ -16,7 +16,7 @@ import yaml
 from conftest import CORPUS, char_f1, ground_truth
 from ocr_inbox import config
 from ocr_inbox.ocr import engine, images, models, profiles
-from ocr_inbox.ocr.lexicon import Letter, Lexicon, LexiconDecode, languages, respell_line
+from ocr_inbox.ocr.lexicon import Letter, Lexicon, LexiconDecode, Respelt, languages, respell_line
 
 LEX = Lexicon(["confidential", "recipient", "the", "special", "november", "date", "tho"])
 
@@ -58,7 +58,7 @@ def test_what_stays_as_read() -> None:
 
 def test_a_line_is_respelled_word_by_word_inside_punctuation() -> None:
     line = word("(reciplent), Dato", {6: (0.7, [("i", 0.2)]), 16: (0.5, [("e", 0.3)])})
-    assert respell_line(LEX, line) == [(6, "i"), (16, "e")]
+    assert respell_line(LEX, line) == [Respelt(1, "reciplent", "recipient"), Respelt(13, "Dato", "Date")]
 
 
 def _ctc_decode(chars: list[str]) -> Any:
@@ -98,9 +98,14 @@ def test_paddlex_decodes_the_respelled_line_with_its_word_boxes() -> None:
     assert ["".join(w) for w in info[1]] == ["recipient"] and info[2] == info_raw[2]  # same columns
     assert np.array_equal(pred[0], before)  # the runner's output is not changed
     assert wrapped.respelled == 1
-    # a sure line goes through untouched
+    # what it changed, found again by the decoded line's text and score
+    assert wrapped.respelt("recipient", score) == (("reciplent", "recipient"),)
+    # a sure line goes through untouched, and nothing is recorded for it
     sure = [_probs(decode, [{c: 0.99} for c in "tho"])]
-    assert wrapped(sure, **kw)[0][0][0] == "tho"
+    ((tho, _),), (tho_score,) = wrapped(sure, **kw)
+    assert tho == "tho" and wrapped.respelt("tho", tho_score) == ()
+    wrapped.clear()
+    assert wrapped.respelt("recipient", score) == ()
 
 
 def test_english_is_on_by_default_and_the_lists_ship_with_the_dependency() -> None:
@@ -173,6 +178,14 @@ def test_a_fax_form_gets_its_misread_words_back(engines: dict[str, Any]) -> None
     # same lines, same places, same scores: only letters changed, and the word boxes follow
     assert [(ln.poly, ln.score, len(ln.words)) for ln in on] == [(ln.poly, ln.score, len(ln.words)) for ln in off]
     assert all(" ".join(w.text for w in ln.words).replace(" ", "") == ln.text.replace(" ", "") for ln in on if ln.words)
+    # each line says which words it respelled, as read and as written; the others say nothing
+    respelled = {pair for ln in on for pair in ln.respelled}
+    assert {("CONFIDENTLAL", "CONFIDENTIAL"), ("reciplent", "recipient")} <= respelled
+    for ln_on, ln_off in zip(on, off, strict=True):
+        assert bool(ln_on.respelled) == (ln_on.text != ln_off.text)
+        for read, written in ln_on.respelled:
+            assert read in ln_off.text and written in ln_on.text
+    assert not any(ln.respelled for ln in off)
     assert engines["en"].info()["lexicon"] == ["en"] and "lexicon" not in engines["off"].info()
 
 

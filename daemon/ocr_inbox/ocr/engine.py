@@ -26,6 +26,7 @@ from ocr_inbox.ocr.devices import gpu_support_problem
 from ocr_inbox.ocr.results import Line, Word
 
 if TYPE_CHECKING:
+    from ocr_inbox.ocr.lexicon import LexiconDecode
     from ocr_inbox.ocr.refine import Refinement, Refiner
 
 
@@ -120,11 +121,17 @@ def _poly(p: Any) -> tuple[tuple[float, float], ...]:
     return tuple((float(x), float(y)) for x, y in np.asarray(p).reshape(-1, 2)[:4])
 
 
-def convert_result(res: Any, min_score: float = 0.0, refined: Mapping[int, Refinement] | None = None) -> list[Line]:
+def convert_result(
+    res: Any,
+    min_score: float = 0.0,
+    refined: Mapping[int, Refinement] | None = None,
+    respelled: Mapping[int, tuple[tuple[str, str], ...]] | None = None,
+) -> list[Line]:
     """PaddleX ``OCRResult`` (a dict) -> our lines, in PaddleX's reading order.
 
     ``refined``: lines read again by the cascade's recognizer, by index; they replace
-    the pipeline's text, score and words (the box is the same detection)."""
+    the pipeline's text, score and words (the box is the same detection). ``respelled``:
+    the words the word lists respelled in the text kept, by index."""
     texts = list(res.get("rec_texts") or [])
     scores = list(res.get("rec_scores") or [])
     polys = list(res.get("rec_polys") or [])
@@ -144,7 +151,8 @@ def convert_result(res: Any, min_score: float = 0.0, refined: Mapping[int, Refin
             for wt, wb in zip(words_all[i], np.asarray(wboxes_all[i]).reshape(-1, 4), strict=False):
                 if str(wt).strip():
                     words.append(Word(str(wt), tuple(float(v) for v in wb)))  # type: ignore[arg-type]
-        lines.append(Line(text=str(text), score=round(float(score), 4), poly=_poly(poly), words=tuple(words), rec=recs[i]))  # type: ignore[arg-type]
+        lines.append(Line(text=str(text), score=round(float(score), 4), poly=_poly(poly), words=tuple(words), rec=recs[i],  # type: ignore[arg-type]
+                          respelled=(respelled or {}).get(i, ())))
     return lines
 
 
@@ -197,6 +205,8 @@ class PaddleXEngine:
         # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
         warnings.filterwarnings("ignore", message=".*ccache.*")
         self.refine_profile = refine_profile(s)
+        #: the word lists' decoders, "main" and "refine" (``_lexicon``)
+        self.spellers: dict[str, LexiconDecode] = {}
         if self.refine_profile is not None:
             models.require(s.models_dir, self.refine_profile, roles=("rec",))
         for prof in (self.profile, self.refine_profile):
@@ -266,11 +276,11 @@ class PaddleXEngine:
         lex = Lexicon.load(self.s.lexicon)
         # PaddleX's OCR pipeline keeps its recognition predictor on the pipeline it wraps
         inner = getattr(self.pipeline, "_pipeline", self.pipeline)
-        predictors = [inner.text_rec_model]
+        predictors = {"main": inner.text_rec_model}
         if self.refiner is not None:
-            predictors.append(self.refiner.predictor)
-        for pred in predictors:
-            pred.post_op = LexiconDecode(pred.post_op, lex)
+            predictors["refine"] = self.refiner.predictor
+        for role, pred in predictors.items():
+            self.spellers[role] = pred.post_op = LexiconDecode(pred.post_op, lex)
         return lex
 
     def _pipeline_config(self) -> dict[str, Any]:
@@ -325,6 +335,8 @@ class PaddleXEngine:
 
     def recognise(self, bgr: np.ndarray) -> list[Line]:
         lim = det_limits_for(bgr.shape[1], bgr.shape[0])
+        for speller in self.spellers.values():
+            speller.clear()  # what an earlier page (or one that failed midway) left
         results = list(
             self.pipeline.predict(
                 bgr,
@@ -336,7 +348,23 @@ class PaddleXEngine:
         if not results:
             return []
         refined = self.refiner.refine(bgr, results[0], self.s.word_boxes) if self.refiner is not None else None
-        return convert_result(results[0], self.s.min_score, refined)
+        respelled = self._respelled(results[0], refined or {}) if self.spellers else None
+        return convert_result(results[0], self.s.min_score, refined, respelled)
+
+    def _respelled(self, res: Any, refined: Mapping[int, Refinement]) -> dict[int, tuple[tuple[str, str], ...]]:
+        """The words each line's recognizer had respelled in the text kept (the cascade's for
+        the lines it re-read), by index."""
+        main, second = self.spellers["main"], self.spellers.get("refine")
+        out = {}
+        for i, (text, score) in enumerate(zip(res.get("rec_texts") or [], res.get("rec_scores") or [], strict=False)):
+            r = refined.get(i)
+            if r is None:
+                words = main.respelt(str(text), float(score))
+            else:
+                words = second.respelt(r.text, r.score) if second is not None else ()
+            if words:
+                out[i] = words
+        return out
 
 
 def refine_profile(s: EngineSettings) -> profiles.Profile | None:

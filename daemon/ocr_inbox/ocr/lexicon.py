@@ -15,6 +15,7 @@ only substitutions (never a letter added or removed), the word's case kept, at m
 The correction happens inside PaddleX's CTC decoding, between its choice of the best
 class at each time step and its decoding of them (``LexiconDecode``): PaddleX then
 decodes the corrected classes itself, with its word boxes and the same line score.
+The words changed are kept per line (``LexiconDecode.changes``) for its JSON.
 Measured on the corpus in docs/BENCHMARKS.md ("Accuracy at tiny's speed").
 
 Word lists: pyspellchecker's word frequencies (MIT; counts from OpenSubtitles),
@@ -31,7 +32,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -133,9 +134,17 @@ class Lexicon:
         return None if best is None else best[1]
 
 
-def respell_line(lex: Lexicon, letters: Sequence[Letter]) -> list[tuple[int, str]]:
-    """(index in ``letters``, new letter) for every letter respelled in a decoded line."""
-    out: list[tuple[int, str]] = []
+class Respelt(NamedTuple):
+    """One word of a line respelled: where it starts in the line's letters, as read, as written."""
+
+    start: int
+    read: str
+    written: str
+
+
+def respell_line(lex: Lexicon, letters: Sequence[Letter]) -> list[Respelt]:
+    """Every word respelled in a decoded line, in order."""
+    out: list[Respelt] = []
     n = len(letters)
     i = 0
     while i < n:
@@ -152,7 +161,7 @@ def respell_line(lex: Lexicon, letters: Sequence[Letter]) -> list[tuple[int, str
             b -= 1
         new = lex.respell(letters[a:b]) if b > a else None
         if new is not None:
-            out += [(a + k, c) for k, c in enumerate(new) if c != letters[a + k].char]
+            out.append(Respelt(a, "".join(ltr.char for ltr in letters[a:b]), new))
         i = j
     return out
 
@@ -167,6 +176,10 @@ class LexiconDecode:
     included. The full probabilities, needed for the alternatives of unsure letters
     only, are kept from the call. The line's score stays the one PaddleX computes: the
     probabilities of what the recognizer read.
+
+    What it changed is kept in ``changes``, by the decoded line's (text, score): PaddleX
+    hands lines back in its own order, and a line's text and score find it again there
+    (``engine.recognise`` records them in the JSON, then ``clear``s them each page).
     """
 
     def __init__(self, decoder: Any, lex: Lexicon) -> None:
@@ -178,6 +191,8 @@ class LexiconDecode:
         decoder.decode = self._respelled_decode
         self._probs: Any = None
         self.respelled = 0  # letters changed so far
+        #: (decoded text, score) -> the words respelled in it, (as read, as written)
+        self.changes: dict[tuple[str, float], tuple[tuple[str, str], ...]] = {}
 
     def __call__(self, pred: Sequence[Any], **kwargs: Any) -> Any:
         self._probs = pred[0]  # (batch, time steps, classes)
@@ -188,27 +203,41 @@ class LexiconDecode:
 
     def _respelled_decode(self, text_index: np.ndarray, text_prob: np.ndarray | None = None,
                           is_remove_duplicate: bool = False, return_word_box: bool = False) -> Any:
+        words: dict[int, list[Respelt]] = {}
         if text_prob is not None and self._probs is not None:
             fixed = None
             for b in range(len(text_index)):
-                for t, k in self._respell(text_index[b], text_prob[b], self._probs[b]):
+                steps, words[b] = self._respell(text_index[b], text_prob[b], self._probs[b])
+                for t, k in steps:
                     if fixed is None:
                         fixed = np.array(text_index)  # PaddleX's own array stays as it was
                     fixed[b, t] = k
             if fixed is not None:
                 text_index = fixed
-        return self._decode(text_index, text_prob, is_remove_duplicate, return_word_box)
+        decoded = self._decode(text_index, text_prob, is_remove_duplicate, return_word_box)
+        for b, respelt in words.items():
+            if respelt:
+                text, score = decoded[b][0], decoded[b][1]
+                self.changes[(str(text), float(score))] = tuple((w.read, w.written) for w in respelt)
+        return decoded
 
-    def _respell(self, idx: np.ndarray, prob: np.ndarray, p: Any) -> list[tuple[int, int]]:
-        """(time step, class) for each time step of one line whose letter is respelled."""
+    def respelt(self, text: str, score: float) -> tuple[tuple[str, str], ...]:
+        """The words respelled in the decoded line (``text``, ``score``); () when none."""
+        return self.changes.get((text, float(score)), ())
+
+    def clear(self) -> None:
+        self.changes.clear()
+
+    def _respell(self, idx: np.ndarray, prob: np.ndarray, p: Any) -> tuple[list[tuple[int, int]], list[Respelt]]:
+        """(time step, class) for each time step of one line whose letter is respelled, and the words."""
         first = np.ones(len(idx), dtype=bool)
         first[1:] = idx[1:] != idx[:-1]
         steps = np.flatnonzero(first & (idx != 0))  # each decoded character's first time step
         top = prob[steps]
         if len(steps) == 0 or float(top.min()) >= UNSURE_BELOW:
-            return []  # nothing unsure: the common case, one vectorised check
+            return [], []  # nothing unsure: the common case, one vectorised check
         if not any(_latin_letter(self.character[idx[t]]) for t in steps[top < UNSURE_BELOW]):
-            return []  # unsure, but not a Latin letter (CJK, digits, punctuation)
+            return [], []  # unsure, but not a Latin letter (CJK, digits, punctuation)
         letters = []
         for t, c, pr in zip(steps, idx[steps], top, strict=True):
             alts: tuple[tuple[str, float], ...] = ()
@@ -218,10 +247,14 @@ class LexiconDecode:
                 alts = tuple((self.character[k], float(row[k])) for k in best if k not in (0, c))
             letters.append(Letter(self.character[c], float(pr), alts))
         out = []
-        for i, new in respell_line(self.lex, letters):
-            t, old = int(steps[i]), int(idx[steps[i]])
-            while t < len(idx) and idx[t] == old:  # the whole run CTC collapses into this letter
-                out.append((t, self._index[new]))
-                t += 1
-            self.respelled += 1
-        return out
+        words = respell_line(self.lex, letters)
+        for w in words:
+            for i, (was, new) in enumerate(zip(w.read, w.written, strict=True), start=w.start):
+                if was == new:
+                    continue
+                t, old = int(steps[i]), int(idx[steps[i]])
+                while t < len(idx) and idx[t] == old:  # the whole run CTC collapses into this letter
+                    out.append((t, self._index[new]))
+                    t += 1
+                self.respelled += 1
+        return out, words

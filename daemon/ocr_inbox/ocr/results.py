@@ -30,6 +30,8 @@ class Line:
     #: the recognition model that read the text when it is not the profile's own
     #: (the confidence cascade, ``ocr/refine.py``); empty: the profile's recognizer
     rec: str = ""
+    #: words the word lists respelled (``ocr/lexicon.py``): (as the recognizer read it, as written)
+    respelled: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

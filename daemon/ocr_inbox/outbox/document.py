@@ -19,8 +19,9 @@ from ocr_inbox import atomic
 from ocr_inbox.ocr.results import Line, Page, Word
 
 #: 2: lines may carry ``rec`` (the cascade's recognizer), ``engine`` may carry ``refine``;
-#: everything of schema 1 is unchanged, so schema-1 readers read schema 2 (docs/JSON.md)
-SCHEMA_VERSION = 2
+#: 3: lines may carry ``respelled`` (the word lists' changes). Each only adds optional
+#: fields, so a reader of an earlier schema reads the later ones (docs/JSON.md)
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Document:
             for line in page["lines"]:
                 if not line["rec"]:
                     del line["rec"]  # the profile's own recognizer: engine.models.rec says which
+                if not line["respelled"]:
+                    del line["respelled"]
         return d
 
 
@@ -69,7 +72,8 @@ def _line(d: dict[str, Any]) -> Line:
     if len(poly) != 4:
         raise ValueError("poly must have 4 points")
     words = tuple(Word(w["text"], _box(w["box"])) for w in d.get("words", ()))
-    return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words, rec=str(d.get("rec", "")))
+    respelled = tuple((str(read), str(written)) for read, written in d.get("respelled", ()))
+    return Line(text=str(d["text"]), score=float(d["score"]), poly=poly, words=words, rec=str(d.get("rec", "")), respelled=respelled)
 
 
 def from_json(obj: dict[str, Any]) -> Document:
