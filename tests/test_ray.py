@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from conftest import CORPUS, PAGES, copy_pages, run_cli
-from daemon_harness import Daemon, by_label, cli_env, json_files, metric
+from daemon_harness import Daemon, by_label, cli_env, json_files, metric, scrape
 from imagemaker import POISON_SIGKILL, plain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
@@ -42,7 +42,8 @@ DELAY_S = "0.3"
 METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
 
 
-def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, ocr: dict[str, object] | None = None, **executor: object) -> str:
+def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, ocr: dict[str, object] | None = None,
+               pool: dict[str, object] | None = None, **executor: object) -> str:
     ex: dict[str, object] = {
         "kind": "ray",
         "address": cluster.address,
@@ -56,7 +57,7 @@ def ray_config(cluster: ray_cluster.Cluster, fake: bool = True, ocr: dict[str, o
     sections: dict[str, dict[str, object]] = {
         "watch": {"settle_seconds": 0.3, "rescan_interval_s": 2},
         "pdf": {"quiet_seconds": 0.5},
-        "pool": {"output_retry_s": 1.0, "batch_size": 3},
+        "pool": {"output_retry_s": 1.0, "batch_size": 3, **(pool or {})},
         "executor": ex,
     }
     if fake:
@@ -263,6 +264,31 @@ def test_reload_replaces_the_actors_in_place(cluster: ray_cluster.Cluster, tmp_p
     d.until(lambda: d.status()["totals"]["done"] == len(rels) + len(late), "every image done")
     _done_once(d, rels + late)
     assert d.status()["failures"] == []
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize(("limit", "reason"), [({"max_images_per_worker": 3}, "max_images"), ({"max_worker_rss_mb": 1}, "max_rss")])
+def test_actors_are_recycled_between_batches(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path,
+                                             limit: dict[str, object], reason: str) -> None:
+    """``pool.max_images_per_worker`` / ``max_worker_rss_mb`` under Ray: an actor past the limit
+    after its batch is replaced by a fresh one on its node, which goes on with the work;
+    nothing is lost or done twice, nothing is blamed, and the metrics count each one."""
+    rels = _images(tmp_path / "inbox", 15)
+    d = Daemon(tmp_path, models_dir, ray_config(cluster, pool=limit) + METRICS).start()
+    d.ready()
+    d.until(lambda: d.status()["totals"]["done"] == len(rels), "every image done")
+    _done_once(d, rels)
+    assert d.status()["failures"] == [] and not d.events("worker_lost")
+    recycled = d.events("worker_recycle")
+    assert recycled and {e["reason"] for e in recycled} == {reason}, d.log()[-3000:]
+    if reason == "max_images":
+        assert all(int(e["images"]) >= 3 for e in recycled)
+    # the replacements (slots after the first two actors') took work
+    assert len(d.events("ray_actor_added")) == 2 + len(recycled)
+    assert any(int(e["slot"]) > 2 for e in d.events("image_done"))
+    address = d.metrics_address()
+    d.until(lambda: by_label(scrape(address), "ocr_inbox_worker_restarts_total", "cause").get(f"recycled_{reason}", 0)
+            == len(recycled), "every recycled actor counted")
     assert d.stop() == 0
 
 

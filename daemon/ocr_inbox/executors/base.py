@@ -31,6 +31,18 @@ class WorkerView:
         return asdict(self)
 
 
+def recycle_reason(images: int, rss: int, max_images: int, max_rss_mb: int) -> str | None:
+    """Why a worker that has finished ``images`` and holds ``rss`` bytes should be replaced
+    after its batch (``pool.max_images_per_worker``, ``pool.max_worker_rss_mb``; 0 = never):
+    "max_images", "max_rss", or None. PaddleOCR's memory grows over long runs; a fresh
+    process gives it back. The local pool and the Ray actors apply the same rule."""
+    if max_images and images >= max_images:
+        return "max_images"
+    if max_rss_mb and rss > max_rss_mb * 1024 * 1024:
+        return "max_rss"
+    return None
+
+
 class Executor(Protocol):
     """Runs OCR batches; one owner thread calls every method."""
 

@@ -26,7 +26,7 @@ import structlog
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import EngineUnavailable, WorkerBootError
 from ocr_inbox.executors import messages as m
-from ocr_inbox.executors.base import WorkerView
+from ocr_inbox.executors.base import WorkerView, recycle_reason
 from ocr_inbox.executors.worker import STACK_DUMP_SIGNAL, WorkerConfig
 from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
@@ -241,11 +241,7 @@ class LocalExecutor:
 
     def _maybe_recycle(self, w: _Worker, rss: int) -> None:
         s = self.settings
-        reason = None
-        if s.max_images_per_worker and w.images >= s.max_images_per_worker:
-            reason = "max_images"
-        elif s.max_worker_rss_mb and rss > s.max_worker_rss_mb * 1024 * 1024:
-            reason = "max_rss"
+        reason = recycle_reason(w.images, rss, s.max_images_per_worker, s.max_worker_rss_mb)
         if reason and not self.stopping:
             log.info("worker_recycle", slot=w.slot.slot, reason=reason, images=w.images, rss_mb=rss >> 20)
             w.state, w.recycled = WorkerState.retiring, reason

@@ -15,6 +15,11 @@ Two halves, two processes:
 What dispatch sees is what the local pool gives it: ``Ready``, ``Done`` (the pages;
 dispatch writes the JSON), ``Failed``, ``BatchDone`` and ``WorkerLost``.
 
+Recycling, as the local pool does it (``pool.max_images_per_worker``,
+``pool.max_worker_rss_mb``): after each batch the actor reports its resident memory
+(one more call, queued behind the batch's images); an actor past either limit is
+killed between two batches, holding no work, and a fresh one is placed on its node.
+
 Who is blamed when an actor dies. An actor runs one call at a time, in the order it
 got them, so the first unfinished image of its batch is the one it was working on:
 that one is the suspect (``WorkerLost.in_flight``; the poison rule applies across
@@ -50,7 +55,7 @@ from ocr_inbox import logs
 from ocr_inbox.config import ExecutorSettings, PoolSettings, Settings
 from ocr_inbox.errors import BadImage, EngineUnavailable
 from ocr_inbox.executors import messages as m
-from ocr_inbox.executors.base import WorkerView
+from ocr_inbox.executors.base import WorkerView, recycle_reason
 from ocr_inbox.executors.worker import WorkerConfig, check_unchanged, limit_memory, ocr_one, rss_bytes
 from ocr_inbox.signals import die_with_parent
 from ocr_inbox.ocr import engine as engine_mod
@@ -114,12 +119,22 @@ class ActorGone:
 
 
 @dataclass(frozen=True)
+class ActorRetired:
+    """An actor was replaced after its batch (recycling): ``reason`` is "max_images" or "max_rss"."""
+
+    slot: int
+    reason: str
+    images: int
+    rss_mb: int
+
+
+@dataclass(frozen=True)
 class Submit:
     slot: int
     batch: m.Batch
 
 
-BridgeEvent = Connected | Beat | Unreachable | ActorAdded | ActorGone | m.Event
+BridgeEvent = Connected | Beat | Unreachable | ActorAdded | ActorGone | ActorRetired | m.Event
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,9 @@ class BridgeConfig:
     max_actors: int | None
     log_level: str
     log_format: str
+    #: recycling (``pool.max_images_per_worker``, ``pool.max_worker_rss_mb``; 0 = never)
+    max_images_per_actor: int = 0
+    max_actor_rss_mb: int = 0
 
 
 def actors_for(resources: dict[str, float], cfg: BridgeConfig) -> int:
@@ -215,13 +233,17 @@ class OcrActor:
 class _Actor:
     slot: int
     node_id: str
+    node: str  # "address/node id", as the daemon shows it
     handle: Any
     boot_ref: Any | None
     ready: bool = False
     batch: m.Batch | None = None
     #: the calls of its batch not answered yet, in the order the actor runs them
     calls: collections.deque[tuple[m.Job, Any]] = field(default_factory=collections.deque)
+    #: its resident memory, asked for behind the batch's last image
+    rss_ref: Any | None = None
     deadline: float = 0.0
+    images: int = 0  # images it finished
 
 
 class _Bridge:
@@ -266,7 +288,7 @@ class _Bridge:
         slot = next(self.slots)
         wcfg = dataclasses.replace(self.cfg.worker, slot=slot)
         handle: Any = self.remote_cls.options(**actor_options(node_id, self.cfg)).remote(wcfg)
-        self.actors[slot] = _Actor(slot, node_id, handle, handle.boot.remote())
+        self.actors[slot] = _Actor(slot, node_id, node, handle, handle.boot.remote())
         self.send(ActorAdded(slot, node))
 
     def lose(self, a: _Actor, cause: str, reason: str = "worker_crashed") -> None:
@@ -301,12 +323,30 @@ class _Bridge:
                     self.send(m.Failed(slot, job, exc.reason, exc.detail, transient=transient))
                     continue
             a.calls.append((job, a.handle.ocr.remote(job, file)))
+        if a.calls:
+            a.rss_ref = a.handle.rss.remote()  # runs after the batch's images: the actor runs calls in order
         self.maybe_batch_done(a)
 
-    def maybe_batch_done(self, a: _Actor) -> None:
-        if a.batch is not None and not a.calls:
-            self.send(m.BatchDone(a.slot, a.batch.batch_id, 0))
-            a.batch = None
+    def maybe_batch_done(self, a: _Actor, rss: int = 0) -> None:
+        """Once every image of its batch is answered (and its memory, when asked for):
+        ``BatchDone``, and the actor is replaced if recycling says so."""
+        if a.batch is None or a.calls or a.rss_ref is not None:
+            return
+        batch_id, a.batch = a.batch.batch_id, None
+        reason = recycle_reason(a.images, rss, self.cfg.max_images_per_actor, self.cfg.max_actor_rss_mb)
+        if reason is not None:
+            self.retire(a, reason, rss)  # before BatchDone: the daemon must not hand it more work
+        self.send(m.BatchDone(a.slot, batch_id, rss))
+
+    def retire(self, a: _Actor, reason: str, rss: int) -> None:
+        """Replace an actor that holds no work: killed, and a fresh one placed on its node."""
+        del self.actors[a.slot]
+        try:
+            self.ray.kill(a.handle, no_restart=True)
+        except Exception:  # already gone with its node: the next scan tells
+            pass
+        self.send(ActorRetired(a.slot, reason, a.images, rss >> 20))
+        self.add_actor(a.node_id, a.node)
 
     def result(self, a: _Actor, job: m.Job, res: m.Done | m.Failed) -> None:
         if isinstance(res, m.Done) and self.cfg.transport == "bytes":
@@ -323,6 +363,8 @@ class _Bridge:
                 refs[a.boot_ref] = a
             if a.calls:
                 refs[a.calls[0][1]] = a
+            elif a.rss_ref is not None:
+                refs[a.rss_ref] = a
         if refs:
             self.ray.wait(list(refs), num_returns=1, timeout=WAIT_TICK_S)
             done, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=0)
@@ -347,13 +389,18 @@ class _Bridge:
                 a.ready = isinstance(res, m.Ready)
                 self.send(res)
                 continue
+            if ref is a.rss_ref:
+                a.rss_ref = None
+                self.maybe_batch_done(a, int(res))
+                continue
             job, _ = a.calls.popleft()
             a.deadline = time.monotonic() + self.cfg.image_timeout_s
+            a.images += 1
             self.result(a, job, res)
             self.maybe_batch_done(a)
         now = time.monotonic()
         for a in list(self.actors.values()):
-            if a.calls and now > a.deadline:
+            if (a.calls or a.rss_ref is not None) and now > a.deadline:
                 self.lose(a, f"stuck: no result for {self.cfg.image_timeout_s:g} s, killed", reason="worker_stuck")
         if now >= self.next_scan:
             self.scan_nodes()
@@ -627,6 +674,10 @@ class RayExecutor:
             self.actors.pop(ev.slot, None)
             log.warning("ray_actor_gone", slot=ev.slot, cause=ev.cause)
             return [m.WorkerExit(ev.slot, "actor_gone")]
+        if isinstance(ev, ActorRetired):
+            self.actors.pop(ev.slot, None)
+            log.info("worker_recycle", slot=ev.slot, reason=ev.reason, images=ev.images, rss_mb=ev.rss_mb)
+            return [m.WorkerExit(ev.slot, f"recycled_{ev.reason}")]
         a = self.actors.get(ev.slot)
         if isinstance(ev, m.Ready):
             if a is not None:
@@ -728,4 +779,6 @@ def bridge_config(settings: Settings, inbox: Path, max_workers: int | None = Non
         max_actors=max_workers,
         log_level=settings.log.level,
         log_format=worker.log_format,
+        max_images_per_actor=settings.pool.max_images_per_worker,
+        max_actor_rss_mb=settings.pool.max_worker_rss_mb,
     )
