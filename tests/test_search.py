@@ -126,6 +126,19 @@ def test_latin_case_accents_phrases_prefixes(led: Ledger) -> None:
     assert _find(led, "quick brown", folder="eu") and _find(led, "quick", folder="e") == []
 
 
+def test_pages_that_rank_alike_come_in_path_order(led: Ledger) -> None:
+    for rel in ("b/2.png", "a/9.png", "b/10.png", "a/1.png"):  # the same text: the same bm25
+        _done(led, rel, _page("invoice total", "paid"))
+    _done(led, "c/multi.tif", _page("invoice total", "paid"), _page("invoice total", "paid", index_=1))
+    _done(led, "z/best.png", _page("invoice invoice invoice"))
+    found = query.search(led.connection, "invoice", inbox=Path("/in"), outbox=Path("/out"))
+    assert found[0].image == "z/best.png"  # the better match first, whatever its path
+    rest = [(r.image, r.page) for r in found[1:]]
+    assert rest == [("a/1.png", 0), ("a/9.png", 0), ("b/10.png", 0), ("b/2.png", 0), ("c/multi.tif", 0), ("c/multi.tif", 1)]
+    assert len({r.bm25 for r in found[1:]}) == 1
+    assert _find(led, "invoice", limit=2) == ["z/best.png", "a/1.png"]
+
+
 def test_cjk_any_length_inside_runs_and_across_lines(led: Ledger) -> None:
     _done(led, "f/1.jpg", _page("姓名：夏艳辰", "Maribyrnong市政府", "出生日期：１９８３/6/8"))
     _done(led, "f/2.jpg", _page("一个账户一一这个账", "户可以是信用卡", "ひらがなとカタカナ"))

@@ -130,7 +130,8 @@ def search(
     rows = conn.execute(
         f"SELECT p.rel, p.page, p.boxes, highlight({LIVE.fts}, 0, ?, ?), {LIVE.fts}.rank"
         f" FROM {LIVE.fts} JOIN {LIVE.pages} p ON p.id = {LIVE.fts}.rowid"
-        f" WHERE {LIVE.fts} MATCH ?{where} ORDER BY {LIVE.fts}.rank LIMIT ?",
+        # equal ranks (the same text on several pages) in path order, so a listing is reproducible
+        f" WHERE {LIVE.fts} MATCH ?{where} ORDER BY {LIVE.fts}.rank, p.rel, p.page LIMIT ?",
         (*args, limit),
     ).fetchall()
     starts: dict[str, dict[str, int]] = {}
