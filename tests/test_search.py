@@ -82,8 +82,16 @@ def led(tmp_path: Path) -> Iterator[Ledger]:
         ("Hello你好", '"Hello\x1f你\x1f好"'),
         ("１９８３", '"1983"'),  # full-width digits fold as the index folds them
         ("NEAR(a b)", '"NEAR(a" AND "b)"'),
-        ("a OR b", '"a" AND "OR" AND "b"'),
-        ("-foo col:bar ^x", '"-foo" AND "col:bar" AND "^x"'),
+        ("a OR b", '("a" OR "b")'),
+        ("invoice 2024 OR 2025 OR 2026*", '"invoice" AND ("2024" OR "2025" OR "2026" *)'),
+        ('"two words" OR 姓名', '("two words" OR "姓\x1f名")'),
+        ("OR a", '"OR" AND "a"'),  # not between two terms: a word
+        ("a OR", '"a" AND "OR"'),
+        ("a or b", '"a" AND "or" AND "b"'),  # only in capitals
+        ("a OR OR b", '("a" OR "b")'),
+        ("a OR -b", '("a" AND "OR") NOT ("b")'),
+        ("-foo col:bar ^x", '("col:bar" AND "^x") NOT ("foo")'),
+        ('invoice -draft -"do not file" e-mail', '("invoice" AND "e-mail") NOT ("draft" OR "do not file")'),
         ('say"hi"there', '"say" AND "hi" AND "there"'),
     ],
 )
@@ -98,6 +106,28 @@ def test_a_query_with_nothing_to_search_is_refused(raw: str, led: Ledger) -> Non
         query.search(led.connection, raw, inbox=Path("/in"), outbox=Path("/out"))
 
 
+@pytest.mark.parametrize("raw", ["-draft", '-"do not file" -x', "-a* -b"])
+def test_a_query_of_exclusions_only_is_refused(raw: str, led: Ledger) -> None:
+    with pytest.raises(BadArguments, match="besides the ones it excludes"):
+        query.search(led.connection, raw, inbox=Path("/in"), outbox=Path("/out"))
+
+
+def test_either_word_and_excluded_words_find_the_right_pages(led: Ledger) -> None:
+    _done(led, "inv/2024.png", _page("Invoice 2024", "total due"))
+    _done(led, "inv/2025.png", _page("Invoice 2025", "DRAFT"))
+    _done(led, "inv/2026.png", _page("Invoice 2026", "do not file"))
+    _done(led, "misc/note.png", _page("note 2025"))
+    assert sorted(_find(led, "invoice 2024 OR 2025")) == ["inv/2024.png", "inv/2025.png"]
+    assert sorted(_find(led, "2025 OR 2026")) == ["inv/2025.png", "inv/2026.png", "misc/note.png"]
+    assert sorted(_find(led, "invoice -draft")) == ["inv/2024.png", "inv/2026.png"]
+    assert _find(led, 'invoice -draft -"do not file"') == ["inv/2024.png"]
+    assert _find(led, "2025 -invoice") == ["misc/note.png"]
+    assert _find(led, "invoice -inv*") == []
+    # the hits shown are the words found, never the excluded ones
+    (res,) = query.search(led.connection, "total OR nothing -draft", inbox=Path("/in"), outbox=Path("/out"))
+    assert [(h.text, h.spans) for h in res.hits] == [("total due", ((0, 5),))]
+
+
 def test_no_typed_query_makes_fts5_fail(led: Ledger) -> None:
     """Any string of FTS5's special characters and keywords: a result or 'nothing to search', never an error."""
     _done(led, "a/1.jpg", _page('He said "NEAR" and OR not AND', "x-y z*w ^caret col:val"))
@@ -107,8 +137,8 @@ def test_no_typed_query_makes_fts5_fail(led: Ledger) -> None:
         raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         try:
             query.search(led.connection, raw, inbox=Path("/in"), outbox=Path("/out"))
-        except BadArguments:
-            assert not query.parse(raw)
+        except BadArguments:  # nothing to find: no term, or only exclusions
+            assert all(t.exclude for t in query.parse(raw))
     assert _find(led, '"NEAR" and OR') == ["a/1.jpg"]
     assert _find(led, "col:val") == ["a/1.jpg"]
 
@@ -355,6 +385,11 @@ def test_oneshot_search_options_and_terminal_output(oneshot: tuple[Path, Path, P
     assert _search(state, models_dir, "quick", "--outbox", outbox, "--folder", "forms") == []
     assert len(_search(state, models_dir, "the", "--outbox", outbox, "--inbox", inbox, "--limit", "1")) == 1
     assert _search(state, models_dir, "nowhere-to-be-found", "--outbox", outbox) == []
+    # either, and not
+    assert {r["image"] for r in _search(state, models_dir, "姓名", "OR", "format", "--outbox", outbox)} == {
+        "forms/zh_val_0.jpg", "mixed/phototest.tif"}
+    assert {r["image"] for r in _search(state, models_dir, "quick -über", "--outbox", outbox)} == {"mixed/phototest.tif"}
+    assert run_cli("search", "--outbox", outbox, "-quick", state_dir=state, models=models_dir).returncode == 2
     for hostile in ('"', "NEAR(", "*", "-"):
         res = run_cli("search", "--outbox", outbox, "--", hostile, state_dir=state, models=models_dir)
         assert res.returncode in (0, 2) and "Traceback" not in res.stderr, (hostile, res.stderr)

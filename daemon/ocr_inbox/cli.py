@@ -179,13 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "search", "find pages by their text (the daemon's, or an `ocr` run's with --outbox)",
         "Pages whose text matches, best first, with the image, its folder's PDF and page, and the "
         "lines that match (highlighted on a terminal) with their boxes. All words must be on the page; "
-        "\"a phrase\"; prefix*; Chinese and Japanese as typed, any length. Case and accents do not "
-        "matter. Works beside a running daemon.",
+        "\"a phrase\"; prefix*; either: 2024 OR 2025; not on the page: -draft or -\"a phrase\"; Chinese "
+        "and Japanese as typed, any length. Case and accents do not matter. Works beside a running daemon.",
         ["ocr-inbox search 姓名 --folder forms", "ocr-inbox search '\"quick brown\" invo*' --json",
+         "ocr-inbox search 'invoice 2024 OR 2025 -draft'   # quoted: -draft is not an option",
          "ocr-inbox search Lexington --outbox ./out   # an `ocr` run's index"],
     )
     _common(p)
-    p.add_argument("query", nargs="+", help="words, \"phrases\", prefix*")
+    p.add_argument("query", nargs="+", help="words, \"phrases\", prefix*, a OR b, -excluded")
     p.add_argument("--folder", help="only images at or beneath this folder (relative to the inbox, or inside it)")
     p.add_argument("--limit", type=int, default=20, help="at most this many pages (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output: every matching line, hit and box")

@@ -2,11 +2,15 @@
 
 The query language is small and never fails: words (all must be on the page),
 ``"a phrase"`` (an unclosed quote runs to the end), ``prefix*``; Chinese and
-Japanese as typed (``姓名`` is a phrase of two characters). Nothing a user
-types reaches FTS5's own syntax: each word or phrase becomes one quoted
-string (FTS5 reads no operator inside quotes), so ``NEAR(``, ``-``, ``:``,
-``^``, ``AND`` or a stray ``*`` are only text. A query with nothing to search
-(no letter or digit) is refused with ``BadArguments`` (exit 2).
+Japanese as typed (``姓名`` is a phrase of two characters); ``a OR b`` (either;
+``OR`` in capitals, between two words or phrases; it binds tighter than the
+implicit AND: ``invoice 2024 OR 2025``); ``-word`` or ``-"a phrase"`` (not on the
+page), as web search engines read them. Nothing a user types reaches FTS5's own
+syntax: each word or phrase becomes one quoted string (FTS5 reads no operator
+inside quotes) and the operators are written here, so ``NEAR(``, ``:``, ``^``,
+``AND``, a ``-`` inside a word or a stray ``*`` are only text. A query with nothing
+to search (no letter or digit), or nothing but exclusions, is refused with
+``BadArguments`` (exit 2).
 
 Results are pages, best first (FTS5's bm25), each with its lines that hold a
 hit, the hits' character spans (marked by FTS5's ``highlight()`` itself, so
@@ -16,6 +20,7 @@ its folder's PDF.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
@@ -30,8 +35,9 @@ from ocr_inbox.inbox.scan import folder_of
 from ocr_inbox.outbox import names, order
 from ocr_inbox.search.index import LIVE, SPLIT, fold, segment
 
-#: a quoted phrase (closed or not, maybe a prefix) or a bare word (up to the next space or quote)
-_CHUNK = re.compile(r'"([^"]*)"?(\*?)|([^\s"]+)')
+#: a quoted phrase (closed or not, maybe a prefix) or a bare word (up to the next space or quote),
+#: either one maybe excluded by a leading ``-``
+_CHUNK = re.compile(r'(-?)"([^"]*)"?(\*?)|([^\s"]+)')
 #: marks around each hit in highlight()'s output: control characters never stored (index.page_row)
 OPEN, CLOSE = "\x01", "\x02"
 
@@ -43,6 +49,10 @@ class Term:
     text: str
     phrase: bool = False
     prefix: bool = False
+    #: ``-word``: the page must not hold it
+    exclude: bool = False
+    #: joined to the term before it by ``OR``
+    either: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,30 +92,68 @@ def _searchable(text: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LN" or unicodedata.category(ch) == "Co" for ch in text)
 
 
+def _term(m: re.Match[str]) -> Term | None:
+    """One chunk of the query as a term, or None when it has no letter or digit."""
+    minus, quoted, star, bare = m.groups()
+    if bare is not None:
+        exclude = bare.startswith("-")
+        word = bare.removeprefix("-") if exclude else bare
+        text = word.rstrip("*")
+        term = Term(text, prefix=text != word, exclude=exclude)
+    else:
+        term = Term(quoted, phrase=True, prefix=bool(star), exclude=bool(minus))
+    return term if _searchable(term.text) else None
+
+
 def parse(query: str) -> list[Term]:
-    """The words and phrases of ``query``; parts without a letter or digit are dropped."""
-    terms = []
-    for m in _CHUNK.finditer(unicodedata.normalize("NFC", query)):
-        quoted, star, bare = m.groups()
-        if bare is not None:
-            word = bare.rstrip("*")
-            term = Term(word, prefix=word != bare)
-        else:
-            term = Term(quoted, phrase=True, prefix=bool(star))
-        if _searchable(term.text):
-            terms.append(term)
+    """The words and phrases of ``query``; parts without a letter or digit are dropped. A bare
+    ``OR`` between two terms to find joins them (``either``); anywhere else it is a word."""
+    chunks = list(_CHUNK.finditer(unicodedata.normalize("NFC", query)))
+    terms: list[Term] = []
+    join = False
+    for k, m in enumerate(chunks):
+        if m.group(4) == "OR" and terms and not terms[-1].exclude:
+            if join:
+                continue  # "a OR OR b"
+            after = next((t for t in map(_term, chunks[k + 1:]) if t is not None), None)
+            if after is not None and not after.exclude:
+                join = True
+                continue
+        term = _term(m)
+        if term is None:
+            continue
+        if join:
+            term = dataclasses.replace(term, either=True)
+            join = False
+        terms.append(term)
     return terms
 
 
+def _quoted(t: Term) -> str:
+    quoted = '"' + fold(segment(t.text)).replace('"', '""') + '"'
+    return quoted + " *" if t.prefix else quoted
+
+
 def match_expression(terms: Sequence[Term]) -> str:
-    """The FTS5 MATCH expression: every term a quoted string (its words a phrase), ANDed."""
+    """The FTS5 MATCH expression: every term a quoted string (its words a phrase); terms
+    joined by OR grouped, the groups ANDed, the exclusions after a NOT."""
     if not terms:
         raise BadArguments("nothing to search for: the query has no letter or digit")
-    parts = []
+    groups: list[list[str]] = []
     for t in terms:
-        quoted = '"' + fold(segment(t.text)).replace('"', '""') + '"'
-        parts.append(quoted + " *" if t.prefix else quoted)
-    return " AND ".join(parts)
+        if t.exclude:
+            continue
+        if t.either and groups:
+            groups[-1].append(_quoted(t))
+        else:
+            groups.append([_quoted(t)])
+    if not groups:
+        raise BadArguments("nothing to search for: a query needs a word or phrase to find besides the ones it excludes (-word)")
+    expr = " AND ".join(g[0] if len(g) == 1 else "(" + " OR ".join(g) + ")" for g in groups)
+    excluded = [_quoted(t) for t in terms if t.exclude]
+    if excluded:
+        expr = f"({expr}) NOT ({' OR '.join(excluded)})"
+    return expr
 
 
 def search(
