@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,6 +244,49 @@ def test_cluster_stopped_and_started_under_a_running_daemon(
     d.until(lambda: d.events("ray_cluster_back"), "the daemon reconnected by itself")
     d.until(lambda: d.status()["totals"]["done"] == len(rels) + len(late), "the late images done")
     assert d.stop() == 0
+
+
+def _until(cond: Any, what: str, timeout: float = 180.0) -> None:
+    """Re-check ``cond`` until it holds (a one-shot run's log, not a daemon's notify)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.1)
+
+
+def test_a_oneshot_run_gives_up_on_a_lost_cluster_and_resumes(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """`ocr-inbox ocr` on Ray, the cluster stopped mid-run: once it has been away for
+    executor.connect_timeout_s the run exits with status 4 naming the setting, keeping what it
+    finished; with the cluster back, a rerun does the rest and nothing twice."""
+    inbox, out, state = tmp_path / "inbox", tmp_path / "out", tmp_path / "state"
+    rels = _images(inbox, 60)
+    cfg = tmp_path / "ray.toml"
+    cfg.write_text(ray_config(cluster, connect_timeout_s=10))
+    log = tmp_path / "first.log"
+    cmd = [sys.executable, "-m", "ocr_inbox", "ocr", str(inbox), str(out), "--no-progress", "--config", str(cfg),
+           "--state-dir", str(state), "--models-dir", str(models_dir), "--log-format", "logfmt"]
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=cli_env())
+        try:
+            _until(lambda: "event=image_done" in log.read_text() or proc.poll() is not None, "the first image done")
+            assert proc.poll() is None, log.read_text()[-3000:]
+            cluster.stop()
+            code = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code == 4, text[-3000:]
+    assert "executor.connect_timeout_s = 10" in text and "ray cluster unreachable" in text
+    first = set(json_files(out))
+    assert 0 < len(first) < len(rels)
+    cluster.start(workers=1)
+    res = run_cli("ocr", inbox, out, "--no-progress", "--config", cfg, state_dir=state, models=models_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(json_files(out)) == sorted(rels)
+    second = set(re.findall(r"event=image_done path=(\S+)", res.stderr))
+    assert second == set(rels) - first
 
 
 def test_reload_replaces_the_actors_in_place(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:

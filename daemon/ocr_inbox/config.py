@@ -305,7 +305,8 @@ class ExecutorSettings(_Section):
     #: "bytes": the daemon reads each image and ships it through Ray's object store;
     #: "paths": every node mounts the inbox at the same path and reads it itself
     transport: Literal["bytes", "paths"] = "bytes"
-    #: how long the daemon waits for the cluster at start before giving up
+    #: how long the daemon waits for the cluster at start before giving up; a one-shot `ocr`
+    #: run also gives up on a cluster lost mid-run after this long (the daemon waits for it)
     connect_timeout_s: float = Field(default=60.0, gt=0)
 
     @field_validator("address")

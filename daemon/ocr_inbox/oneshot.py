@@ -23,7 +23,7 @@ import structlog
 from ocr_inbox import atomic, cache, executors, runs
 from ocr_inbox.config import Settings
 from ocr_inbox.dispatch import Dispatch
-from ocr_inbox.errors import BadArguments, ExitCode, OutputError
+from ocr_inbox.errors import BadArguments, EngineUnavailable, ExitCode, OutputError
 from ocr_inbox.executors.setup import preflight
 from ocr_inbox.folder_pdfs import FolderPdfs
 from ocr_inbox.inbox import scan
@@ -146,6 +146,12 @@ def _ocr(
             if dispatch.paused:  # a one-shot run does not wait for space: rerun to resume
                 raise OutputError("the outbox or the state directory refused a write (see the log); "
                                   "fix it and run again: the run resumes where it stopped")
+            lost = dispatch.executor.unavailable_for()
+            if lost > settings.executor.connect_timeout_s:  # nor for a cluster (the daemon does)
+                raise EngineUnavailable(
+                    f"executor.address: {dispatch.executor.status_note()}, for {lost:.0f} s "
+                    f"(executor.connect_timeout_s = {settings.executor.connect_timeout_s:g}); "
+                    "run again once it is back: the run resumes where it stopped")
             intake.step()
             dispatch.fill()
             if pdfs:

@@ -85,5 +85,9 @@ class Executor(Protocol):
     def status_note(self) -> str:
         """A note for the daemon's STATUS= line ("" = nothing to add), e.g. a cluster that is unreachable."""
 
+    def unavailable_for(self) -> float:
+        """Seconds it has had no way to run anything (a lost Ray cluster it keeps reconnecting
+        to); 0 while it can. The daemon waits it out; a one-shot run gives up after a while."""
+
     def stop(self, deadline_s: float = 10.0) -> None:
         """Ask every worker to exit after its current image; kill those that don't."""

@@ -148,6 +148,9 @@ class LocalExecutor:
     def status_note(self) -> str:
         return ""
 
+    def unavailable_for(self) -> float:
+        return 0.0  # its workers are respawned: never without a way to run
+
     def workers_view(self) -> list[WorkerView]:
         host = socket.gethostname()
         views = [

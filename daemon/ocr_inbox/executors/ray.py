@@ -510,6 +510,7 @@ class RayExecutor:
         self.conn: Connection | None = None
         self.connected = False
         self.outage = ""  # why the cluster is unusable now ("" = it is usable)
+        self.outage_since = 0.0  # monotonic, while there is an outage
         self.failures = 0
         self.reconnect_at: float | None = None
         self.stopping = False
@@ -580,6 +581,9 @@ class RayExecutor:
             return True
         now = time.monotonic()
         return any(a.state != ActorState.booting or now - a.added < self.pool.boot_timeout_s for a in self.actors.values())
+
+    def unavailable_for(self) -> float:
+        return time.monotonic() - self.outage_since if self.outage else 0.0
 
     def status_note(self) -> str:
         if self.outage:
@@ -735,6 +739,7 @@ class RayExecutor:
         delay = min(RECONNECT_BACKOFF_MAX_S, RECONNECT_BACKOFF_S * 2.0 ** (self.failures - 1))
         if not self.outage:
             log.error("ray_cluster_unreachable", address=self.cfg.address, error=why, note="dispatch paused; reconnecting")
+            self.outage_since = time.monotonic()
         self.outage = why
         self.reconnect_at = time.monotonic() + delay
 
