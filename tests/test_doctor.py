@@ -17,8 +17,9 @@ import pytest
 
 from conftest import run_cli
 from daemon_harness import cli_env
-from ocr_inbox import config, doctor
-from ocr_inbox.doctor import R, W, X, Check, Host, Identity, Level
+from ocr_inbox import access, config, doctor
+from ocr_inbox.access import R, W, X, Identity
+from ocr_inbox.doctor import Check, Host, Level
 
 ME = Identity.current()
 #: someone else, in none of the test files' groups
@@ -91,9 +92,9 @@ def test_config_errors_are_reported_as_everywhere(tmp_path: Path, models_dir: Pa
 def test_an_onnx_profile_never_imports_paddle(tmp_path: Path) -> None:
     inbox, outbox, state = _layout(tmp_path)
     code = (
-        "import sys; from ocr_inbox import config, doctor; "
+        "import sys; from ocr_inbox import access, config, doctor; "
         f"s = config.resolve(None, {{'paths': {{'inbox': {str(inbox)!r}, 'outbox': {str(outbox)!r}, 'state_dir': {str(state)!r}}}}}); "
-        "doctor.run_checks(s, doctor.Identity.current(), {}); print('paddle' in sys.modules)"
+        "doctor.run_checks(s, access.Identity.current(), {}); print('paddle' in sys.modules)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert res.stdout.strip() == "False", res.stderr
@@ -204,12 +205,12 @@ def test_acl_entries_decide_like_the_kernel() -> None:
     st = os.stat_result((0o40750, 0, 0, 1, 1000, 100, 0, 0, 0, 0))  # drwxr-x--- 1000:100, group bits = the mask
     alice = Identity("alice", 2000, frozenset({2000}), False)
     acl = [(0x01, 7, 0), (0x02, 5, 2000), (0x04, 5, 0), (0x10, 5, 0), (0x20, 0, 0)]  # u::rwx u:alice:r-x g::r-x m::r-x o::---
-    assert doctor.allowed(st, acl, alice, R | X) and not doctor.allowed(st, acl, alice, W | X)
+    assert access.allowed(st, acl, alice, R | X) and not access.allowed(st, acl, alice, W | X)
     rw_masked = [(0x01, 7, 0), (0x02, 7, 2000), (0x04, 5, 0), (0x10, 5, 0), (0x20, 0, 0)]  # u:alice:rwx, mask r-x
-    assert not doctor.allowed(st, rw_masked, alice, W)
-    assert not doctor.allowed(st, None, alice, R)  # no ACL: other gets nothing
+    assert not access.allowed(st, rw_masked, alice, W)
+    assert not access.allowed(st, None, alice, R)  # no ACL: other gets nothing
     staff = Identity("bob", 3000, frozenset({3000, 100}), False)
-    assert doctor.allowed(st, None, staff, R | X) and not doctor.allowed(st, None, staff, W)
+    assert access.allowed(st, None, staff, R | X) and not access.allowed(st, None, staff, W)
 
 
 # -- devices and the unit ---------------------------------------------------------------------

@@ -348,8 +348,9 @@ def _cmd_status(args: argparse.Namespace, s: config.Settings) -> int:
 
 def _cmd_doctor(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox import doctor
+    from ocr_inbox.access import Identity
 
-    who = doctor.Identity.named(args.user) if args.user else doctor.Identity.current()
+    who = Identity.named(args.user) if args.user else Identity.current()
     checks = doctor.run_checks(s, who, config.path_sources(args.config, _flags(args)))
     print(doctor.render_json(checks) if args.json else doctor.render_text(checks))
     return doctor.exit_code(checks)
