@@ -19,6 +19,7 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
+from ocr_inbox import sandbox
 from ocr_inbox.access import R, W, X, Identity, blocked, verb
 from ocr_inbox.config import Settings
 from ocr_inbox.errors import EngineUnavailable, ExitCode
@@ -336,6 +337,52 @@ def check_unit(host: Host) -> Check:
     )
 
 
+def check_sandbox(s: Settings, host: Host, sources: dict[str, str]) -> list[Check]:
+    """What the installed unit's sandbox (``sandbox.py``) lets the service read and write,
+    against the paths the settings name; nothing when the unit is not installed."""
+    if not host.unit.exists():
+        return []
+    try:
+        box = sandbox.of_unit(host.unit)
+    except OSError as exc:
+        return [Check("sandbox", Level.WARN, f"cannot read {host.unit}: {exc.strerror or exc}")]
+    edit = "systemctl edit ocr-inbox, then under [Service]:"
+    out = [
+        Check("sandbox", Level.FAIL, f"{path} is listed in {host.unit.name}'s *Paths= settings but does not exist: "
+              "the service will not start (status 226/NAMESPACE)", f"mkdir -p {path}, or drop it from the unit's settings")
+        for path in box.missing()
+    ]
+    p = s.paths
+    needs = [("inbox", p.inbox, sandbox.RW if s.inbox.delete_processed else sandbox.RO), ("outbox", p.outbox, sandbox.RW)]
+    # a state dir left to its default is, under the unit, its StateDirectory= ($STATE_DIRECTORY)
+    own_state = sources.get("state_dir", "").startswith(("default", "$STATE_DIRECTORY")) and bool(box.state)
+    if not own_state:
+        needs.append(("state dir", p.state_dir, sandbox.RW))
+    if p.models_dir or not own_state:
+        needs.append(("models dir", p.resolved_models_dir(), sandbox.RO))
+    if p.cache_dir or not (box.cache or own_state):
+        needs.append(("cache dir", p.resolved_cache_dir(), sandbox.RW))
+    for name, path, want in needs:
+        got = box.access(path)
+        if got == sandbox.HIDDEN:
+            out.append(Check(
+                "sandbox", Level.FAIL,
+                f"the service cannot see the {name} {path}: the unit's ProtectHome=, PrivateTmp= or InaccessiblePaths= hides it",
+                f"move the {name} out of /home, /root and /tmp, or {edit} ProtectHome=read-only",
+            ))
+        elif got == sandbox.RO and want == sandbox.RW:
+            out.append(Check(
+                "sandbox", Level.FAIL,
+                f"the unit's sandbox (ProtectSystem={box.protect_system}, ProtectHome={box.protect_home}) makes the {name} "
+                f"{path} read-only for the service: it cannot write there",
+                f"{edit} ReadWritePaths={path}",
+            ))
+    if not out:
+        out.append(Check("sandbox", Level.OK, f"the unit's sandbox (ProtectSystem={box.protect_system}, "
+                                               f"ProtectHome={box.protect_home}) lets the service use " + ", ".join(n for n, _, _ in needs)))
+    return out
+
+
 # -- all together -------------------------------------------------------------------
 
 
@@ -377,6 +424,7 @@ def run_checks(s: Settings, who: Identity, sources: dict[str, str], host: Host |
         *check_permissions(s, who),
         *check_space(s),
         check_unit(host),
+        *check_sandbox(s, host, sources),
     ]
 
 
