@@ -104,3 +104,22 @@ def test_auto_format_detects_the_journal(tmp_path: Path) -> None:
         del os.environ["JOURNAL_STREAM"]
         f.close()
     assert logs.resolve_format("auto", io.StringIO()) == "logfmt"
+
+
+def test_a_search_word_that_starts_with_a_dash_is_a_word_not_an_option() -> None:
+    """`ocr-inbox search invoice -draft --json`: the query's words, options before or after them."""
+    from ocr_inbox import cli
+
+    ap = cli.build_parser()
+
+    def parsed(*argv: str) -> tuple[list[str], str | None, int, bool]:
+        ns = ap.parse_args(cli.search_words_last(ap, list(argv)))
+        return ns.query, ns.folder, ns.limit, ns.json
+
+    assert parsed("search", "invoice", "-draft", "--json") == (["invoice", "-draft"], None, 20, True)
+    assert parsed("search", "--folder", "forms", "-x", "a", "OR", "b", "--lim", "3") == (["-x", "a", "OR", "b"], "forms", 3, False)
+    assert parsed("search", "--folder=-odd", "q") == (["q"], "-odd", 20, False)
+    assert parsed("search", "q", "--", "--json") == (["q", "--json"], None, 20, False)  # after --: words
+    assert cli.search_words_last(ap, ["ocr", "-x"]) == ["ocr", "-x"]  # other commands as typed
+    with pytest.raises(SystemExit):
+        ap.parse_args(cli.search_words_last(ap, ["search", "q", "--bogus"]))  # an unknown --option stays an error

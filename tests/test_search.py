@@ -389,6 +389,7 @@ def test_oneshot_search_options_and_terminal_output(oneshot: tuple[Path, Path, P
     assert {r["image"] for r in _search(state, models_dir, "姓名", "OR", "format", "--outbox", outbox)} == {
         "forms/zh_val_0.jpg", "mixed/phototest.tif"}
     assert {r["image"] for r in _search(state, models_dir, "quick -über", "--outbox", outbox)} == {"mixed/phototest.tif"}
+    assert {r["image"] for r in _search(state, models_dir, "quick", "-über", "--outbox", outbox)} == {"mixed/phototest.tif"}
     assert run_cli("search", "--outbox", outbox, "-quick", state_dir=state, models=models_dir).returncode == 2
     for hostile in ('"', "NEAR(", "*", "-"):
         res = run_cli("search", "--outbox", outbox, "--", hostile, state_dir=state, models=models_dir)

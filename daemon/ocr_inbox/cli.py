@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "\"a phrase\"; prefix*; either: 2024 OR 2025; not on the page: -draft or -\"a phrase\"; Chinese "
         "and Japanese as typed, any length. Case and accents do not matter. Works beside a running daemon.",
         ["ocr-inbox search 姓名 --folder forms", "ocr-inbox search '\"quick brown\" invo*' --json",
-         "ocr-inbox search 'invoice 2024 OR 2025 -draft'   # quoted: -draft is not an option",
+         "ocr-inbox search invoice 2024 OR 2025 -draft",
          "ocr-inbox search Lexington --outbox ./out   # an `ocr` run's index"],
     )
     _common(p)
@@ -402,8 +402,37 @@ COMMANDS = {
 }
 
 
+def search_words_last(ap: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``search invoice -draft``: argparse would take ``-draft`` for an unknown option. Every
+    token of a search that is neither one of its options nor an option's value is a word of
+    the query: they go after ``--``, in the order typed; other commands pass as they are."""
+    if not argv or argv[0] != "search":
+        return argv
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices["search"]
+    takes_value = {opt: a.nargs != 0 for a in sub._actions for opt in a.option_strings}
+    options: list[str] = []
+    words: list[str] = []
+    rest = iter(argv[1:])
+    for tok in rest:
+        if tok == "--":
+            words += rest
+            break
+        name = tok.split("=", 1)[0]
+        known = [o for o in takes_value if o == name or (name.startswith("--") and o.startswith(name))]
+        if not tok.startswith("--") and not known:
+            words.append(tok)
+            continue
+        options.append(tok)  # argparse resolves an abbreviation, or reports what it does not know
+        if len(known) == 1 and takes_value[known[0]] and "=" not in tok:
+            value = next(rest, None)
+            if value is not None:
+                options.append(value)
+    return ["search", *options, "--", *words] if words else ["search", *options]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(search_words_last(ap, sys.argv[1:] if argv is None else argv))
     try:
         settings = load_settings(args)
     except ConfigError as exc:
