@@ -165,7 +165,7 @@ class Metrics(Recorder):
         self.restarts.labels(reason).inc()
 
     def worker_rss(self, slot: int, rss_bytes: int) -> None:
-        if rss_bytes > 0:  # Ray actors report none
+        if rss_bytes > 0:  # 0: not measured (a Ray batch whose images all failed to be read)
             self._rss[slot] = rss_bytes
 
     def paused(self, reason: str) -> None:
