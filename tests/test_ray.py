@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,15 +246,6 @@ def test_cluster_stopped_and_started_under_a_running_daemon(
     assert d.stop() == 0
 
 
-def _until(cond: Any, what: str, timeout: float = 180.0) -> None:
-    """Re-check ``cond`` until it holds (a one-shot run's log, not a daemon's notify)."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.1)
-
-
 def test_a_oneshot_run_gives_up_on_a_lost_cluster_and_resumes(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
     """`ocr-inbox ocr` on Ray, the cluster stopped mid-run: once it has been away for
     executor.connect_timeout_s the run exits with status 4 naming the setting, keeping what it
@@ -263,20 +254,32 @@ def test_a_oneshot_run_gives_up_on_a_lost_cluster_and_resumes(cluster: ray_clust
     rels = _images(inbox, 60)
     cfg = tmp_path / "ray.toml"
     cfg.write_text(ray_config(cluster, connect_timeout_s=10))
-    log = tmp_path / "first.log"
     cmd = [sys.executable, "-m", "ocr_inbox", "ocr", str(inbox), str(out), "--no-progress", "--config", str(cfg),
            "--state-dir", str(state), "--models-dir", str(models_dir), "--log-format", "logfmt"]
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=cli_env())
-        try:
-            _until(lambda: "event=image_done" in log.read_text() or proc.poll() is not None, "the first image done")
-            assert proc.poll() is None, log.read_text()[-3000:]
-            cluster.stop()
-            code = proc.wait(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    text = log.read_text()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
+    lines: list[str] = []
+    first_done = threading.Event()
+
+    def read_log() -> None:  # the run's log, line by line as it writes it (and the pipe never fills)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "event=image_done" in line:
+                first_done.set()
+        first_done.set()  # the run ended: the wait below ends too
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        assert first_done.wait(timeout=180), "no image done within 180 s"
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        cluster.stop()
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=60)
+    text = "".join(lines)
     assert code == 4, text[-3000:]
     assert "executor.connect_timeout_s = 10" in text and "ray cluster unreachable" in text
     first = set(json_files(out))
