@@ -108,18 +108,17 @@ def _term(m: re.Match[str]) -> Term | None:
 def parse(query: str) -> list[Term]:
     """The words and phrases of ``query``; parts without a letter or digit are dropped. A bare
     ``OR`` between two terms to find joins them (``either``); anywhere else it is a word."""
-    chunks = list(_CHUNK.finditer(unicodedata.normalize("NFC", query)))
+    chunks = [(m.group(4) == "OR", _term(m)) for m in _CHUNK.finditer(unicodedata.normalize("NFC", query))]
     terms: list[Term] = []
     join = False
-    for k, m in enumerate(chunks):
-        if m.group(4) == "OR" and terms and not terms[-1].exclude:
+    for k, (bare_or, term) in enumerate(chunks):
+        if bare_or and terms and not terms[-1].exclude:
             if join:
                 continue  # "a OR OR b"
-            after = next((t for t in map(_term, chunks[k + 1:]) if t is not None), None)
+            after = next((t for _, t in chunks[k + 1:] if t is not None), None)
             if after is not None and not after.exclude:
                 join = True
                 continue
-        term = _term(m)
         if term is None:
             continue
         if join:
