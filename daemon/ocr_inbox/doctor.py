@@ -319,7 +319,7 @@ def check_unit(host: Host) -> Check:
         shipped = host.shipped_unit.read_text().splitlines()
     except OSError as exc:
         return Check("unit", Level.WARN, f"cannot compare {host.unit} with {host.shipped_unit}: {exc.strerror or exc}")
-    dropins = sorted(p.name for p in (host.unit.parent / f"{host.unit.name}.d").glob("*.conf"))
+    dropins = [p.name for p in sandbox.dropins(host.unit)]
     local = f"; drop-ins: {', '.join(dropins)}" if dropins else ""
     changed = [
         line for line in difflib.unified_diff(shipped, installed, lineterm="", n=0)

@@ -154,7 +154,11 @@ def read(texts: Iterable[str]) -> Sandbox:
     )
 
 
+def dropins(unit: Path) -> list[Path]:
+    """The unit's drop-ins beside it, ``<unit>.d/*.conf``, in the order systemd applies them."""
+    return sorted((unit.parent / f"{unit.name}.d").glob("*.conf"))
+
+
 def of_unit(unit: Path) -> Sandbox:
-    """The installed unit's sandbox: the file, then ``<unit>.d/*.conf`` in name order."""
-    dropins = sorted((unit.parent / f"{unit.name}.d").glob("*.conf"))
-    return read(p.read_text(errors="replace") for p in (unit, *dropins))
+    """The installed unit's sandbox: the file, then its drop-ins."""
+    return read(p.read_text(errors="replace") for p in (unit, *dropins(unit)))
