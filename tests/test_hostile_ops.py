@@ -4,6 +4,7 @@ the running workers, PDF builds that never end, output modes. Real daemon, test 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -72,6 +73,7 @@ def test_reload_keeps_the_old_workers_and_the_watchdog_until_the_new_ones_are_re
     tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = tmp_path / "gate"
+    gate.touch()
     monkeypatch.setenv("FAKE_ENGINE_DELAY_S", "0.2")
     monkeypatch.setenv("FAKE_ENGINE_GATE", str(gate))
     d = Daemon(tmp_path, models_dir, config(pool={"batch_size": 2, "output_retry_s": 1.0}), watchdog_usec=1_000_000)
@@ -81,7 +83,9 @@ def test_reload_keeps_the_old_workers_and_the_watchdog_until_the_new_ones_are_re
     d.start()
     d.ready()
     d.until(lambda: _count(d, "image_done") >= 4, "the queue being worked")
-    # the new pool loads until the test opens the gate: as long as a slow model load
+    # the new pool loads until the test opens the gate (lets go of its lock): as long as a slow model load
+    held = open(gate, "rb")  # noqa: SIM115 (released below, mid-test)
+    fcntl.flock(held, fcntl.LOCK_EX)
     d.config_path.write_text(config(pool={"batch_size": 3}, ocr={"engine_plugin": "fake_engine:create_gated"}))
     d.signal(signal.SIGHUP)
     reloading = d.wait_notify(lambda m: "RELOADING=1" in m.split("\n"))
@@ -91,7 +95,7 @@ def test_reload_keeps_the_old_workers_and_the_watchdog_until_the_new_ones_are_re
     d.until(lambda: _count(d, "image_done") >= done_then + 4, "the old pool working during the reload")
     assert d.wait_notify(lambda m: "EXTEND_TIMEOUT_USEC=" in m, start=reloading) >= reloading
     assert not any("READY=1" in m.split("\n") for m in d.messages[reloading:after])
-    gate.touch()
+    held.close()  # the gate opens: the new workers finish loading
     ready = d.wait_notify(lambda m: "READY=1" in m.split("\n"), start=reloading)
     assert d.events("workers_switched") and not d.events("reload_rejected")
     d.until(lambda: _done(d, n), "every image done")

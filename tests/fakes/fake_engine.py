@@ -12,6 +12,7 @@ engine sees it), 7 SIGKILLs the worker only while the file named by
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import threading
@@ -83,9 +84,11 @@ def create_broken(settings: Any) -> FakeEngine:
 
 
 def create_gated(settings: Any) -> FakeEngine:
-    """``engine_plugin = "fake_engine:create_gated"``: loading lasts until the file named by
-    ``$FAKE_ENGINE_GATE`` exists, so a test holds a (re)boot open as long as it needs."""
+    """``engine_plugin = "fake_engine:create_gated"``: loading lasts while the test holds an
+    exclusive lock on the file named by ``$FAKE_ENGINE_GATE``, so it holds a (re)boot open
+    as long as it needs: a shared lock waits for the test's to go (no polling)."""
     gate = os.environ.get("FAKE_ENGINE_GATE", "")
-    while gate and not os.path.exists(gate):
-        time.sleep(0.05)  # checking for the test's gate file, not a timing assumption
+    if gate:
+        with open(gate, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
     return FakeEngine(settings)
