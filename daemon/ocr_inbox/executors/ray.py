@@ -435,6 +435,7 @@ def _probe(address: str) -> None:
         raylet.GcsClient(address=address).cluster_id
 
 
+@logs.crash_logged
 def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
     """Entry point of the bridge process: connect, then serve the daemon until Stop or the cluster is lost."""
     die_with_parent()

@@ -232,6 +232,7 @@ def _sender(conn: Connection) -> Send:
     return send
 
 
+@logs.crash_logged
 def main(conn: Connection, cfg: WorkerConfig) -> None:
     """Entry point of a worker process."""
     # First, so even a worker stuck loading models shows where: a fatal signal or
@@ -244,6 +245,8 @@ def main(conn: Connection, cfg: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.configure(cfg.log_level, cfg.log_format, worker=cfg.slot)
+    # stdout carries nothing of ours here: what a library prints becomes records, not raw lines
+    sys.stdout = logs.LineLogger("worker.stdout")
     log = structlog.get_logger(__name__)
     t0 = time.monotonic()
     try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ocr_inbox import logs
 from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, profiles
 from ocr_inbox.ocr.devices import gpu_support_problem
@@ -223,7 +224,8 @@ class PaddleXEngine:
                 if prof is not None:
                     self._check_gpu(prof)
         saved_stdout = sys.stdout
-        sys.stdout = sys.stderr  # PaddleX and Paddle print on import; stdout is for logs only
+        # PaddleX and Paddle print on import: each line becomes a record (stdout is no log)
+        sys.stdout = logs.LineLogger("paddlex.stdout")
         try:
             import paddlex
 
@@ -243,6 +245,7 @@ class PaddleXEngine:
         except Exception as exc:  # PaddleX raises bare RuntimeError/ValueError for bad devices
             raise EngineUnavailable(f"PaddleX could not create the OCR pipeline on {s.reported_device}: {exc}") from exc
         finally:
+            sys.stdout.flush()
             sys.stdout = saved_stdout
 
     def _check_gpu(self, profile: profiles.Profile) -> None:

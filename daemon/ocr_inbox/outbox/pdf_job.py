@@ -84,6 +84,7 @@ class PdfResult:
     reason: str = "error"
 
 
+@logs.crash_logged
 def _main(conn: Connection, req: PdfRequest) -> None:
     _build(conn, req)
     # Published (or not) and reported: skip the interpreter's teardown, which took
@@ -97,6 +98,7 @@ def _build(conn: Connection, req: PdfRequest) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(req.log_level, req.log_format, pdf=req.folder or ".")
+    sys.stdout = logs.LineLogger("pdf.stdout")  # a library's print: a record, not a raw line
     from ocr_inbox.outbox import names, pdf
 
     outbox = Path(req.outbox)
