@@ -70,7 +70,9 @@ class Daemon:
 
     # ------------------------------------------------------------------ process
 
-    def start(self, *extra: str) -> Daemon:
+    def start(self, *extra: str, new_session: bool = False) -> Daemon:
+        """``new_session``: the daemon leads a session of its own, as under systemd (its
+        processes can then be told apart from the test's: ``session_processes``)."""
         sock_path = self.root / f"notify-{time.monotonic_ns()}.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(sock_path))
@@ -89,7 +91,7 @@ class Daemon:
         self.stdout_path = self.root / "stdout.txt"
         self._stdout = open(self.stdout_path, "ab")
         self.t_start = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self._stdout, stderr=self._log, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._stdout, stderr=self._log, env=env, start_new_session=new_session)
         Daemon.started.append(self)
         self._reader = threading.Thread(target=self._read_notify, daemon=True)
         self._reader.start()
@@ -246,6 +248,25 @@ def alive(pid: int) -> bool:
             return fh.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Every live process of session ``sid`` (pid -> command line): what systemd would still
+    find in a service's cgroup, and kill, once its main process has exited."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(") ", 1)[1].split()
+            if int(fields[3]) != sid or fields[0] == "Z":  # (state, ppid, pgrp, session, ...)
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                out[int(entry)] = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return out
 
 
 def json_files(outbox: Path) -> dict[str, dict[str, Any]]:

@@ -14,11 +14,14 @@ Everything the loop runs is built whole before it starts (``_Stages``).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 
 import structlog
 
@@ -78,6 +81,12 @@ class Daemon:
     # ---------------------------------------------------------------- start
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            end_children()
+
+    def _run(self) -> int:
         with self.signals.installed():
             self._check_paths()
             preflight(self.s)
@@ -409,6 +418,35 @@ class Daemon:
         st.dispatch.drain(DRAIN_S)
         self._live(st.executor, "")  # no workers left
         log.info("stopped")
+
+
+#: how long the exit waits for multiprocessing's resource tracker (it ends as soon as its pipe closes)
+TRACKER_EXIT_S = 5.0
+
+
+def end_children() -> None:
+    """Leave no process behind: under systemd (KillMode=mixed) whatever outlives the main
+    process is SIGKILLed, and the journal says so, as if the stop had been unclean.
+
+    Every stage stopped and joined its own children already (workers, the PDF child, the Ray
+    bridge); any still running is a bug, ended here. Then multiprocessing's resource tracker:
+    ``spawn`` starts it with the first child, it ignores SIGTERM and ends only once its pipe is
+    closed, which without this would be when the main process exits. multiprocessing has no
+    public call to end it: its own ``_stop`` (what its tests use) closes the pipe and reaps it,
+    run in a thread so that a holder of the pipe we do not know of cannot hold up the exit.
+    """
+    for child in multiprocessing.active_children():
+        log.warning("child_left_running", pid=child.pid, name=child.name)
+        child.kill()
+        child.join(5)
+    stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if stop is None:
+        return
+    t = threading.Thread(target=stop, name="resource-tracker-stop", daemon=True)
+    t.start()
+    t.join(TRACKER_EXIT_S)
+    if t.is_alive():
+        log.warning("resource_tracker_still_running", waited_s=TRACKER_EXIT_S)
 
 
 def run(settings: config.Settings, reload: Callable[[], config.Settings] | None = None) -> int:
