@@ -199,9 +199,11 @@ def test_stuck_worker_dumps_its_stack_and_a_pixel_bomb_tiff_is_refused(tmp_path:
     assert len(json_files(d.outbox)["f/book.tif"]["pages"]) == 3
     stuck = d.events("worker_stuck")
     assert len(stuck) == 2 and stuck[0]["image"] == "f/p3-hang.png"
-    log = d.log()
-    # faulthandler's dump before the kill says where it hung
-    assert 'fake_engine.py", line' in log and "in hang_forever" in log and "in recognise" in log
+    # faulthandler's dump before the kill says where it hung: one record per stuck worker
+    dumps = d.events("worker_stacks")
+    assert len(dumps) == 2, d.log()
+    assert all('fake_engine.py\\", line' in e["stacks"] and "in hang_forever" in e["stacks"] and "in recognise" in e["stacks"] for e in dumps)
+    assert all(line.startswith("timestamp=") for line in d.log().splitlines())  # nothing raw
     assert all("stuck: silent" in e["cause"] for e in d.events("worker_lost"))
     assert d.stop() == 0
 

@@ -38,6 +38,8 @@ _CTX = multiprocessing.get_context("spawn")
 MAX_BOOT_FAILURES = 3
 #: a stuck worker gets STACK_DUMP_SIGNAL, then this long to write its stacks before SIGKILL
 STACK_DUMP_GRACE_S = 1.0
+#: the most of a worker's stack dump that is logged (its start: the hung or crashing thread comes first)
+STACKS_MAX_BYTES = 32 << 10
 #: respawn backoff while a slot keeps crashing with no image done between: the first crash
 #: respawns at once (one poison image must not slow the pool), then 1, 2, 4 ... s, at most 30
 RESPAWN_BACKOFF_S = 1.0
@@ -77,6 +79,9 @@ class _Worker:
     finished: set[int] = field(default_factory=set)
     images: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    #: faulthandler's output (stack dumps), read here and logged as one record
+    stacks: Connection | None = None
+    dump: bytearray = field(default_factory=bytearray)
 
 
 def describe_exit(code: int | None) -> str:
@@ -119,13 +124,19 @@ class LocalExecutor:
 
     def _spawn(self, slot: WorkerSlot) -> None:
         parent, child = _CTX.Pipe(duplex=True)
+        stacks, stacks_w = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(
-            target=worker_main, args=(child, self.make_config(slot)), name=f"ocr-inbox-worker-{slot.slot}", daemon=True
+            target=worker_main,
+            args=(child, self.make_config(slot), stacks_w),
+            name=f"ocr-inbox-worker-{slot.slot}",
+            daemon=True,
         )
         proc.start()
         child.close()
+        stacks_w.close()
+        os.set_blocking(stacks.fileno(), False)  # read what is there, never wait for more
         now = time.monotonic()
-        self.workers[slot.slot] = _Worker(slot, proc, parent, started=now, last_beat=now)
+        self.workers[slot.slot] = _Worker(slot, proc, parent, started=now, last_beat=now, stacks=stacks)
         log.info("worker_spawned", slot=slot.slot, pid=proc.pid, device=str(slot.device), threads=slot.threads)
 
     @property
@@ -185,12 +196,14 @@ class LocalExecutor:
         """Wait up to ``timeout`` for worker traffic (or any ``extra`` waitable)."""
         waitables: list[Any] = [w.conn for w in self.workers.values()]
         waitables += [w.process.sentinel for w in self.workers.values()]
+        waitables += [w.stacks for w in self.workers.values() if w.stacks is not None]
         if self.respawn_at:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
         wait([*waitables, *extra], timeout)
         events: list[m.Event] = []
         for slot, w in list(self.workers.items()):
             events += self._drain(w)
+            self._read_stacks(w)
             if not w.process.is_alive():
                 events += self._reap(slot, w)
         self._respawn_due()
@@ -207,11 +220,32 @@ class LocalExecutor:
             pass
         return out
 
+    def _read_stacks(self, w: _Worker) -> None:
+        """Take what faulthandler wrote so far (a dump is a few KiB; the pipe holds 64)."""
+        if w.stacks is None:
+            return
+        try:
+            while chunk := os.read(w.stacks.fileno(), 65536):
+                w.dump += chunk
+        except BlockingIOError:
+            pass
+        except OSError:  # (closed)
+            return
+
+    def _log_stacks(self, w: _Worker) -> None:
+        """faulthandler's dump (a stuck worker's, or a crashed one's) as one record."""
+        self._read_stacks(w)
+        if w.dump:
+            text = w.dump[:STACKS_MAX_BYTES].decode(errors="replace").strip()
+            log.error("worker_stacks", slot=w.slot.slot, pid=w.process.pid, stacks=text)
+            w.dump.clear()
+
     def _handle(self, w: _Worker, msg: m.WorkerMessage) -> list[m.Event]:
         w.last_beat = time.monotonic()
         if w.dump_sent is not None and not w.killed:
-            # it spoke after all: slow, not stuck (its stacks are in the log)
+            # it spoke after all: slow, not stuck (its stacks go to the log)
             log.warning("worker_not_stuck", slot=w.slot.slot, pid=w.process.pid)
+            self._log_stacks(w)
             w.dump_sent = None
         if isinstance(msg, m.Ready):
             w.state, w.info = WorkerState.idle, msg.info
@@ -256,7 +290,8 @@ class LocalExecutor:
     def _reap(self, slot: int, w: _Worker) -> list[m.Event]:
         w.process.join(timeout=0)
         cause = describe_exit(w.process.exitcode)
-        w.conn.close()
+        self._log_stacks(w)  # the dump before the kill of a stuck worker, or a crash's
+        self._close(w)
         del self.workers[slot]
         if w.killed:
             cause = f"{w.killed}; {cause}"
@@ -302,6 +337,13 @@ class LocalExecutor:
             self._spawn(w.slot)
         return events
 
+    @staticmethod
+    def _close(w: _Worker) -> None:
+        w.conn.close()
+        if w.stacks is not None:
+            w.stacks.close()
+            w.stacks = None
+
     def _respawn_later(self, slot: WorkerSlot) -> None:
         n = self.crashes.get(slot.slot, 0) + 1
         self.crashes[slot.slot] = n
@@ -341,7 +383,7 @@ class LocalExecutor:
                     state=w.state,
                     silent_s=round(now - w.last_beat),
                     image=job.rel if job else None,
-                    note="its thread stacks follow on stderr, then it is killed",
+                    note="its thread stacks follow (worker_stacks), then it is killed",
                 )
                 w.dump_sent = now
                 self._kill(w, STACK_DUMP_SIGNAL)
@@ -371,5 +413,6 @@ class LocalExecutor:
             if w.process.is_alive():
                 self._kill(w)
                 w.process.join(timeout=2)
-            w.conn.close()
+            self._log_stacks(w)
+            self._close(w)
         self.workers.clear()

@@ -16,9 +16,10 @@ What the supervisor sees: ``Started`` when the main thread takes an image,
 ``Decoding``/``Decoded`` around the decode thread's work on the next one (so a
 crash there is blamed on the right image), ``Progress`` after every page (a
 long multi-page file is not "stuck"), then ``Done``/``Failed``. A worker that
-stops sending is stuck: ``faulthandler`` dumps every thread's stack to stderr
-(the journal) on :data:`STACK_DUMP_SIGNAL`, which the supervisor sends before
-it kills it, so the log says where it hung.
+stops sending is stuck: ``faulthandler`` dumps every thread's stack on
+:data:`STACK_DUMP_SIGNAL`, which the supervisor sends before it kills it (and on
+a fatal signal), into a pipe the supervisor reads and logs as one
+``worker_stacks`` record, so the journal says where it hung or crashed.
 """
 
 from __future__ import annotations
@@ -233,12 +234,15 @@ def _sender(conn: Connection) -> Send:
 
 
 @logs.crash_logged
-def main(conn: Connection, cfg: WorkerConfig) -> None:
-    """Entry point of a worker process."""
+def main(conn: Connection, cfg: WorkerConfig, stacks: Connection | None = None) -> None:
+    """Entry point of a worker process; ``stacks``: where faulthandler writes (the supervisor
+    logs what arrives as one record), else stderr."""
     # First, so even a worker stuck loading models shows where: a fatal signal or
-    # STACK_DUMP_SIGNAL writes every thread's Python stack to stderr (the journal).
-    faulthandler.enable(file=sys.stderr, all_threads=True)
-    faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+    # STACK_DUMP_SIGNAL writes every thread's Python stack there (from a signal handler:
+    # raw text, so to a pipe the supervisor reads rather than to the journal).
+    fd = stacks.fileno() if stacks is not None else sys.stderr.fileno()
+    faulthandler.enable(file=fd, all_threads=True)
+    faulthandler.register(STACK_DUMP_SIGNAL, file=fd, all_threads=True, chain=False)
     die_with_parent()
     os.environ.update(cfg.env)
     # The supervisor owns shutdown: SIGINT from a terminal goes to the whole group.
