@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,6 @@ def test_sigterm_leaves_no_process_of_the_service_behind(tmp_path: Path, subreap
     left = {pid: running.get(pid, "?") for pid in _orphans()}
     assert left == {}, "these outlived the main process: systemd would SIGKILL them"
     assert session_processes(sid) == {}
+    assert not d.events("child_left_running")  # each stage had joined its own children
+    # and every line the daemon and its children wrote is one record
+    assert all(re.match(r"timestamp=\S+ level=\w+ event=\w+( |$)", line) for line in d.log().splitlines()), d.log()
