@@ -103,6 +103,20 @@ def test_library_logging_is_ours_even_when_it_bypasses_the_root_logger() -> None
     assert lines[1].startswith("<3>event=library_log ") and _fields(lines[1])["logger"] == "watchdog"
 
 
+def test_an_adopted_library_logger_leaves_its_own_raw_handler() -> None:
+    """`import ray` gives the "ray" logger a raw stderr handler and stops propagation."""
+    buf, raw = io.StringIO(), io.StringIO()
+    logs.configure("info", "journal", stream=buf)
+    lib = logging.getLogger("test_lib_own_handler")
+    lib.addHandler(logging.StreamHandler(raw))
+    lib.propagate = False
+    logs.adopt("test_lib_own_handler")
+    lib.warning("Connecting to existing Ray cluster")
+    assert raw.getvalue() == ""
+    (line,) = buf.getvalue().splitlines()
+    assert line.startswith("<4>event=library_log ") and "logger=test_lib_own_handler" in line
+
+
 def test_prints_become_records_one_per_line() -> None:
     buf = io.StringIO()
     logs.configure("info", "journal", stream=buf)

@@ -439,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure("info", args.log_format or "auto")
         log.error("config_invalid", file=exc.file, key=exc.key, reason=exc.reason)
         return int(exc.exit_code)
+    except Exception:  # a bug while reading the configuration: one record too, not a raw traceback
+        logs.configure("info", args.log_format or "auto")
+        log.exception("internal_error", command=args.command)
+        return int(ExitCode.internal_error)
     logs.configure(settings.log.level, settings.log.format)
     if "max_image_pixels" in settings.pdf.model_fields_set:
         log.warning("config_deprecated", key="pdf.max_image_pixels", note="ignored: PDFs use ocr.max_image_pixels")

@@ -228,6 +228,15 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     return fmt
 
 
+def adopt(name: str) -> None:
+    """A library logger that writes to stderr with a handler of its own (PaddleX's colours,
+    Ray's tab-separated lines): its records go through ours instead."""
+    lg = logging.getLogger(name)
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    lg.propagate = True
+
+
 def _route_pymupdf() -> None:
     """PyMuPDF prints MuPDF's messages on stdout unless told to use ``logging``: its
     variable reaches every process started from here, its setter this one if already imported."""

@@ -448,6 +448,7 @@ def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
         return
     import ray
 
+    logs.adopt("ray")  # `import ray` gave its logger a raw stderr handler of its own
     try:
         _probe(cfg.address)
         ray.init(

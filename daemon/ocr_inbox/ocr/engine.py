@@ -93,11 +93,8 @@ def _fast_yaml() -> None:
 
 def _quiet_paddlex() -> None:
     """PaddleX logs with ANSI colours to its own handler; route it through ours."""
-    lg = logging.getLogger("paddlex")
-    for h in list(lg.handlers):
-        lg.removeHandler(h)
-    lg.propagate = True
-    lg.setLevel(logging.WARNING)
+    logs.adopt("paddlex")
+    logging.getLogger("paddlex").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
