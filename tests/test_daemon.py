@@ -71,6 +71,12 @@ def test_lifecycle_notify_and_clean_stop(tmp_path: Path, models_dir: Path) -> No
     assert (tmp_path / "stdout.txt").read_text() == ""  # logs go to stderr; stdout stays clean
     workers = d.pids()
     assert workers and not any(alive(p) for p in workers)
+    # real PaddleX workers: every line is one record (no raw warning, banner, ANSI or traceback),
+    # and the engine's info is JSON, not a Python repr
+    log = d.log()
+    assert all(line.startswith("timestamp=") for line in log.splitlines()), log
+    assert "\x1b" not in log and "{'" not in log
+    assert d.events("worker_ready")[0]["models"].startswith('"{\\"det\\":')
 
 
 def test_folders_become_searchable_pdfs_and_late_pages_rebuild(tmp_path: Path, models_dir: Path) -> None:

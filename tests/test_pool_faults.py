@@ -52,6 +52,10 @@ def test_crashing_images_are_quarantined_and_the_rest_done(tmp_path: Path, model
     for name in ("f/kill.png", "f/segv.png", "g/exit.png"):
         assert sum(f"image={name}" in line or f"decoding={name}" in line for line in lost) == 2, name
     assert "killed by SIGSEGV" in res.stderr and "perhaps out of memory" in res.stderr
+    # the segfault's stack dump is one record (worker_stacks), the engine's exception one too: nothing raw
+    stacks = [line for line in res.stderr.splitlines() if "event=worker_stacks" in line]
+    assert len(stacks) == 2 and all("Segmentation fault" in line and "in recognise" in line for line in stacks), res.stderr
+    assert all(line.startswith("timestamp=") for line in res.stderr.splitlines()), res.stderr
 
 
 def test_workers_are_recycled_after_n_images(tmp_path: Path, models_dir: Path) -> None:
