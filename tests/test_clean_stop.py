@@ -35,29 +35,33 @@ FAKE = toml_config(
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _orphans() -> list[int]:
-    """Processes handed to this one (its children other than those it started and reaped)."""
+def _orphans(sid: int | None = None) -> list[int]:
+    """Processes handed to this one (its children other than those it started), of session
+    ``sid`` (None: any), zombies included: they outlived their parent too."""
     me, out = os.getpid(), []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/stat") as fh:
-                if entry.isdigit() and int(fh.read().rsplit(") ", 1)[1].split()[1]) == me:
-                    out.append(int(entry))
+                fields = fh.read().rsplit(") ", 1)[1].split()  # (state, ppid, pgrp, session, ...)
+            if int(fields[1]) == me and (sid is None or int(fields[3]) == sid):
+                out.append(int(entry))
         except (OSError, IndexError, ValueError):
             continue
     return out
 
 
 @pytest.fixture
-def subreaper() -> Iterator[None]:
+def subreaper() -> Iterator[list[int]]:
+    """This process as the child subreaper; the test lists the sessions it started in the list."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         pytest.skip(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
+    sessions: list[int] = []
     try:
-        yield
+        yield sessions
     finally:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        for pid in _orphans():  # a failed run's leftovers: end and reap them
+        for pid in [p for sid in sessions for p in _orphans(sid)]:  # a failed run's leftovers: end and reap them
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -65,8 +69,13 @@ def subreaper() -> Iterator[None]:
                 pass
 
 
-def test_sigterm_leaves_no_process_of_the_service_behind(tmp_path: Path, subreaper: None) -> None:
+def test_sigterm_leaves_no_process_of_the_service_behind(
+    tmp_path: Path, subreaper: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the workers' engine writes raw text on fds 1 and 2 as it boots, prints and warns
+    monkeypatch.setenv("FAKE_ENGINE_BOOT_NOISE", "1")
     d = Daemon(tmp_path, tmp_path / "models", FAKE).start(new_session=True)
+    subreaper.append(d.proc.pid)
     d.ready()
     for i in range(3):
         plain(d.inbox / "box" / f"p{i}.png", marker=100 + i)
@@ -79,9 +88,16 @@ def test_sigterm_leaves_no_process_of_the_service_behind(tmp_path: Path, subreap
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
     assert d.events("stopped")
-    left = {pid: running.get(pid, "?") for pid in _orphans()}
+    left = {pid: running.get(pid, "?") for pid in _orphans(sid)}
     assert left == {}, "these outlived the main process: systemd would SIGKILL them"
     assert session_processes(sid) == {}
     assert not d.events("child_left_running")  # each stage had joined its own children
-    # and every line the daemon and its children wrote is one record
-    assert all(re.match(r"timestamp=\S+ level=\w+ event=\w+( |$)", line) for line in d.log().splitlines()), d.log()
+    # and every line the daemon and its children wrote is one record, the libraries' too
+    log = d.log()
+    assert all(re.match(r"timestamp=\S+ level=\w+ event=\w+( |$)", line) for line in log.splitlines()), log
+    assert "\x1b" not in log
+    workers = len(d.events("worker_ready"))
+    raw = [e["message"] for e in d.events("worker_output")]
+    assert raw.count('"[W:onnxruntime:Default, fake.cc:1] raw from C"') == workers, log
+    assert raw.count('"raw stdout from C, no newline at the end"') == workers, log  # flushed at exit
+    assert len(d.events("library_output")) == len(d.events("python_warning")) == workers, log

@@ -70,6 +70,11 @@ def _clean(value: Any) -> Any:
     return printable(str(value))
 
 
+def strip_ansi(text: str) -> str:
+    """``text`` without colour and cursor sequences (a library's decoration, not its message)."""
+    return _ANSI.sub("", text)
+
+
 def compact_json(value: Any) -> str:
     """``{"det":"PP-OCRv6_tiny_det"}``: what a nested value looks like in a key=value line."""
     return json.dumps(_clean(value), ensure_ascii=False, separators=(",", ":"))
@@ -99,7 +104,7 @@ def library_record(_: WrappedLogger, __: str, ed: EventDict) -> EventDict:
     (without colours), the logger that wrote it."""
     record: logging.LogRecord | None = ed.get("_record")
     name = record.name if record is not None else ""
-    text = _ANSI.sub("", str(ed.pop("event", "")))
+    text = strip_ansi(str(ed.pop("event", "")))
     if name == "py.warnings":  # someone else's logging.captureWarnings: "file:line: Category: text\n  code"
         ed["event"] = "python_warning"
         ed["message"] = text.strip()
@@ -274,7 +279,7 @@ class LineLogger(io.TextIOBase):
         self._emit(rest)
 
     def _emit(self, line: str) -> None:
-        text = _ANSI.sub("", line).strip()
+        text = strip_ansi(line).strip()
         if text:
             structlog.get_logger(self._source).log(self._level, "library_output", message=text)
 

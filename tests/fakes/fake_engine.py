@@ -40,6 +40,15 @@ class FakeEngine:
         self.settings = settings
         if os.environ.get("FAKE_ENGINE_BOOT_FAIL"):
             raise RuntimeError("fake boot failure")
+        if os.environ.get("FAKE_ENGINE_BOOT_NOISE"):
+            # what C libraries do (ONNX Runtime's logger): straight to the file descriptors,
+            # past Python's streams; and a print, and a library warning
+            os.write(2, b"\x1b[1;33m[W:onnxruntime:Default, fake.cc:1] raw from C\x1b[0m\n")
+            os.write(1, b"raw stdout from C, no newline at the end")
+            print("a print from Python")
+            import warnings
+
+            warnings.warn("a library warning", RuntimeWarning, stacklevel=1)
 
     def info(self) -> dict[str, Any]:
         return {"profile": "fake", "engine": "fake", "models": {}, "paddlex_version": "-", "device": self.settings.reported_device}

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from ocr_inbox import logs
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import EngineUnavailable, WorkerBootError
 from ocr_inbox.executors import messages as m
@@ -82,6 +83,9 @@ class _Worker:
     #: faulthandler's output (stack dumps), read here and logged as one record
     stacks: Connection | None = None
     dump: bytearray = field(default_factory=bytearray)
+    #: what the worker's fds 1 and 2 receive (C libraries' own loggers), logged line by line
+    output: Connection | None = None
+    out_buf: bytearray = field(default_factory=bytearray)
 
 
 def describe_exit(code: int | None) -> str:
@@ -125,18 +129,20 @@ class LocalExecutor:
     def _spawn(self, slot: WorkerSlot) -> None:
         parent, child = _CTX.Pipe(duplex=True)
         stacks, stacks_w = _CTX.Pipe(duplex=False)
+        output, output_w = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(
             target=worker_main,
-            args=(child, self.make_config(slot), stacks_w),
+            args=(child, self.make_config(slot), stacks_w, output_w),
             name=f"ocr-inbox-worker-{slot.slot}",
             daemon=True,
         )
         proc.start()
-        child.close()
-        stacks_w.close()
-        os.set_blocking(stacks.fileno(), False)  # read what is there, never wait for more
+        for end in (child, stacks_w, output_w):
+            end.close()
+        for end in (stacks, output):
+            os.set_blocking(end.fileno(), False)  # read what is there, never wait for more
         now = time.monotonic()
-        self.workers[slot.slot] = _Worker(slot, proc, parent, started=now, last_beat=now, stacks=stacks)
+        self.workers[slot.slot] = _Worker(slot, proc, parent, started=now, last_beat=now, stacks=stacks, output=output)
         log.info("worker_spawned", slot=slot.slot, pid=proc.pid, device=str(slot.device), threads=slot.threads)
 
     @property
@@ -196,7 +202,7 @@ class LocalExecutor:
         """Wait up to ``timeout`` for worker traffic (or any ``extra`` waitable)."""
         waitables: list[Any] = [w.conn for w in self.workers.values()]
         waitables += [w.process.sentinel for w in self.workers.values()]
-        waitables += [w.stacks for w in self.workers.values() if w.stacks is not None]
+        waitables += [p for w in self.workers.values() for p in (w.stacks, w.output) if p is not None]
         if self.respawn_at:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
         wait([*waitables, *extra], timeout)
@@ -204,6 +210,7 @@ class LocalExecutor:
         for slot, w in list(self.workers.items()):
             events += self._drain(w)
             self._read_stacks(w)
+            self._log_output(w)
             if not w.process.is_alive():
                 events += self._reap(slot, w)
         self._respawn_due()
@@ -220,17 +227,34 @@ class LocalExecutor:
             pass
         return out
 
-    def _read_stacks(self, w: _Worker) -> None:
-        """Take what faulthandler wrote so far (a dump is a few KiB; the pipe holds 64)."""
-        if w.stacks is None:
+    @staticmethod
+    def _read(end: Connection | None, into: bytearray) -> None:
+        """Append what a non-blocking pipe holds now."""
+        if end is None:
             return
         try:
-            while chunk := os.read(w.stacks.fileno(), 65536):
-                w.dump += chunk
-        except BlockingIOError:
+            while chunk := os.read(end.fileno(), 65536):
+                into += chunk
+        except (BlockingIOError, OSError):  # nothing more now (or closed)
             pass
-        except OSError:  # (closed)
-            return
+
+    def _read_stacks(self, w: _Worker) -> None:
+        """Take what faulthandler wrote so far (a dump is a few KiB; the pipe holds 64)."""
+        self._read(w.stacks, w.dump)
+
+    def _log_output(self, w: _Worker, final: bool = False) -> None:
+        """Each complete line the worker's fds 1 and 2 received as one ``worker_output``
+        record (``final``: the rest too): raw text from C code is not ours to trust, so it
+        gets the attention of a warning."""
+        self._read(w.output, w.out_buf)
+        *lines, rest = w.out_buf.split(b"\n")
+        if final and rest:
+            lines, rest = [*lines, rest], bytearray()
+        w.out_buf[:] = rest
+        for line in lines:
+            text = line.decode(errors="replace").strip()
+            if text:
+                log.warning("worker_output", slot=w.slot.slot, pid=w.process.pid, message=logs.strip_ansi(text))
 
     def _log_stacks(self, w: _Worker) -> None:
         """faulthandler's dump (a stuck worker's, or a crashed one's) as one record."""
@@ -291,6 +315,7 @@ class LocalExecutor:
         w.process.join(timeout=0)
         cause = describe_exit(w.process.exitcode)
         self._log_stacks(w)  # the dump before the kill of a stuck worker, or a crash's
+        self._log_output(w, final=True)
         self._close(w)
         del self.workers[slot]
         if w.killed:
@@ -340,9 +365,10 @@ class LocalExecutor:
     @staticmethod
     def _close(w: _Worker) -> None:
         w.conn.close()
-        if w.stacks is not None:
-            w.stacks.close()
-            w.stacks = None
+        for end in (w.stacks, w.output):
+            if end is not None:
+                end.close()
+        w.stacks = w.output = None
 
     def _respawn_later(self, slot: WorkerSlot) -> None:
         n = self.crashes.get(slot.slot, 0) + 1
@@ -414,5 +440,6 @@ class LocalExecutor:
                 self._kill(w)
                 w.process.join(timeout=2)
             self._log_stacks(w)
+            self._log_output(w, final=True)
             self._close(w)
         self.workers.clear()

@@ -234,9 +234,21 @@ def _sender(conn: Connection) -> Send:
 
 
 @logs.crash_logged
-def main(conn: Connection, cfg: WorkerConfig, stacks: Connection | None = None) -> None:
+def main(conn: Connection, cfg: WorkerConfig, stacks: Connection | None = None, output: Connection | None = None) -> None:
     """Entry point of a worker process; ``stacks``: where faulthandler writes (the supervisor
-    logs what arrives as one record), else stderr."""
+    logs what arrives as one record), else stderr; ``output``: where file descriptors 1 and 2
+    go (what C libraries write there: the supervisor logs each line), else they stay."""
+    log_stream = sys.stderr
+    if output is not None:
+        # Our records go on to the real stderr (the journal) through a copy of it; whatever
+        # else writes to fd 1 or 2 (ONNX Runtime's and Paddle's C++ loggers, a print) reaches
+        # the supervisor, which logs it line by line.
+        log_stream = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        output.close()
     # First, so even a worker stuck loading models shows where: a fatal signal or
     # STACK_DUMP_SIGNAL writes every thread's Python stack there (from a signal handler:
     # raw text, so to a pipe the supervisor reads rather than to the journal).
@@ -248,8 +260,8 @@ def main(conn: Connection, cfg: WorkerConfig, stacks: Connection | None = None) 
     # The supervisor owns shutdown: SIGINT from a terminal goes to the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    logs.configure(cfg.log_level, cfg.log_format, worker=cfg.slot)
-    # stdout carries nothing of ours here: what a library prints becomes records, not raw lines
+    logs.configure(cfg.log_level, cfg.log_format, stream=log_stream, worker=cfg.slot)
+    # what Python code prints is an info record from here (C code's writes go to the supervisor)
     sys.stdout = logs.LineLogger("worker.stdout")
     log = structlog.get_logger(__name__)
     t0 = time.monotonic()
@@ -286,4 +298,5 @@ def main(conn: Connection, cfg: WorkerConfig, stacks: Connection | None = None) 
     # interpreter's teardown (PaddleX, ONNX Runtime): it held a one-shot run's exit 0.2 s.
     sys.stdout.flush()
     sys.stderr.flush()
+    log_stream.flush()
     os._exit(0)
