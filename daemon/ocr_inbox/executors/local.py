@@ -41,6 +41,8 @@ MAX_BOOT_FAILURES = 3
 STACK_DUMP_GRACE_S = 1.0
 #: the most of a worker's stack dump that is logged (its start: the hung or crashing thread comes first)
 STACKS_MAX_BYTES = 32 << 10
+#: a worker's raw output without a newline this long is logged as it is
+OUTPUT_LINE_MAX_BYTES = 16 << 10
 #: respawn backoff while a slot keeps crashing with no image done between: the first crash
 #: respawns at once (one poison image must not slow the pool), then 1, 2, 4 ... s, at most 30
 RESPAWN_BACKOFF_S = 1.0
@@ -248,7 +250,7 @@ class LocalExecutor:
         gets the attention of a warning."""
         self._read(w.output, w.out_buf)
         *lines, rest = w.out_buf.split(b"\n")
-        if final and rest:
+        if rest and (final or len(rest) > OUTPUT_LINE_MAX_BYTES):  # (a line that never ends: in parts)
             lines, rest = [*lines, rest], bytearray()
         w.out_buf[:] = rest
         for line in lines:

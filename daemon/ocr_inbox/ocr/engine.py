@@ -1,7 +1,7 @@
 """The engine protocol, and the one adapter that owns PaddleX.
 
 Nothing else in the project imports PaddleX. The adapter sets the environment
-PaddleX reads at import time, keeps its chatter on stderr (never stdout),
+PaddleX reads at import time, turns its chatter into log records (never stdout),
 picks detection limits per image, and converts ``OCRResult`` into our
 ``ocr.results.Line`` values.
 """
