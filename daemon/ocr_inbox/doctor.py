@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import grp
 import importlib.util
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
-from ocr_inbox import sandbox
+from ocr_inbox import jsonout, sandbox
 from ocr_inbox.access import R, W, X, Identity, blocked, verb
 from ocr_inbox.config import Settings
 from ocr_inbox.errors import EngineUnavailable, ExitCode
@@ -452,6 +451,4 @@ def render_text(checks: list[Check]) -> str:
 
 
 def render_json(checks: list[Check]) -> str:
-    return json.dumps(
-        {"ok": exit_code(checks) is ExitCode.ok, "checks": [asdict(c) for c in checks]}, ensure_ascii=False, indent=1
-    )
+    return jsonout.dumps({"ok": exit_code(checks) is ExitCode.ok, "checks": [asdict(c) for c in checks]})
