@@ -353,6 +353,34 @@ def test_paths_transport_reads_images_on_the_nodes(cluster: ray_cluster.Cluster,
     assert d.stop() == 0
 
 
+@pytest.mark.parametrize("mode", ["pickle_bomb", "other_job", "plain_other_job", "raises"])
+def test_a_hostile_node_can_neither_run_code_in_the_bridge_nor_answer_for_another_image(
+    cluster: ray_cluster.Cluster, tmp_path: Path, mode: str,
+) -> None:
+    """Audit finding: the bridge unpickled whatever an actor returned (``ray.get``) and
+    forwarded the actor's own idea of which job a result belongs to. Now it reads only
+    plain data; anything else loses the actor, and every event names the jobs it sent."""
+    mark = tmp_path / "unpickled"
+    script = Path(__file__).resolve().parent / "fakes" / "hostile_actor.py"
+    res = subprocess.run(
+        [sys.executable, str(script), cluster.address, mode, str(mark), str(tmp_path / "in")],
+        capture_output=True, text=True, env=cli_env(**{k: v for k, v in cluster.env.items() if k.startswith("RAY_")}),
+        timeout=300,
+    )
+    assert not mark.exists(), "the bridge ran code the node chose (unpickled its result)"
+    assert res.returncode == 0, res.stdout + res.stderr
+    events = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    sent = {(1, "f/a.png"), (2, "f/b.png")}
+    assert events, res.stdout + res.stderr
+    for ev in events:
+        assert {tuple(j) for j in ev["jobs"]} <= sent, ev
+    if mode == "plain_other_job":  # well-formed plain data: the answer is for the job sent
+        assert [ev["event"] for ev in events] == ["Failed", "Failed", "BatchDone"]
+        assert [ev["jobs"] for ev in events[:2]] == [[[1, "f/a.png"]], [[2, "f/b.png"]]]
+    else:  # not plain data: the actor is lost, its images go back (the first one its suspect)
+        assert events[0]["event"] == "WorkerLost" and events[0]["jobs"] == [[1, "f/a.png"], [2, "f/b.png"]], events
+
+
 def test_ray_runs_in_a_loopback_only_namespace(netns: None) -> None:
     """What every Ray process of this module sees: loopback and nothing else."""
     res = subprocess.run(

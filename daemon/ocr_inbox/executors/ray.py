@@ -78,6 +78,8 @@ GCS_RECONNECT_TIMEOUT_S = 15
 CLUSTER_SILENT_S = 15.0
 #: a node whose actors failed to load this many times gets no more actors (until it rejoins)
 MAX_BOOT_FAILURES = 3
+#: Ray error records that carry a pickled exception: never read (``_Bridge.fetch``)
+_PICKLED_ERRORS = frozenset({"TASK_EXECUTION_EXCEPTION", "TASK_CANCELLED"})
 
 
 # -- bridge <-> daemon, besides messages.* ---------------------------------------------
@@ -193,14 +195,25 @@ def actor_options(node_id: str, cfg: BridgeConfig) -> dict[str, Any]:
 
 
 class OcrActor:
-    """One OCR pipeline on a cluster node: the local worker's engine, image module and code."""
+    """One OCR pipeline on a cluster node: the local worker's engine, image module and code.
+
+    Every call returns plain data (``messages.to_plain``: JSON bytes, stored by Ray as raw
+    bytes), never a pickled object, and never raises: the bridge unpickles nothing a node
+    sends (``_Bridge.fetch``)."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.eng: engine_mod.Engine | None = None
         self.info: dict[str, Any] = {}
 
-    def boot(self) -> m.Ready | m.BootFailed:
+    def boot(self) -> bytes:
+        try:
+            res = self._boot()
+        except BaseException as exc:  # noqa: BLE001 (anything: the bridge reads only plain data)
+            res = m.BootFailed(self.cfg.slot, f"{type(exc).__name__}: {exc}", fatal=False)
+        return m.to_plain(res)
+
+    def _boot(self) -> m.Ready | m.BootFailed:
         cfg = self.cfg
         os.environ.update(cfg.env)
         logs.configure(cfg.log_level, cfg.log_format, worker=cfg.slot)
@@ -218,12 +231,16 @@ class OcrActor:
             return m.BootFailed(cfg.slot, f"{type(exc).__name__}: {exc}", fatal=False)
         return m.Ready(cfg.slot, os.getpid(), self.info, round(time.monotonic() - t0, 2))
 
-    def ocr(self, job: m.Job, file: images.ImageFile | None) -> m.Done | m.Failed:
+    def ocr(self, job: m.Job, file: images.ImageFile | None) -> bytes:
         assert self.eng is not None, "boot() first"
-        return ocr_one(job, self.cfg, self.eng, self.info, file)
+        try:
+            res = ocr_one(job, self.cfg, self.eng, self.info, file)
+        except Exception as exc:  # ocr_one reports its own failures; this is a bug's last word
+            res = m.Failed(self.cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}")
+        return m.to_plain(res)
 
-    def rss(self) -> int:
-        return rss_bytes()
+    def rss(self) -> bytes:
+        return m.to_plain(rss_bytes())
 
 
 # -- the bridge (the Ray driver, a child of the daemon) ----------------------------------
@@ -262,6 +279,40 @@ class _Bridge:
 
     def send(self, ev: BridgeEvent) -> None:
         self.conn.send(ev)
+
+    def fetch(self, ref: Any, slot: int, job: m.Job | None = None) -> m.Plain | int:
+        """What an actor call returned, as a message for ``slot`` and ``job`` (the bridge's own).
+
+        Read without ``ray.get``'s deserialization, which unpickles whatever the producing
+        node stored: only an object Ray stored as raw bytes is read (``OcrActor`` returns
+        nothing else), then parsed as plain data. A Ray error about the call (its actor or
+        node died, it could not be placed) is raised as ``ray.get`` raises it, except the
+        kinds Ray keeps pickled (an exception the actor raised, a cancellation, a failed
+        creation), which raise ``NotPlain`` unread.
+        """
+        from ray.core.generated import common_pb2
+
+        pb: Any = common_pb2
+        ray = self.ray
+        core = ray._private.worker.global_worker.core_worker
+        [obj] = core.get_objects([ref], -1)
+        data, metadata = obj[0], obj[1]
+        kind = bytes(metadata).split(b",")[0] if metadata else b""
+        if kind == b"RAW":
+            return m.from_plain(data.to_pybytes() if data is not None else b"", slot, job)
+        try:
+            error = pb.ErrorType.Name(int(kind))
+        except ValueError:
+            raise m.NotPlain(f"the actor returned a {kind[:20].decode(errors='replace') or 'untyped'} object, not plain data") from None
+        if error in _PICKLED_ERRORS:
+            raise m.NotPlain(f"the call failed with {error} (not read: Ray keeps it pickled)")
+        if error == "ACTOR_DIED" and data is not None:
+            info = pb.RayErrorInfo()
+            info.ParseFromString(data.to_pybytes())
+            if info.actor_died_error.HasField("creation_task_failure_context"):
+                raise m.NotPlain(f"the actor died while being created: {info.error_message.splitlines()[0] if info.error_message else ''}")
+        ray.get(ref)  # raises the error, read from Ray's own (protobuf) record
+        raise m.NotPlain(f"the call ended with {error}, but Ray returned no error")
 
     # nodes and actors ------------------------------------------------------
 
@@ -375,13 +426,21 @@ class _Bridge:
             a = refs[ref]
             if a.slot not in self.actors:
                 continue
+            job = a.calls[0][0] if a.calls and ref is a.calls[0][1] else None
             try:
-                res = self.ray.get(ref)
+                res = self.fetch(ref, a.slot, job)
             except self.ray.exceptions.RayError as exc:
                 self.lose(a, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue
+            except m.NotPlain as exc:
+                log.error("ray_actor_not_plain", slot=a.slot, node=a.node, error=str(exc))
+                self.lose(a, f"it returned what is not an answer to its call: {exc}")
+                continue
             if ref is a.boot_ref:
                 a.boot_ref = None
+                if not isinstance(res, m.Ready | m.BootFailed):
+                    self.lose(a, "its boot call returned something else")
+                    continue
                 if isinstance(res, m.BootFailed):
                     self.boot_failures[a.node_id] = self.boot_failures.get(a.node_id, 0) + 1
                     del self.actors[a.slot]
@@ -391,11 +450,15 @@ class _Bridge:
                 continue
             if ref is a.rss_ref:
                 a.rss_ref = None
-                self.maybe_batch_done(a, int(res))
+                if not isinstance(res, int):
+                    self.lose(a, "its memory call returned something else")
+                    continue
+                self.maybe_batch_done(a, res)
                 continue
             job, _ = a.calls.popleft()
             a.deadline = time.monotonic() + self.cfg.image_timeout_s
             a.images += 1
+            assert isinstance(res, m.Done | m.Failed)  # from_plain answers an image call with one of these
             self.result(a, job, res)
             self.maybe_batch_done(a)
         now = time.monotonic()
