@@ -152,6 +152,21 @@ def test_wrong_token_names_the_setting(cluster: ray_cluster.Cluster, tmp_path: P
     assert not (tmp_path / "out" / "a.png.json").exists()
 
 
+def test_a_token_file_others_may_read_is_refused_at_start(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """Audit finding: the token file's mode was not checked. The right token, readable by
+    the group: the run refuses to start (exit 4), naming the setting, the mode and the fix."""
+    token = tmp_path / "token"
+    token.write_text(cluster.token_file.read_text())
+    token.chmod(0o644)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ray_config(cluster, token_file=str(token)))
+    plain(tmp_path / "in" / "a.png")
+    res = run_cli("ocr", tmp_path / "in", tmp_path / "out", "--config", cfg, state_dir=tmp_path / "s", models=models_dir)
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert f"executor.token_file: {token} has mode 0644" in res.stderr and "chmod 0400" in res.stderr, res.stderr[-3000:]
+    assert not (tmp_path / "out" / "a.png.json").exists()
+
+
 def test_a_node_killed_mid_run_loses_nothing(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
     """SIGKILL of the worker node's raylet while it OCRs: its batch is retried on the head's
     actor; every image is done exactly once; a node that joins gets an actor."""

@@ -366,8 +366,9 @@ def check_sandbox(s: Settings, host: Host, sources: dict[str, str]) -> list[Chec
         if got == sandbox.HIDDEN:
             out.append(Check(
                 "sandbox", Level.FAIL,
-                f"the service cannot see the {name} {path}: the unit's ProtectHome=, PrivateTmp= or InaccessiblePaths= hides it",
-                f"move the {name} out of /home, /root and /tmp, or {edit} ProtectHome=read-only",
+                f"the service cannot see the {name} {path}: the unit's ProtectHome=, PrivateTmp=, TemporaryFileSystem= or InaccessiblePaths= hides it",
+                f"move the {name} out of /home, /root and /tmp, or {edit} "
+                f"{'BindPaths' if want == sandbox.RW else 'BindReadOnlyPaths'}={path}",
             ))
         elif got == sandbox.RO and want == sandbox.RW:
             out.append(Check(
@@ -380,6 +381,20 @@ def check_sandbox(s: Settings, host: Host, sources: dict[str, str]) -> list[Chec
         out.append(Check("sandbox", Level.OK, f"the unit's sandbox (ProtectSystem={box.protect_system}, "
                                                f"ProtectHome={box.protect_home}) lets the service use " + ", ".join(n for n, _, _ in needs)))
     return out
+
+
+def check_ray_token(s: Settings, who: Identity) -> list[Check]:
+    """With ``[executor] kind = "ray"``: the token file is the service user's own, 0600 or
+    0400 (whoever reads it can join the cluster, and a node is as trusted as the service)."""
+    e = s.executor
+    if e.kind != "ray" or not e.token_file:
+        return []
+    from ocr_inbox.executors.ray import token_file_problem  # no Ray import: the check is os.stat
+
+    problem = token_file_problem(e.token_file, who.uid)
+    if problem:
+        return [Check("ray token", Level.FAIL, f"executor.token_file: {problem[0]}", problem[1])]
+    return [Check("ray token", Level.OK, f"{e.token_file} is {who.name}'s own and readable by nobody else")]
 
 
 # -- all together -------------------------------------------------------------------
@@ -424,6 +439,7 @@ def run_checks(s: Settings, who: Identity, sources: dict[str, str], host: Host |
         *check_space(s),
         check_unit(host),
         *check_sandbox(s, host, sources),
+        *check_ray_token(s, who),
     ]
 
 

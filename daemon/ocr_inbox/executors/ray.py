@@ -41,7 +41,9 @@ import logging
 import math
 import multiprocessing
 import os
+import pwd
 import signal
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -479,6 +481,33 @@ class _Bridge:
             self.step()
 
 
+def token_file_problem(path: str, uid: int) -> tuple[str, str] | None:
+    """Why the cluster's token file is not fit for the service user ``uid``, and the fix;
+    None when it is. Whoever can read the token can join the cluster, and a cluster node
+    is as trusted as the service user (docs/SCALE-OUT.md): the file must be the service
+    user's own, readable by nobody else."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}", f"write the cluster's token into {path}"
+    owner = _user_name(st.st_uid)
+    fix = f"chown {_user_name(uid)} {path} && chmod 0400 {path}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file", f"write the cluster's token into {path}"
+    if st.st_uid != uid:
+        return f"{path} is owned by {owner}, not by {_user_name(uid)} (the service user)", fix
+    if st.st_mode & 0o077:
+        return f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: others may read the cluster's token", fix
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _connect_env(cfg: BridgeConfig) -> None:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_AUTH_MODE"] = "token"
@@ -505,8 +534,8 @@ def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.configure(cfg.log_level, cfg.log_format, worker="ray")
     _connect_env(cfg)
-    if cfg.token_file and not os.access(cfg.token_file, os.R_OK):
-        conn.send(Unreachable("executor.token_file", f"cannot read {cfg.token_file}"))
+    if cfg.token_file and (problem := token_file_problem(cfg.token_file, os.geteuid())):
+        conn.send(Unreachable("executor.token_file", f"{problem[0]} (fix: {problem[1]})"))
         return
     import ray
 
@@ -595,6 +624,8 @@ class RayExecutor:
     def start(self) -> None:
         """Connect (within ``executor.connect_timeout_s``); an unreachable cluster or a refused
         token at start is an error naming the setting."""
+        if self.cfg.token_file and (problem := token_file_problem(self.cfg.token_file, os.geteuid())):
+            raise EngineUnavailable(f"executor.token_file: {problem[0]} (fix: {problem[1]})")
         self._spawn()
         end = time.monotonic() + self.settings.connect_timeout_s
         while not self.connected:
