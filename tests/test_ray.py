@@ -196,6 +196,42 @@ def test_a_node_killed_mid_run_loses_nothing(cluster: ray_cluster.Cluster, tmp_p
     assert d.stop() == 0
 
 
+#: the cluster's nodes have no "GPU" resource: with the default workers_per_gpu = 3 no actor fits
+UNPLACEABLE = {"gpu_resource": "GPU", "workers_per_gpu": 3}
+
+
+def test_a_cluster_where_no_actor_fits_is_named_at_once_and_ocr_gives_up(
+    cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path,
+) -> None:
+    """Issue 20: CPU-only nodes with the default workers_per_gpu = 3 made `ocr` wait forever
+    without a word after ray_cluster_connected. Now a warning names the setting at once, and
+    the run gives up after executor.connect_timeout_s (exit 4), like for a lost cluster."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ray_config(cluster, **UNPLACEABLE, connect_timeout_s=3))
+    plain(tmp_path / "in" / "a.png")
+    res = run_cli("ocr", tmp_path / "in", tmp_path / "out", "--no-progress", "--config", cfg,
+                  state_dir=tmp_path / "s", models=models_dir, timeout=120)
+    assert res.returncode == 4, res.stderr[-3000:]
+    warning = next(ln for ln in res.stderr.splitlines() if "event=ray_no_actor_placeable" in ln)
+    assert "nodes=2" in warning and "executor.workers_per_gpu = 3" in warning and "'GPU'" in warning, warning
+    assert "executor.workers_per_gpu = 0" in warning  # the fix for CPU-only nodes
+    assert "no OCR actor can be placed" in res.stderr and "executor.connect_timeout_s = 3" in res.stderr, res.stderr[-3000:]
+    assert not (tmp_path / "out" / "a.png.json").exists()
+
+
+def test_the_daemon_says_in_status_why_no_actor_fits(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    plain(tmp_path / "inbox" / "a.png")
+    d = Daemon(tmp_path, models_dir, ray_config(cluster, cpus_per_worker=4, workers_per_gpu=0)).start()
+    d.ready()
+    [warning] = d.until(lambda: d.events("ray_no_actor_placeable"), "the placement warning")
+    assert "executor.cpus_per_worker = 4" in warning["reason"] and "the most: 1" in warning["reason"], warning
+    note = d.until(lambda: n if "no OCR actor" in (n := d.status()["daemon"].get("note", "")) else None, "status's note")
+    assert "executor.cpus_per_worker = 4" in note
+    human = run_cli("status", state_dir=d.state, models=models_dir).stdout
+    assert "no OCR actor can be placed" in human, human
+    assert d.stop() == 0
+
+
 def test_daemon_kill9_with_work_on_the_cluster(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
     rels = _images(tmp_path / "inbox", 16)
     d = Daemon(tmp_path, models_dir, ray_config(cluster), name="first").start()
@@ -409,7 +445,7 @@ def test_settings_and_placement_plan(tmp_path: Path) -> None:
     """No address, no Ray (never a private cluster by surprise); actors per node from its resources."""
     from ocr_inbox import config
     from ocr_inbox.errors import ConfigError
-    from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config
+    from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config, placement_problem
 
     with pytest.raises(ConfigError) as err:
         config.from_mapping({"executor": {"kind": "ray"}})
@@ -426,3 +462,9 @@ def test_settings_and_placement_plan(tmp_path: Path) -> None:
     assert actor_options("ab" * 28, cfg)["num_gpus"] == 0.3333
     cpu = bridge_config(config.from_mapping({"executor": {"kind": "ray", "address": "h:1", "workers_per_gpu": 0, "cpus_per_worker": 2}}), tmp_path)
     assert actors_for({"CPU": 7.0, "GPU": 1.0}, cpu) == 3 and cpu.worker.engine.device == "cpu"
+    # no node fits an actor: why, naming the setting (issue 20: CPU-only nodes, the default workers_per_gpu)
+    assert placement_problem([{"CPU": 16.0}, {"CPU": 8.0, "GPU": 1.0}], cfg) == ""
+    assert "executor.workers_per_gpu = 0" in placement_problem([{"CPU": 16.0}, {"CPU": 8.0}], cfg)
+    assert "at most 0.25 of 'GPU'" in placement_problem([{"CPU": 16.0, "GPU": 0.25}], cfg)
+    assert "executor.cpus_per_worker = 2" in placement_problem([{"CPU": 1.0}], cpu)
+    assert placement_problem([], cfg) == ""

@@ -138,7 +138,16 @@ class Submit:
     batch: m.Batch
 
 
-BridgeEvent = Connected | Beat | Unreachable | ActorAdded | ActorGone | ActorRetired | m.Event
+@dataclass(frozen=True)
+class Placement:
+    """Whether any OCR actor fits on the cluster's nodes: ``problem`` says why none does,
+    naming the setting ("" = one does). Sent when it changes."""
+
+    problem: str
+    nodes: int
+
+
+BridgeEvent = Connected | Beat | Unreachable | ActorAdded | ActorGone | ActorRetired | Placement | m.Event
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,27 @@ def actors_for(resources: dict[str, float], cfg: BridgeConfig) -> int:
         return by_cpu
     by_gpu = math.floor(resources.get(cfg.gpu_resource, 0.0) * cfg.workers_per_gpu + 1e-9)
     return min(by_gpu, by_cpu)
+
+
+def placement_problem(nodes: list[dict[str, float]], cfg: BridgeConfig) -> str:
+    """Why no OCR actor fits on any of these nodes (their total resources), naming the
+    setting to change; "" when one does. Waiting cannot fix it: only a node that has
+    what the settings ask for, or other settings."""
+    if not nodes or any(actors_for(r, cfg) > 0 for r in nodes):
+        return ""
+    n = f"{len(nodes)} node" + ("s" if len(nodes) != 1 else "")
+    most_cpus = max(r.get("CPU", 0.0) for r in nodes)
+    if cfg.workers_per_gpu > 0:
+        most = max(r.get(cfg.gpu_resource, 0.0) for r in nodes)
+        if most <= 0:
+            return (f"executor.workers_per_gpu = {cfg.workers_per_gpu}: OCR actors need a share of the resource "
+                    f"{cfg.gpu_resource!r} (executor.gpu_resource), which none of the {n} has; "
+                    "for CPU-only nodes set executor.workers_per_gpu = 0")
+        if most * cfg.workers_per_gpu < 1:
+            return (f"executor.workers_per_gpu = {cfg.workers_per_gpu}: the nodes have at most {most:g} of "
+                    f"{cfg.gpu_resource!r}, less than one actor's share ({gpu_share(cfg):g})")
+    return (f"executor.cpus_per_worker = {cfg.cpus_per_worker:g}: each OCR actor needs that many CPUs, "
+            f"and none of the {n} has as many (the most: {most_cpus:g})")
 
 
 def gpu_share(cfg: BridgeConfig) -> float:
@@ -278,6 +308,9 @@ class _Bridge:
         self.next_scan = 0.0
         #: boot failures per node: a node whose actors keep failing to load gets no more
         self.boot_failures: dict[str, int] = {}
+        #: what the daemon was last told about placement (None: nothing yet; sent after Connected)
+        self.placement: str | None = None
+        self.announced = False
 
     def send(self, ev: BridgeEvent) -> None:
         self.conn.send(ev)
@@ -308,9 +341,13 @@ class _Bridge:
             raise m.NotPlain(f"the actor returned a {kind[:20].decode(errors='replace') or 'untyped'} object, not plain data") from None
         if error in _PICKLED_ERRORS:
             raise m.NotPlain(f"the call failed with {error} (not read: Ray keeps it pickled)")
-        if error == "ACTOR_DIED" and data is not None:
-            info = pb.RayErrorInfo()
-            info.ParseFromString(data.to_pybytes())
+        if error == "ACTOR_DIED" and data is not None and len(data):
+            # Ray's record: msgpack around protobuf (no pickle for an error's metadata type)
+            ctx = ray._private.worker.global_worker.get_serialization_context()
+            try:
+                info = ctx._deserialize_error_info(data, bytes(metadata).split(b","))
+            except Exception as exc:
+                raise m.NotPlain(f"the actor died, with an unreadable record: {type(exc).__name__}") from None
             if info.actor_died_error.HasField("creation_task_failure_context"):
                 raise m.NotPlain(f"the actor died while being created: {info.error_message.splitlines()[0] if info.error_message else ''}")
         ray.get(ref)  # raises the error, read from Ray's own (protobuf) record
@@ -335,7 +372,15 @@ class _Bridge:
                     break
                 self.add_actor(node_id, f"{node.get('NodeManagerAddress', '?')}/{node_id[:8]}")
         self.send(Beat(len(nodes)))
+        if self.announced:
+            self.report_placement(nodes)
         return len(nodes)
+
+    def report_placement(self, nodes: dict[str, Any]) -> None:
+        problem = placement_problem([n.get("Resources", {}) for n in nodes.values()], self.cfg)
+        if problem != self.placement:
+            self.placement = problem
+            self.send(Placement(problem, len(nodes)))
 
     def add_actor(self, node_id: str, node: str) -> None:
         slot = next(self.slots)
@@ -558,6 +603,8 @@ def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
         bridge = _Bridge(conn, cfg)
         nodes = bridge.scan_nodes()
         conn.send(Connected(cfg.address, nodes))
+        bridge.announced = True  # placement is reported from the next scan on, after Connected
+        bridge.next_scan = 0.0
         bridge.loop()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone
@@ -608,6 +655,8 @@ class RayExecutor:
         self.stopping = False
         self.last_beat = 0.0
         self.booted = False  # start() done: later boot failures drop an actor instead of stopping the daemon
+        self.unplaceable = ""  # why no actor fits on the cluster's nodes ("" = one does)
+        self.unplaceable_since = 0.0  # monotonic, while one does not
 
     # lifecycle -----------------------------------------------------------------
 
@@ -671,17 +720,28 @@ class RayExecutor:
         so the watchdog is fed and systemd does not restart a daemon that would only find
         the same cluster missing (``status_note`` says why nothing is OCR'd).
         """
-        if self.outage:
+        if self.outage or self.unplaceable:
             return True
         now = time.monotonic()
         return any(a.state != ActorState.booting or now - a.added < self.pool.boot_timeout_s for a in self.actors.values())
 
     def unavailable_for(self) -> float:
-        return time.monotonic() - self.outage_since if self.outage else 0.0
+        if self.outage:
+            return time.monotonic() - self.outage_since
+        if self.unplaceable and not self.actors:
+            return time.monotonic() - self.unplaceable_since
+        return 0.0
+
+    def unavailable_why(self) -> str:
+        if self.outage:
+            return f"executor.address: {self.status_note()}"
+        return f"no OCR actor can be placed on the Ray cluster: {self.unplaceable}" if self.unplaceable else ""
 
     def status_note(self) -> str:
         if self.outage:
             return f"ray cluster unreachable, retrying: {self.outage}"
+        if self.unplaceable:
+            return f"ray: no OCR actor can be placed: {self.unplaceable}"
         nodes = len({a.node for a in self.actors.values()})
         return f"ray: {self.ready_count()} actors ready on {nodes} nodes"
 
@@ -764,6 +824,15 @@ class RayExecutor:
         if isinstance(ev, Unreachable):
             self._unreachable(f"{ev.key}: {ev.error}")
             return []
+        if isinstance(ev, Placement):
+            if ev.problem:
+                log.warning("ray_no_actor_placeable", nodes=ev.nodes, reason=ev.problem,
+                            note="nothing is OCR'd until a node fits or the settings change")
+                self.unplaceable_since = time.monotonic()
+            elif self.unplaceable:
+                log.info("ray_actors_placeable", nodes=ev.nodes)
+            self.unplaceable = ev.problem
+            return []
         if isinstance(ev, ActorAdded):
             self.actors[ev.slot] = _Mirror(ev.slot, ev.node, time.monotonic())
             log.info("ray_actor_added", slot=ev.slot, node=ev.node)
@@ -827,6 +896,7 @@ class RayExecutor:
         return events
 
     def _unreachable(self, why: str) -> None:
+        self.unplaceable = ""  # the next bridge reports placement afresh
         self.actors.clear()
         self._close_bridge()
         self.failures += 1
