@@ -8,13 +8,12 @@ never opened, and fail), and their control characters are written out
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import config, live, runs
+from ocr_inbox import config, jsonout, live, runs
 from ocr_inbox.errors import ExitCode
 from ocr_inbox.ledger import Ledger, reports
 from ocr_inbox.logs import printable
@@ -68,7 +67,7 @@ def collect(settings: config.Settings, failures_limit: int = 50) -> dict[str, An
 def show(settings: config.Settings, as_json: bool = False) -> int:
     data = collect(settings)
     if as_json:
-        print(json.dumps(data, ensure_ascii=False, indent=1))
+        jsonout.emit(data)
         return ExitCode.ok
     from rich.console import Console
     from rich.table import Table
