@@ -82,11 +82,13 @@ def _problem(root: str, path: str, bits: str, user: str, group: str) -> Problem:
     what = {"x": "enter (x) the folder", "rx": "list and enter (r-x) the folder", "r": "read (r) the file"}[bits]
     missing = f"{user} may not {what} {shown} ({stat.filemode(st.st_mode)} {owner}:{owner_group})"
     q = shlex.quote(path)
-    chmod = f"chmod g+{bits} {q}"
-    fix = chmod if owner_group == group else f"chgrp {shlex.quote(group)} {q} && {chmod}"
-    others = "o+" + bits
-    fix += f" (or chmod {others}); check with: ocr-inbox doctor --user {user}"
-    return Problem(missing, fix)
+    if st.st_uid == os.geteuid():  # its own file, closed to itself (chmod 0)
+        fix = f"chmod u+{bits} {q}"
+    else:
+        chmod = f"chmod g+{bits} {q}"
+        fix = chmod if owner_group == group else f"chgrp {shlex.quote(group)} {q} && {chmod}"
+        fix += f" (or chmod o+{bits})"
+    return Problem(missing, f"{fix}; check with: ocr-inbox doctor --user {user}")
 
 
 @dataclass
