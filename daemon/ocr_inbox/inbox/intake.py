@@ -304,6 +304,13 @@ class Intake:
             self._refuse(item)
             return
         self._readable(item.rel)
+        if self.blocked:
+            # a file found below a folder held as closed: it was opened up (seen by a
+            # poller's listing, or a walk from above)
+            parts = item.rel.split("/")[:-1]
+            for i in range(len(parts) + 1):
+                if "/".join(parts[:i]) in self.blocked:
+                    self._readable("/".join(parts[:i]))
         self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic())
 
     def report(self) -> dict[str, object]:
