@@ -139,3 +139,34 @@ def test_watcher_passes_over_closed_folders_and_watches_one_once_open(tmp_path: 
     assert out.get("kind") == "inotify" and out["healthy"], (out, err)
     assert "early" in out["attrib"] and "early/new.png" in out["seen"]
     assert out["early_watched"] and not out["late_watched"]
+
+
+def test_intake_counts_other_files_by_type_and_forgets_them_when_they_go(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from ocr_inbox.config import WatchSettings
+    from ocr_inbox.inbox.intake import Intake
+    from ocr_inbox.ledger import Ledger
+
+    inbox = tmp_path / "inbox"
+    (inbox / "a" / "b").mkdir(parents=True)
+    (inbox / "a" / "b" / "notes.txt").write_text("x")
+    (inbox / "a" / "letter.docx").write_text("x")
+    (inbox / "scan.pdf").write_text("x")
+    (inbox / "README").write_text("x")
+    with Ledger.open(tmp_path / "state") as ledger, capture_logs() as logs:
+        intake = Intake(inbox, tmp_path / "outbox", ledger, WatchSettings(), watch=False)
+        intake.full_scan()
+        intake.full_scan()  # seen again: said once
+        said = sorted(e["path"] for e in logs if e["event"] == "file_skipped")
+        assert said == ["README", "a/b/notes.txt", "a/letter.docx", "scan.pdf"]
+        got = intake.report()["skipped"]
+        assert got["count"] == 4 and got["by_type"] == {"(none)": 1, ".docx": 1, ".pdf": 1, ".txt": 1}  # type: ignore[index]
+        for p in (inbox / "a" / "b" / "notes.txt", inbox / "a" / "letter.docx"):
+            p.unlink()
+        (inbox / "a" / "b").rmdir()
+        intake.track("a/b")  # the folder's deletion, then one file's
+        intake.track("a/letter.docx")
+        got = intake.report()["skipped"]
+        assert got["count"] == 2 and got["by_type"] == {"(none)": 1, ".pdf": 1}  # type: ignore[index]
+        assert intake.skipped.keys() == {"README", "scan.pdf"}

@@ -69,6 +69,8 @@ class Intake:
         #: files of a type we do not take (rel -> suffix), each reported once, and their count by type
         self.skipped: dict[str, str] = {}
         self._skipped_by_type: collections.Counter[str] = collections.Counter()
+        #: skipped files below each folder: a file deleted (no entry) costs no walk of ``skipped``
+        self._skipped_under: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -276,20 +278,28 @@ class Intake:
             return
         self.skipped[item.rel] = item.suffix
         self._skipped_by_type[item.suffix or "(none)"] += 1
+        self._skipped_under.update(_folders_above(item.rel))
         log.info("file_skipped", path=item.rel, type=item.suffix or "(none)", accepted=scan.accepted_types())
 
     def _unskip(self, rel: str) -> None:
         suffix = self.skipped.pop(rel, None)
-        if suffix is not None:
-            self._skipped_by_type[suffix or "(none)"] -= 1
-            if not self._skipped_by_type[suffix or "(none)"]:
-                del self._skipped_by_type[suffix or "(none)"]
+        if suffix is None:
+            return
+        self._skipped_by_type.subtract([suffix or "(none)"])
+        self._skipped_under.subtract(_folders_above(rel))
+        # (Counter.subtract keeps zeros: drop them, the maps stay as small as what is skipped)
+        for counter, keys in ((self._skipped_by_type, [suffix or "(none)"]), (self._skipped_under, _folders_above(rel))):
+            for k in keys:
+                if counter[k] <= 0:
+                    del counter[k]
 
     def _forget_skipped(self, rel: str) -> None:
+        """``rel`` left the inbox: a skipped file, or a folder holding some."""
         self._unskip(rel)
-        prefix = rel + "/"
-        for r in [r for r in self.skipped if r.startswith(prefix)]:
-            self._unskip(r)
+        if self._skipped_under.get(rel):
+            prefix = rel + "/"
+            for r in [r for r in self.skipped if r.startswith(prefix)]:
+                self._unskip(r)
 
     def _take(self, item: scan.Candidate | scan.Refused | scan.Skipped | scan.Unlistable) -> None:
         """A path the scanner classified: refuse it, report it, or follow it until it settles."""
@@ -368,3 +378,9 @@ class Intake:
                 adopted += 1
                 self.recorder.image_adopted()
         log.debug("files_settled", count=len(ready), adopted=adopted)
+
+
+def _folders_above(rel: str) -> list[str]:
+    """The folders ``rel`` is in, below the inbox: "a/b/c.txt" -> ["a", "a/b"]."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
