@@ -265,6 +265,8 @@ class Intake:
             elif entry.kind == "folder":
                 if diagnose(self.root, rel, folder=True) is None:
                     self._readable(rel)
+                    if self.watcher is not None:
+                        self.watcher.watch_again(rel)  # (done already if an event brought us here)
                     self._walk(rel)
                 else:
                     self.blocked.tried(rel, now_m)

@@ -287,6 +287,19 @@ class InboxWatcher:
             attrib, self._attrib = self._attrib, set()
         return attrib
 
+    def watch_again(self, rel: str) -> None:
+        """Intake found the folder ``rel`` readable without an attribute event (NFS, or a
+        change inotify missed): give it, and what is below it, inotify watches now, before
+        intake walks it. Polling needs nothing: its next listing sees the folder's content."""
+        obs = self._observer
+        if not isinstance(obs, _BoundedInotifyObserver):
+            return
+        path = os.fsencode(os.path.join(self.root, rel))
+        for emitter in list(obs.emitters):
+            group = getattr(emitter, "_inotify", None)
+            if isinstance(group, _BoundedWatchGroup):
+                group.watch_again(path)
+
     def _fall_back_at_runtime(self) -> None:
         reason, self._incomplete = self._incomplete, None
         if self._mode != "auto":
@@ -508,11 +521,16 @@ class _BoundedWatchGroup(InotifyWatchGroup):
         # queued, so nothing created in it from here on is missed by intake's walk.
         if event.is_attrib and (event.is_directory or not event.name):
             with self._lock:
-                if self.is_active and self.is_recursive:
-                    path = self._build_event_source_path(event)
-                    if path is not None and self._needs_watches(path):
-                        self._add_all_callbacks(path)
+                path = self._build_event_source_path(event) if self.is_active else None
+            if path is not None:
+                self.watch_again(path)
         super().on_event(event)
+
+    def watch_again(self, path: bytes) -> None:
+        """Watch ``path`` and the folders below it that have no watch yet (readable now)."""
+        with self._lock:
+            if self.is_active and self.is_recursive and self._needs_watches(path):
+                self._add_all_callbacks(path)
 
     def _needs_watches(self, path: bytes) -> bool:
         """``path`` (a folder within the depth) or one of its sub-folders has no watch."""
