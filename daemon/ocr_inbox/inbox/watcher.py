@@ -359,7 +359,14 @@ class InboxWatcher:
         if watched is None or ino in watched or not os.path.isdir(path) or os.path.islink(path):
             return
         if not os.access(path, os.R_OK | os.X_OK):
-            return  # unreadable: not a watch problem, and its files are refused anyway
+            return  # unreadable: not a watch problem; intake waits for it to open up
+        if rel is not None:
+            # closed when its watch was tried, open now (cp -a opens it within milliseconds,
+            # its attribute event may not be handled yet): try once more before blaming the limit
+            self.watch_again(rel)
+            watched = _watched_inodes()
+            if watched is None or ino in watched:
+                return
         self._incomplete = (
             f"inotify watch limit reached: the new folder {self.relative(path) or path} could not be watched "
             f"(fs.inotify.max_user_watches = {_max_user_watches()})"
