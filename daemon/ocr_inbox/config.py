@@ -241,6 +241,10 @@ class WatchSettings(_Section):
     settle_seconds: float = Field(default=3.0, ge=0)
     #: full rescan of the inbox so no file is missed (0 = only at start-up)
     rescan_interval_s: float = Field(default=300.0, ge=0)
+    #: a folder or file the service user may not read yet is looked at again when its
+    #: permissions change (inotify) and on a backoff from 1 s up to this, for file systems
+    #: where inotify does not see the change (NFS); 0 = only on those events and rescans
+    unreadable_retry_s: float = Field(default=60.0, ge=0)
     #: glob patterns matched against each path component, added to the defaults
     ignore: list[str] = []
     #: replace the default ignore patterns instead of extending them

@@ -74,6 +74,8 @@ class Daemon:
         self.next_watchdog = self.next_status = self.next_purge = 0.0
         self.last_status = ""
         self.last_live: object = None
+        #: what intake did not take (``Intake.report``), for status
+        self.inbox_report: dict[str, object] = {}
         #: recorded always, served only with [metrics] listen (``serving``)
         self.metrics = metrics.Metrics()
         self.metrics_address = ""
@@ -228,6 +230,7 @@ class Daemon:
         if text != self.last_status:
             notify.status(text)
             self.last_status = text
+        self.inbox_report = st.intake.report()
         self._live(st.executor, why or "")
         if self.metrics_address:
             d = st.dispatch
@@ -237,7 +240,7 @@ class Daemon:
 
     def _live(self, executor: Executor, paused: str) -> None:
         """``status``'s view of the workers (per node), rewritten only when it changed."""
-        view = (executor.workers_view(), executor.status_note(), paused)
+        view = (executor.workers_view(), executor.status_note(), paused, self.inbox_report, self.s.pdf.quiet_seconds)
         self.metrics.workers(view[0])
         if view == self.last_live:
             return

@@ -1,5 +1,6 @@
 """The running daemon's live view, for ``ocr-inbox status``: its workers per node, and why
-dispatch is paused.
+dispatch is paused, and what intake did not take (folders and files it may not read yet,
+files of other types).
 
 The ledger says what was done; only the daemon's memory knows which workers (processes,
 or Ray actors on which nodes) exist now. The daemon writes
@@ -24,7 +25,12 @@ from ocr_inbox.ledger import in_use
 LIVE_NAME = "live.json"
 
 
-def write(state_dir: Path, executor: str, workers: list[WorkerView], note: str, paused: str) -> None:
+def write(
+    state_dir: Path, executor: str, workers: list[WorkerView], note: str, paused: str,
+    inbox: dict[str, Any] | None = None, quiet_seconds: float | None = None,
+) -> None:
+    """``inbox``: what intake did not take (``Intake.report``: unreadable paths, skipped
+    files); ``quiet_seconds``: the running ``[pdf] quiet_seconds``, for "PDF in N s"."""
     view = {
         "pid": os.getpid(),
         "written_at": time.time(),
@@ -32,6 +38,8 @@ def write(state_dir: Path, executor: str, workers: list[WorkerView], note: str, 
         "note": note,
         "paused": paused,
         "workers": [w.as_dict() for w in workers],
+        "inbox": inbox or {},
+        "quiet_seconds": quiet_seconds,
     }
     # Replaced whole (a reader never sees half a file), through one fixed temp name: a kill
     # leaves at most that one file, overwritten by the next write. No fsync: it is a view
@@ -49,7 +57,7 @@ def read(state_dir: Path) -> dict[str, Any]:
         view = json.loads((state_dir / LIVE_NAME).read_text(encoding="utf-8"))
     view["running"] = in_use(state_dir)  # the state dir's lock
     if not view["running"]:
-        view.update(workers=[], note="", paused="")
+        view.update(workers=[], note="", paused="", inbox={})
     return view
 
 
