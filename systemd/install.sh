@@ -62,6 +62,8 @@ trap 'rm -rf "$build"' EXIT
 tar -C "$src" --exclude=./.git --exclude=./.venv --exclude=./.models --exclude=./.cache \
     --exclude=./state --exclude=./inbox --exclude=./outbox --exclude=./build -cf - . | tar -C "$build" -xf -
 "${pip[@]}" "$build"
+# the same version number again (an upgrade from a newer checkout): replace the program itself
+"${pip[@]}" --force-reinstall --no-deps "$build"
 # the unit's Documentation= points here
 rm -rf "$prefix/docs" && cp -r docs "$prefix/docs" && chmod -R a+rX "$prefix/docs"
 

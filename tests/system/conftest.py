@@ -37,17 +37,6 @@ TIMINGS: dict[str, float] = {}
 TIMINGS_NOTE: list[str] = []
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.system)
-            item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.corpus)
-            # the first test also waits for the wheels (built once), the boot and the install
-            item.add_marker(pytest.mark.timeout(1800))
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if TIMINGS:
         terminalreporter.write_line(
@@ -123,9 +112,6 @@ class Service:
         """``ocr-inbox ARGS`` as the operator types it (docs/OPERATIONS.md)."""
         return self.m.sh(AS_OPERATOR.format(args), check=check)
 
-    def main_pid(self) -> int:
-        return int(self.m.sh("systemctl show -p MainPID --value ocr-inbox").stdout)
-
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
@@ -164,7 +150,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     finally:
         if m.init:  # the whole journal, for a look after a failure
             log = m.sh("journalctl -b -o short-precise --no-pager", check=False).stdout
-            (work / "journal.txt").write_text(log)
-            TIMINGS_NOTE.append(f"journal: {work / 'journal.txt'}")
+            keep = REPO / ".cache" / "system-tests" / "journal.txt"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_text(log)
+            TIMINGS_NOTE.append(f"journal: {keep}")
         m.poweroff()
         TIMINGS["total"] = time.monotonic() - t_start
