@@ -70,6 +70,10 @@ class Machine:
         (etc / "fstab").write_text("")
         for p in ("pip.conf", "xdg/pip"):
             shutil.rmtree(etc / p, ignore_errors=True) if (etc / p).is_dir() else (etc / p).unlink(missing_ok=True)
+        # no network in here (--private-network): waiting for it would hold the boot for minutes
+        for unit in ("systemd-networkd-wait-online.service", "NetworkManager-wait-online.service"):
+            (etc / "systemd/system" / unit).unlink(missing_ok=True)
+            (etc / "systemd/system" / unit).symlink_to("/dev/null")
         cmd = [
             "systemd-nspawn", "-D", "/", "--volatile=yes", f"--bind={etc}:/etc", f"--machine={self.name}",
             # the host's PID 1 need not be systemd: no machined to register with, no scope to create
