@@ -914,6 +914,8 @@ def _lock_state_dir(state_dir: Path) -> int:
 def _check_files(state_dir: Path) -> bool:
     """The ledger and its -wal/-shm are regular files of the state dir's owner (SQLite opens
     them by name, following links: refuse one first). Returns whether the ledger exists."""
+    if not state_dir.is_dir():
+        return False
     for suffix in ("-wal", "-shm"):
         statedir.check_file(state_dir, DB_NAME + suffix)
     return statedir.check_file(state_dir, DB_NAME)
