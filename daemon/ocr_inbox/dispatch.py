@@ -424,7 +424,7 @@ def retry_failed(state_dir: Path, reasons: list[str], paths: list[str]) -> tuple
     daemon applies. Returns (images queued, None if the daemon did not answer in time;
     whether the daemon did it)."""
     if not in_use(state_dir):
-        if not statedir.check_file(state_dir, DB_NAME):
+        if not state_dir.is_dir() or not statedir.check_file(state_dir, DB_NAME):
             raise StateError(f"no ledger in {state_dir}: nothing has failed there (is it the daemon's state_dir?)")
         try:
             with Ledger.open(state_dir) as ledger:
