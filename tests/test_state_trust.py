@@ -324,3 +324,46 @@ def test_retry_says_how_many_it_queued_directly(var: Path) -> None:
     res = ocr_inbox(state, "retry", "--reason", "corrupt")
     assert res.returncode == 0 and "queued 1 failed image(s) again" in res.stdout, res.stderr
     assert owners(state) == {OWNER}
+
+
+# -- the real daemon: retries through it, of any size (2 and 3 end to end) -------------------
+# (as root: a daemon started as another uid here needs an interpreter that uid may run; the
+# uid side of the request channel is covered by the stand-in above)
+
+
+@pytest.mark.slow
+def test_the_real_daemon_applies_each_retry_once_whatever_its_size(tmp_path: Path, models_dir: Path) -> None:
+    from daemon_harness import Daemon, json_files, toml_config
+    from imagemaker import plain
+
+    cfg = toml_config({
+        "watch": {"settle_seconds": 0.3, "rescan_interval_s": 2},
+        "pdf": {"enabled": False},
+        "ocr": {"engine_plugin": "fake_engine:create", "workers_per_device": 1},
+    }, {})
+    d = Daemon(tmp_path, models_dir, cfg).start()
+    d.ready()
+    (d.inbox / "a").mkdir()
+    (d.inbox / "a" / "poison.png").write_bytes(b"not an image at all")
+    d.until(lambda: {f["rel"] for f in d.status()["failures"]} == {"a/poison.png"}, "the poison image quarantined")
+
+    def retry(*args: str) -> str:
+        res = ocr_inbox(d.state, "retry", "--config", str(d.config_path), "--inbox", str(d.inbox), *args)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    def failures_of_poison() -> int:
+        return sum(e.get("path") == "a/poison.png" for e in d.events("image_quarantined") + d.events("image_failed"))
+
+    first = failures_of_poison()
+    assert "the running daemon queued 1 failed image(s) again" in retry("a")
+    d.until(lambda: failures_of_poison() == first + 1, "the poison image failed again after the retry")
+    # thousands of paths (a shell glob): applied like any other, and the loop goes on
+    many = [f"a/{i:05}.png" for i in range(3000)]
+    assert "the running daemon queued 1 failed image(s) again" in retry(*many, "a/poison.png")
+    plain(d.inbox / "b" / "after.png")
+    d.until(lambda: "b/after.png" in json_files(d.outbox), "an image dropped after the big retry is done")
+    d.until(lambda: failures_of_poison() == first + 2, "the poison image failed once more")
+    assert [e["images"] for e in d.events("retry_applied")] == ["1", "1"]  # each request once, never again
+    assert [p.name for p in (d.state / "requests").iterdir()] == []
+    assert d.stop() == 0
