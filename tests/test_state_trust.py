@@ -263,7 +263,7 @@ def test_the_wal_shrinks_back_once_a_long_reader_lets_go(tmp_path: Path) -> None
 
 def test_gone_images_are_forgotten_after_the_retention(tmp_path: Path) -> None:
     s = config.Settings()
-    assert s.ledger.gone_retention_days == 30 and s.ledger.max_gone_images == 100_000
+    assert s.ledger.gone_retention_days == 30 and s.ledger.max_gone_images == 20_000
     deep = "/".join(["d" * 200] * 10)
     with Ledger.open(tmp_path) as ledger:
         for i in range(500):

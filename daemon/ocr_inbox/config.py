@@ -294,7 +294,7 @@ class LedgerSettings(_Section):
     #: comes back later is queued as new; a JSON of the same version in the outbox is adopted)
     gone_retention_days: float = Field(default=30.0, ge=0)
     #: and at most this many gone images are remembered (the oldest are forgotten first)
-    max_gone_images: int = Field(default=100_000, ge=0)
+    max_gone_images: int = Field(default=20_000, ge=0)
 
 
 class ExecutorSettings(_Section):
