@@ -280,6 +280,26 @@ def test_gone_images_are_forgotten_after_the_retention(tmp_path: Path) -> None:
         assert ledger.observe("recent/p.png", 10, 1, 200.0).queued  # it came back: queued as new
 
 
+@pytest.mark.slow
+def test_the_daemon_forgets_long_gone_images_at_start(tmp_path: Path, models_dir: Path) -> None:
+    from daemon_harness import Daemon, toml_config
+
+    deep = "/".join(["d" * 200] * 10)
+    with Ledger.open(tmp_path / "state") as ledger:  # a year-old ledger of names created and deleted
+        for i in range(300):
+            ledger.observe(f"{deep}/{i:04}-{'n' * 200}.png", 10, 1, 1.0)
+            ledger.gone(f"{deep}/{i:04}-{'n' * 200}.png", 2.0)
+    cfg = toml_config({"pdf": {"enabled": False}, "ocr": {"engine_plugin": "fake_engine:create", "workers_per_device": 1}}, {})
+    d = Daemon(tmp_path, models_dir, cfg).start()
+    d.ready()
+    d.until(lambda: d.events("ledger_pruned"), "the ledger pruned")
+    assert d.events("ledger_pruned")[0]["gone_images"] == "300"
+    assert d.stop() == 0
+    with Ledger.open_readonly(tmp_path / "state") as ledger:
+        assert ledger.connection.execute("SELECT count(*) FROM images").fetchone()[0] == 0
+        assert ledger.connection.execute("SELECT count(*) FROM folders").fetchone()[0] == 0
+
+
 # -- 8: root's reads follow links too --------------------------------------------------------
 
 

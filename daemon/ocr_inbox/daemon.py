@@ -249,7 +249,7 @@ class Daemon:
             return
         try:
             live.write(self.s.paths.state_dir, self.s.executor.kind, *view)
-        except OSError as exc:  # a full state disk: status shows less, the work goes on
+        except (OSError, OcrInboxError) as exc:  # a full state disk, or a file in live.json's way: status shows less, the work goes on
             log.warning("live_view_not_written", error=str(exc))
             return
         self.last_live = view

@@ -303,9 +303,10 @@ class Dispatch:
                         _drop_stale_answer(d, name)
         except (OSError, StateError) as exc:
             if not self._requests_warned:
-                log.warning("retry_requests_unreadable", error=str(exc),
-                            fix="restart the daemon: it makes STATE_DIR/requests/ again")
+                log.warning("retry_requests_unreadable", error=str(exc), note="making STATE_DIR/requests/ again")
                 self._requests_warned = True
+            with contextlib.suppress(OSError, StateError):
+                prepare_requests(state_dir)
         return total
 
     def _take_request(self, d: int, name: str, where: Path) -> int:
