@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ir = _command(
         isub, "rebuild", "rebuild the search index from the outbox JSON",
         "Reads the JSON of every done image and swaps the new index in at once (interrupted, the old "
-        "one stays). Needs the daemon stopped: it is the ledger's one writer.",
+        "one stays). Needs the daemon stopped: it is the ledger's one writer. Run by root, it acts as the "
+        "state directory's owner (the service user); another user is refused.",
         ["systemctl stop ocr-inbox && ocr-inbox index rebuild && systemctl start ocr-inbox",
          "ocr-inbox index rebuild --outbox ./out"],
     )
