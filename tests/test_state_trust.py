@@ -57,6 +57,8 @@ STAND_IN = textwrap.dedent("""
     print("ready", flush=True)
     if sys.argv[2:] == ["once"]:
         sys.exit(0)
+    if sys.argv[2:] == ["hold"]:  # only holds the ledger (the lock): applies nothing
+        sys.stdin.read()
     while True:
         n = d.take_requests()
         if n:
@@ -92,17 +94,23 @@ def made_by_owner(var: Path) -> Path:
     return state
 
 
-@pytest.fixture
-def daemon(var: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
-    """The daemon stand-in running as OWNER on var/state."""
-    state = var / "state"
+def stand_in(state: Path, *mode: str) -> subprocess.Popen[str]:
+    """The daemon stand-in running as OWNER on ``state``, once it is ready."""
     p = subprocess.Popen(
-        ["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups", sys.executable, "-c", STAND_IN, str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+        ["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups", sys.executable, "-c", STAND_IN,
+         str(state), *mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
     )
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
-    yield state, p
+    return p
+
+
+@pytest.fixture
+def daemon(var: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """The daemon stand-in running as OWNER on var/state, applying requests."""
+    p = stand_in(var / "state")
+    yield var / "state", p
     p.kill()
     p.communicate()
 
@@ -162,14 +170,17 @@ def test_root_retry_against_the_running_daemon_is_applied_once(daemon: tuple[Pat
     assert [p.name for p in requests.iterdir() if p.name.endswith(".json")] == []
 
 
-def test_root_retry_never_writes_through_a_link_at_requests(daemon: tuple[Path, subprocess.Popen[str]], var: Path) -> None:
-    state, _ = daemon
+def test_root_retry_never_writes_through_a_link_at_requests(var: Path) -> None:
+    state = var / "state"
+    holder = stand_in(state, "hold")  # the daemon runs: root's retry would write a request
     elsewhere = var.parent / "etc-cron.d"
     elsewhere.mkdir()
     shutil.rmtree(state / "requests", ignore_errors=True)
     (state / "requests").symlink_to(elsewhere)
     os.lchown(state / "requests", OWNER, OWNER)
     res = ocr_inbox(state, "retry", timeout=60)
+    holder.kill()
+    holder.communicate()
     assert list(elsewhere.iterdir()) == []
     assert res.returncode != 0 and "requests" in res.stderr
 
