@@ -72,7 +72,7 @@ install -D -m 0644 systemd/ocr-inbox.sysusers /etc/sysusers.d/ocr-inbox.conf
 systemd-sysusers ocr-inbox.conf
 install -D -m 0644 systemd/ocr-inbox.tmpfiles /etc/tmpfiles.d/ocr-inbox.conf
 systemd-tmpfiles --create ocr-inbox.conf
-install -d -o ocr-inbox -g ocr-inbox -m 0750 /var/lib/ocr-inbox
+install -d -o ocr-inbox -g ocr-inbox -m 0700 /var/lib/ocr-inbox
 
 step "3. configuration and environment (kept if already there)"
 for f in configs/ocr-inbox.toml systemd/ocr-inbox.env; do

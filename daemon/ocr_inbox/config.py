@@ -293,6 +293,14 @@ class InboxSettings(_Section):
     delete_processed: bool = False
 
 
+class LedgerSettings(_Section):
+    #: images gone from the inbox are forgotten this many days after they left (a file that
+    #: comes back later is queued as new; a JSON of the same version in the outbox is adopted)
+    gone_retention_days: float = Field(default=30.0, ge=0)
+    #: and at most this many gone images are remembered (the oldest are forgotten first)
+    max_gone_images: int = Field(default=20_000, ge=0)
+
+
 class ExecutorSettings(_Section):
     #: "local": worker processes on this machine ([ocr] devices); "ray": Ray actors on a cluster
     kind: Literal["local", "ray"] = "local"
@@ -373,6 +381,7 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
     inbox: InboxSettings = InboxSettings()
+    ledger: LedgerSettings = LedgerSettings()
     executor: ExecutorSettings = ExecutorSettings()
     metrics: MetricsSettings = MetricsSettings()
 

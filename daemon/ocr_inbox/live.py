@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ocr_inbox import statedir
 from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.ledger import in_use
 
@@ -44,17 +45,18 @@ def write(
     # Replaced whole (a reader never sees half a file), through one fixed temp name: a kill
     # leaves at most that one file, overwritten by the next write. No fsync: it is a view
     # of memory, rewritten within seconds, and worthless after a crash anyway.
-    tmp = state_dir / f".{LIVE_NAME}.tmp"
-    tmp.write_text(json.dumps(view, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, state_dir / LIVE_NAME)
+    with statedir.directory(state_dir) as d:
+        statedir.write_replace(d, LIVE_NAME, json.dumps(view, ensure_ascii=False).encode(), state_dir)
 
 
 def read(state_dir: Path) -> dict[str, Any]:
     """The last view the daemon wrote, with ``running``; a daemon that is not running has no
-    workers, whatever a killed one left in the file."""
+    workers, whatever a killed one left in the file. Read like every file of the state dir
+    (``statedir``): a link or another user's file there is refused (StateError)."""
     view: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        view = json.loads((state_dir / LIVE_NAME).read_text(encoding="utf-8"))
+    if state_dir.is_dir():
+        with contextlib.suppress(OSError, ValueError):
+            view = json.loads(statedir.read_bytes(state_dir, LIVE_NAME))
     view["running"] = in_use(state_dir)  # the state dir's lock
     if not view["running"]:
         view.update(workers=[], note="", paused="", inbox={})
