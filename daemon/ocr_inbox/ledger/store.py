@@ -95,10 +95,6 @@ CREATE INDEX images_by_folder ON images (folder, status);
 CREATE INDEX images_by_done_at ON images (done_at) WHERE done_at IS NOT NULL;
 """
 
-#: the images ``gone`` takes: all but those gone already and done ones whose source
-#: ``delete_processed`` deleted (their pages live on in the folder's PDF)
-_LEAVES = "(status IN ('pending', 'running', 'failed') OR (status = 'done' AND source_deleted = 0))"
-
 #: user_version -> statements that bring the schema from that version to the next
 _MIGRATIONS: dict[int, str] = {
     0: _SCHEMA,
@@ -138,6 +134,30 @@ class ImageStatus(enum.StrEnum):
     done = "done"
     failed = "failed"
     gone = "gone"
+
+
+#: The one rule of what leaves the inbox: the statuses an image becomes gone from when its
+#: file is no longer there, whoever notices (the watcher's event, a rescan, the start-up
+#: scan). Every status but gone itself: a quarantined (failed) file that was deleted is
+#: gone, not a failure left for ever in ``status``. The one exception is a flag, not a
+#: status: a done image whose source ``delete_processed`` deleted stays done (its page
+#: lives on in the folder's PDF). ``leaves`` is this rule in Python, ``_LEAVES`` in SQL.
+CAN_GO: frozenset[ImageStatus] = frozenset(s for s in ImageStatus if s is not ImageStatus.gone)
+
+
+def leaves(status: ImageStatus, source_deleted: bool) -> bool:
+    """Whether an image in ``status`` becomes gone when its file is not in the inbox."""
+    return status in CAN_GO and not (status is ImageStatus.done and source_deleted)
+
+
+def _sql_in(statuses: Iterable[ImageStatus]) -> str:
+    """``'a', 'b'`` for ``status IN (...)``, in the enum's order (the values are fixed names)."""
+    wanted = set(statuses)
+    return ", ".join(f"'{s.value}'" for s in ImageStatus if s in wanted)
+
+
+#: ``leaves`` as a condition on a row of ``images`` (what ``gone`` and ``gone_tree`` take)
+_LEAVES = f"(status IN ({_sql_in(CAN_GO)}) AND NOT (status = '{ImageStatus.done.value}' AND source_deleted != 0))"
 
 
 class PdfState(enum.StrEnum):
@@ -209,6 +229,11 @@ class Known(NamedTuple):
     status: ImageStatus
     #: deleted by ``delete_processed`` (stays done when the scan misses it)
     source_deleted: bool = False
+
+    @property
+    def leaves(self) -> bool:
+        """Whether this image becomes gone if the scan does not find its file (``leaves``)."""
+        return leaves(self.status, self.source_deleted)
 
 
 def _image(row: tuple[Any, ...]) -> ImageRow:
