@@ -158,10 +158,8 @@ class Intake:
         hidden = tuple(r + "/" for r in unlistable if r) if "" not in unlistable else ("",)
         gone = 0
         for rel, row in known.items():
-            if rel not in seen and not rel.startswith(hidden) and (
-                row.status in (ImageStatus.pending, ImageStatus.running)
-                or (row.status == ImageStatus.done and not row.source_deleted)
-            ):
+            # the ledger's rule (``Known.leaves``): the same that ``gone`` applies to a watched delete
+            if rel not in seen and not rel.startswith(hidden) and row.leaves:
                 self.ledger.gone(rel, now)
                 gone += 1
         self._schedule_rescan()

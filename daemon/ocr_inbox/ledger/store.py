@@ -61,6 +61,38 @@ WAL_AUTOCHECKPOINT_PAGES = 1000
 #: size and mtime stored for a refused path (never equal to a real file's)
 NO_STAT = -1
 
+
+class ImageStatus(enum.StrEnum):
+    """Where an image is: queued, with a worker, finished, quarantined, or no longer in the inbox."""
+
+    pending = "pending"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    gone = "gone"
+
+
+class PdfState(enum.StrEnum):
+    """A folder's PDF: nothing to build, due once quiet, being built, published, or failed."""
+
+    none = "none"
+    needed = "needed"
+    building = "building"
+    done = "done"
+    failed = "failed"
+
+
+def _sql(*values: enum.StrEnum) -> str:
+    """Enum values as SQL literals: ``'a', 'b'`` (the values are fixed lowercase names)."""
+    return ", ".join(f"'{v.value}'" for v in values)
+
+
+#: The statuses as the SQL below spells them, from the enums: none is written by hand. (The
+#: schema's CHECKs are migration text, frozen as it was first written.)
+_PENDING, _RUNNING, _DONE = _sql(ImageStatus.pending), _sql(ImageStatus.running), _sql(ImageStatus.done)
+_FAILED, _GONE = _sql(ImageStatus.failed), _sql(ImageStatus.gone)
+_PDF_NEEDED, _PDF_BUILDING, _PDF_FAILED = _sql(PdfState.needed), _sql(PdfState.building), _sql(PdfState.failed)
+
 _SCHEMA = """
 CREATE TABLE folders (
     folder        TEXT PRIMARY KEY,
@@ -95,10 +127,6 @@ CREATE INDEX images_by_folder ON images (folder, status);
 CREATE INDEX images_by_done_at ON images (done_at) WHERE done_at IS NOT NULL;
 """
 
-#: the images ``gone`` takes: all but those gone already and done ones whose source
-#: ``delete_processed`` deleted (their pages live on in the folder's PDF)
-_LEAVES = "(status IN ('pending', 'running', 'failed') OR (status = 'done' AND source_deleted = 0))"
-
 #: user_version -> statements that bring the schema from that version to the next
 _MIGRATIONS: dict[int, str] = {
     0: _SCHEMA,
@@ -119,35 +147,36 @@ _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_
 #: images_by_status per such folder, so the cost follows the queue, not the
 #: history (a ledger keeps every folder ever seen; probing each of them on every
 #: claim grew with the months).
-_PENDING_FOLDERS = """
+_PENDING_FOLDERS = f"""
 WITH RECURSIVE pf (folder) AS (
-    SELECT (SELECT min(folder) FROM images WHERE status = 'pending')
+    SELECT (SELECT min(folder) FROM images WHERE status = {_PENDING})
     UNION ALL
-    SELECT (SELECT min(folder) FROM images WHERE status = 'pending' AND folder > pf.folder)
+    SELECT (SELECT min(folder) FROM images WHERE status = {_PENDING} AND folder > pf.folder)
     FROM pf WHERE pf.folder IS NOT NULL
 )
 SELECT f.folder FROM pf JOIN folders f ON f.folder = pf.folder ORDER BY f.first_seen, f.folder
 """
 
 
-class ImageStatus(enum.StrEnum):
-    """Where an image is: queued, with a worker, finished, quarantined, or no longer in the inbox."""
+#: The one rule of what leaves the inbox: the statuses an image becomes gone from when its
+#: file is no longer there, whoever notices (the watcher's event, a rescan, the start-up
+#: scan). Every status but gone itself: a quarantined (failed) file that was deleted is
+#: gone, not a failure left for ever in ``status``. The one exception is a flag, not a
+#: status: a done image whose source ``delete_processed`` deleted stays done (its page
+#: lives on in the folder's PDF). ``leaves`` is this rule in Python, ``_LEAVES`` in SQL.
+CAN_GO: frozenset[ImageStatus] = frozenset(s for s in ImageStatus if s is not ImageStatus.gone)
 
-    pending = "pending"
-    running = "running"
-    done = "done"
-    failed = "failed"
-    gone = "gone"
+
+def leaves(status: ImageStatus, source_deleted: bool) -> bool:
+    """Whether an image in ``status`` becomes gone when its file is not in the inbox."""
+    return status in CAN_GO and not (status is ImageStatus.done and source_deleted)
 
 
-class PdfState(enum.StrEnum):
-    """A folder's PDF: nothing to build, due once quiet, being built, published, or failed."""
-
-    none = "none"
-    needed = "needed"
-    building = "building"
-    done = "done"
-    failed = "failed"
+#: ``leaves`` as a condition on a row of ``images`` (what ``gone`` and ``gone_tree`` take)
+_LEAVES = (
+    f"(status IN ({_sql(*(s for s in ImageStatus if s in CAN_GO))})"
+    f" AND NOT (status = {_DONE} AND source_deleted != 0))"
+)
 
 
 class Observation(enum.Enum):
@@ -209,6 +238,11 @@ class Known(NamedTuple):
     status: ImageStatus
     #: deleted by ``delete_processed`` (stays done when the scan misses it)
     source_deleted: bool = False
+
+    @property
+    def leaves(self) -> bool:
+        """Whether this image becomes gone if the scan does not find its file (``leaves``)."""
+        return leaves(self.status, self.source_deleted)
 
 
 def _image(row: tuple[Any, ...]) -> ImageRow:
@@ -327,7 +361,7 @@ class Ledger:
         c.execute(
             "INSERT INTO folders (folder, first_seen, last_activity, pdf_state) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (folder) DO UPDATE SET last_activity = excluded.last_activity,"
-            "  pdf_state = CASE WHEN ? THEN 'needed' ELSE pdf_state END",
+            f"  pdf_state = CASE WHEN ? THEN {_PDF_NEEDED} ELSE pdf_state END",
             (folder, now, now, state, rearm),
         )
 
@@ -359,7 +393,7 @@ class Ledger:
             self._touch_folder(c, folder, now, rearm=True)
             c.execute(
                 "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, first_seen, updated)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                f" VALUES (?, ?, ?, ?, ?, {_PENDING}, ?, ?)",
                 (rel, folder, natural_key(rel.rsplit("/", 1)[-1]), size, mtime_ns, now, now),
             )
             return Observation.new
@@ -372,7 +406,7 @@ class Ledger:
         # The old version's text leaves the index now, not when the new one is done.
         index.drop(c, [rel])
         c.execute(
-            "UPDATE images SET size = ?, mtime_ns = ?, status = 'pending', attempts = 0, source_deleted = 0,"
+            f"UPDATE images SET size = ?, mtime_ns = ?, status = {_PENDING}, attempts = 0, source_deleted = 0,"
             " error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
             (size, mtime_ns, now, rel),
         )
@@ -389,17 +423,17 @@ class Ledger:
         folder = folder_of(rel)
         with self._tx() as c:
             row = c.execute("SELECT status, error_reason FROM images WHERE rel = ?", (rel,)).fetchone()
-            if row is not None and tuple(row) == ("failed", reason):
+            if row is not None and tuple(row) == (ImageStatus.failed, reason):
                 return False
-            was_done = row is not None and row[0] == "done"
+            was_done = row is not None and row[0] == ImageStatus.done
             self._touch_folder(c, folder, now, rearm=was_done)
             if was_done:
                 index.drop(c, [rel])
             c.execute(
                 "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, error_reason, error_detail,"
-                "  first_seen, updated) VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?, ?)"
+                f"  first_seen, updated) VALUES (?, ?, ?, ?, ?, {_FAILED}, ?, ?, ?, ?)"
                 " ON CONFLICT (rel) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
-                "  status = 'failed', error_reason = excluded.error_reason,"
+                f"  status = {_FAILED}, error_reason = excluded.error_reason,"
                 "  error_detail = excluded.error_detail, done_at = NULL, updated = excluded.updated",
                 (rel, folder, natural_key(rel.rsplit("/", 1)[-1]), NO_STAT, NO_STAT, reason, detail, now, now),
             )
@@ -415,7 +449,7 @@ class Ledger:
         that left. Returns whether anything changed.
         """
         with self._tx() as c:
-            cur = c.execute(f"UPDATE images SET status = 'gone', updated = ? WHERE rel = ? AND {_LEAVES}", (now, rel))
+            cur = c.execute(f"UPDATE images SET status = {_GONE}, updated = ? WHERE rel = ? AND {_LEAVES}", (now, rel))
             if cur.rowcount == 0:
                 return False
             index.drop(c, [rel])
@@ -431,7 +465,8 @@ class Ledger:
                 f"SELECT rel, folder FROM images WHERE {under} AND {_LEAVES}", (len(prefix), prefix)
             ).fetchall()
             n = c.execute(
-                f"UPDATE images SET status = 'gone', updated = ? WHERE {under} AND {_LEAVES}", (now, len(prefix), prefix)
+                f"UPDATE images SET status = {_GONE}, updated = ? WHERE {under} AND {_LEAVES}",
+                (now, len(prefix), prefix),
             ).rowcount
             index.drop(c, [rel for rel, _ in leaving])
             for folder in {f for _, f in leaving}:
@@ -454,7 +489,7 @@ class Ledger:
                     folder = self._queue[0]
                     want = limit - len(claimed)
                     rows = c.execute(
-                        f"SELECT {_IMAGE_COLUMNS} FROM images WHERE status = 'pending' AND folder = ?"
+                        f"SELECT {_IMAGE_COLUMNS} FROM images WHERE status = {_PENDING} AND folder = ?"
                         " ORDER BY natkey, rel LIMIT ?",
                         (folder, want),
                     ).fetchall()
@@ -463,7 +498,7 @@ class Ledger:
                         self._queue.pop(0)
                         self._queued.discard(folder)
                 c.executemany(
-                    "UPDATE images SET status = 'running', updated = ? WHERE rel = ?",
+                    f"UPDATE images SET status = {_RUNNING}, updated = ? WHERE rel = ?",
                     [(now, r.rel) for r in claimed],
                 )
         except BaseException:
@@ -483,9 +518,9 @@ class Ledger:
         """
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE images SET status = 'done', output = ?, elapsed_ms = ?, done_at = ?, updated = ?,"
+                f"UPDATE images SET status = {_DONE}, output = ?, elapsed_ms = ?, done_at = ?, updated = ?,"
                 " error_reason = NULL, error_detail = NULL"
-                " WHERE rel = ? AND status = 'running' AND size = ? AND mtime_ns = ?",
+                f" WHERE rel = ? AND status = {_RUNNING} AND size = ? AND mtime_ns = ?",
                 (output, elapsed_ms, now, now, rel, size, mtime_ns),
             )
             if cur.rowcount:
@@ -493,7 +528,7 @@ class Ledger:
                 return True
             self._requeued(folder_of(rel))
             c.execute(
-                "UPDATE images SET status = 'pending', updated = ? WHERE rel = ? AND status = 'running'",
+                f"UPDATE images SET status = {_PENDING}, updated = ? WHERE rel = ? AND status = {_RUNNING}",
                 (now, rel),
             )
             return False
@@ -502,7 +537,7 @@ class Ledger:
         """True when ``rel`` is with a worker and recorded with this size and mtime:
         a result for it may be written (``done`` would take it)."""
         row = self._conn.execute(
-            "SELECT 1 FROM images WHERE rel = ? AND status = 'running' AND size = ? AND mtime_ns = ?",
+            f"SELECT 1 FROM images WHERE rel = ? AND status = {_RUNNING} AND size = ? AND mtime_ns = ?",
             (rel, size, mtime_ns),
         ).fetchone()
         return row is not None
@@ -515,8 +550,8 @@ class Ledger:
         it was taken."""
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE images SET status = 'done', output = ?, done_at = ?, updated = ?"
-                " WHERE rel = ? AND status = 'pending' AND size = ? AND mtime_ns = ?",
+                f"UPDATE images SET status = {_DONE}, output = ?, done_at = ?, updated = ?"
+                f" WHERE rel = ? AND status = {_PENDING} AND size = ? AND mtime_ns = ?",
                 (output, now, now, rel, size, mtime_ns),
             )
             if cur.rowcount == 0:
@@ -531,8 +566,8 @@ class Ledger:
         with self._tx() as c:
             cur = c.execute(
                 "UPDATE images SET attempts = attempts + 1, status = ?, error_reason = ?,"
-                " error_detail = ?, updated = ? WHERE rel = ? AND status = 'running'",
-                ("pending" if retry else "failed", reason, detail, now, rel),
+                f" error_detail = ?, updated = ? WHERE rel = ? AND status = {_RUNNING}",
+                ((ImageStatus.pending if retry else ImageStatus.failed).value, reason, detail, now, rel),
             )
             return cur.rowcount > 0
 
@@ -561,8 +596,8 @@ class Ledger:
                 c.execute("DELETE FROM temp.retry_places")
                 c.executemany("INSERT INTO temp.retry_places (place) VALUES (?)", [(p,) for p in places])
             n = c.execute(
-                "UPDATE images SET status = 'pending', attempts = 0, updated = ?"
-                f" WHERE status = 'failed' AND size != ?{''.join(where)}",
+                f"UPDATE images SET status = {_PENDING}, attempts = 0, updated = ?"
+                f" WHERE status = {_FAILED} AND size != ?{''.join(where)}",
                 (now, NO_STAT, *wanted),
             ).rowcount
             if places:
@@ -578,15 +613,15 @@ class Ledger:
         adopted all the same (intake). Folders keep no state worth a row without images.
         """
         with self._tx() as c:
-            n = c.execute("DELETE FROM images WHERE status = 'gone' AND updated < ?", (before,)).rowcount
+            n = c.execute(f"DELETE FROM images WHERE status = {_GONE} AND updated < ?", (before,)).rowcount
             n += c.execute(
-                "DELETE FROM images WHERE rel IN (SELECT rel FROM images WHERE status = 'gone'"
+                f"DELETE FROM images WHERE rel IN (SELECT rel FROM images WHERE status = {_GONE}"
                 " ORDER BY updated DESC LIMIT -1 OFFSET ?)",
                 (keep_at_most,),
             ).rowcount
             if n:
                 c.execute(
-                    "DELETE FROM folders WHERE pdf_state != 'building'"
+                    f"DELETE FROM folders WHERE pdf_state != {_PDF_BUILDING}"
                     " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = folders.folder)"
                 )
         return n
@@ -604,7 +639,7 @@ class Ledger:
         """Queued images' attempts back to 0: the crashes counted were not theirs (a crash storm)."""
         with self._tx() as c:
             cur = c.executemany(
-                "UPDATE images SET attempts = 0, updated = ? WHERE rel = ? AND status = 'pending'",
+                f"UPDATE images SET attempts = 0, updated = ? WHERE rel = ? AND status = {_PENDING}",
                 [(now, rel) for rel in rels],
             )
             return cur.rowcount
@@ -614,7 +649,7 @@ class Ledger:
         self._requeued()
         with self._tx() as c:
             cur = c.executemany(
-                "UPDATE images SET status = 'pending', updated = ? WHERE rel = ? AND status = 'running'",
+                f"UPDATE images SET status = {_PENDING}, updated = ? WHERE rel = ? AND status = {_RUNNING}",
                 [(now, rel) for rel in rels],
             )
             return cur.rowcount
@@ -624,10 +659,10 @@ class Ledger:
         self._requeued()
         with self._tx() as c:
             images = c.execute(
-                "UPDATE images SET status = 'pending', updated = ? WHERE status = 'running'", (now,)
+                f"UPDATE images SET status = {_PENDING}, updated = ? WHERE status = {_RUNNING}", (now,)
             ).rowcount
             folders = c.execute(
-                "UPDATE folders SET pdf_state = 'needed' WHERE pdf_state = 'building'"
+                f"UPDATE folders SET pdf_state = {_PDF_NEEDED} WHERE pdf_state = {_PDF_BUILDING}"
             ).rowcount
         if images or folders:
             log.info("ledger_recovered", images=images, pdfs=folders)
@@ -636,14 +671,14 @@ class Ledger:
     def pending_count(self, at_most: int) -> int:
         """How many images are queued, counting no further than ``at_most`` (cheap on a long queue)."""
         row = self._conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM images WHERE status = 'pending' LIMIT ?)", (at_most,)
+            f"SELECT count(*) FROM (SELECT 1 FROM images WHERE status = {_PENDING} LIMIT ?)", (at_most,)
         ).fetchone()
         return int(row[0])
 
     def unfinished(self) -> int:
         """Images queued or with a worker."""
         row = self._conn.execute(
-            "SELECT count(*) FROM images WHERE status IN ('pending', 'running')"
+            f"SELECT count(*) FROM images WHERE status IN ({_PENDING}, {_RUNNING})"
         ).fetchone()
         return int(row[0])
 
@@ -682,10 +717,10 @@ class Ledger:
         image finished: OCR time does not delay the PDF.
         """
         rows = self._conn.execute(
-            f"SELECT {_FOLDER_COLUMNS} FROM folders f WHERE pdf_state = 'needed' AND last_activity <= ?"
+            f"SELECT {_FOLDER_COLUMNS} FROM folders f WHERE pdf_state = {_PDF_NEEDED} AND last_activity <= ?"
             " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder"
-            "  AND i.status IN ('pending', 'running'))"
-            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+            f"  AND i.status IN ({_PENDING}, {_RUNNING}))"
+            f" AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = {_DONE})"
             " ORDER BY first_seen, folder",
             (now - quiet_seconds,),
         ).fetchall()
@@ -695,17 +730,17 @@ class Ledger:
         """When the next folder that ``quiet_folders`` waits for (all its images finished)
         becomes quiet, as wall time; None when no folder waits for that."""
         row = self._conn.execute(
-            "SELECT min(last_activity) FROM folders f WHERE pdf_state = 'needed'"
+            f"SELECT min(last_activity) FROM folders f WHERE pdf_state = {_PDF_NEEDED}"
             " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder"
-            "  AND i.status IN ('pending', 'running'))"
-            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')",
+            f"  AND i.status IN ({_PENDING}, {_RUNNING}))"
+            f" AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = {_DONE})",
         ).fetchone()
         return None if row[0] is None else float(row[0]) + quiet_seconds
 
     def has_unfinished(self, folder: str) -> bool:
         """Some image of the folder is queued or with a worker."""
         row = self._conn.execute(
-            "SELECT 1 FROM images WHERE folder = ? AND status IN ('pending', 'running') LIMIT 1", (folder,)
+            f"SELECT 1 FROM images WHERE folder = ? AND status IN ({_PENDING}, {_RUNNING}) LIMIT 1", (folder,)
         ).fetchone()
         return row is not None
 
@@ -713,9 +748,9 @@ class Ledger:
         """Folders whose PDF is needed with a page done and images still queued or running,
         oldest first (the order ``claim`` OCRs them in)."""
         rows = self._conn.execute(
-            f"SELECT {_FOLDER_COLUMNS} FROM folders f WHERE pdf_state = 'needed'"
-            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status IN ('pending', 'running'))"
-            " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+            f"SELECT {_FOLDER_COLUMNS} FROM folders f WHERE pdf_state = {_PDF_NEEDED}"
+            f" AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status IN ({_PENDING}, {_RUNNING}))"
+            f" AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = {_DONE})"
             " ORDER BY first_seen, folder",
         ).fetchall()
         return [_folder(r) for r in rows]
@@ -724,8 +759,8 @@ class Ledger:
         """The folder's images that are or may become its PDF's new pages, in any status but
         gone (done images whose source was deleted are in the published PDF already)."""
         rows = self._conn.execute(
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status != 'gone'"
-            " AND NOT (status = 'done' AND source_deleted = 1) ORDER BY natkey, rel",
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder = ? AND status != {_GONE}"
+            f" AND NOT (status = {_DONE} AND source_deleted = 1) ORDER BY natkey, rel",
             (folder,),
         ).fetchall()
         return [_image(r) for r in rows]
@@ -737,7 +772,7 @@ class Ledger:
     def has_deleted_sources(self, folder: str) -> bool:
         """Some of the folder's pages live on only in its published PDF (``delete_processed``)."""
         row = self._conn.execute(
-            "SELECT 1 FROM images WHERE folder = ? AND status = 'done' AND source_deleted = 1 LIMIT 1",
+            f"SELECT 1 FROM images WHERE folder = ? AND status = {_DONE} AND source_deleted = 1 LIMIT 1",
             (folder,),
         ).fetchone()
         return row is not None
@@ -748,7 +783,7 @@ class Ledger:
             return (
                 c.execute(
                     "UPDATE images SET source_deleted = 1, updated = ?"
-                    " WHERE rel = ? AND status = 'done' AND size = ? AND mtime_ns = ?",
+                    f" WHERE rel = ? AND status = {_DONE} AND size = ? AND mtime_ns = ?",
                     (now, rel, size, mtime_ns),
                 ).rowcount
                 > 0
@@ -757,7 +792,7 @@ class Ledger:
     def pdf_started(self, folder: str) -> None:
         with self._tx() as c:
             c.execute(
-                "UPDATE folders SET pdf_state = 'building', pdf_error = NULL WHERE folder = ?", (folder,)
+                f"UPDATE folders SET pdf_state = {_PDF_BUILDING}, pdf_error = NULL WHERE folder = ?", (folder,)
             )
 
     def pdf_done(self, folder: str, pages: int, now: float) -> bool:
@@ -772,20 +807,24 @@ class Ledger:
         with self._tx() as c:
             c.execute(f"UPDATE folders SET {column} = ?, pdf_at = ? WHERE folder = ?", (value, now, folder))
             cur = c.execute(
-                "UPDATE folders SET pdf_state = ? WHERE folder = ? AND pdf_state = 'building'", (state, folder)
+                f"UPDATE folders SET pdf_state = ? WHERE folder = ? AND pdf_state = {_PDF_BUILDING}", (state, folder)
             )
             return cur.rowcount > 0
 
     def pdf_reopen(self, folder: str) -> None:
         """building -> needed: a build given up before its end, to be started again."""
         with self._tx() as c:
-            c.execute("UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'building'", (folder,))
+            c.execute(
+                f"UPDATE folders SET pdf_state = {_PDF_NEEDED} WHERE folder = ? AND pdf_state = {_PDF_BUILDING}",
+                (folder,),
+            )
 
     def pdf_rearm(self, folder: str) -> bool:
         """failed -> needed: try the PDF again (its failure was the disk's, not the folder's)."""
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE folders SET pdf_state = 'needed' WHERE folder = ? AND pdf_state = 'failed'", (folder,)
+                f"UPDATE folders SET pdf_state = {_PDF_NEEDED} WHERE folder = ? AND pdf_state = {_PDF_FAILED}",
+                (folder,),
             )
             return cur.rowcount > 0
 
@@ -794,7 +833,7 @@ class Ledger:
     def indexable(self) -> list[Indexable]:
         """Done images whose text belongs in the search index (a rebuild checks their files)."""
         rows = self._conn.execute(
-            "SELECT rel, size, mtime_ns, source_deleted FROM images WHERE status = 'done' ORDER BY rel"
+            f"SELECT rel, size, mtime_ns, source_deleted FROM images WHERE status = {_DONE} ORDER BY rel"
         ).fetchall()
         return [Indexable(rel, size, mtime_ns, bool(deleted)) for rel, size, mtime_ns, deleted in rows]
 
