@@ -60,7 +60,7 @@ def test_refined_lines_replace_text_score_and_words_and_say_which_model(tmp_path
     doc = document.Document(document.SourceInfo("a.png", 1, 2, "0" * 64), {}, (Page(0, 300, 200, (first, second)),), 5)
     document.write(tmp_path / "a.png.json", doc)
     raw = json.loads((tmp_path / "a.png.json").read_text())
-    assert raw["schema"] == 3
+    assert raw["schema"] == document.SCHEMA_VERSION
     one, two = raw["pages"][0]["lines"]
     assert one["rec"] == SMALL_REC and "rec" not in two
     assert set(two) == {"text", "score", "poly", "words"}
@@ -214,7 +214,7 @@ def test_ocr_command_marks_refined_lines_in_the_json(tmp_path: Path, models_dir:
         assert res.returncode == 0, res.stderr
         docs[below] = {rel: json.loads((out / (rel + ".json")).read_text()) for rel in pages}
     form_on, form_off = docs[0.95][pages[0]], docs[0][pages[0]]
-    assert form_on["schema"] == 3
+    assert form_on["schema"] == 4
     assert form_on["engine"]["models"] == {"det": "PP-OCRv6_tiny_det", "rec": "PP-OCRv6_tiny_rec"}
     assert form_on["engine"]["refine"]["rec"] == SMALL_REC and "refine" not in form_off["engine"]
     lines_on, lines_off = form_on["pages"][0]["lines"], form_off["pages"][0]["lines"]
