@@ -90,6 +90,7 @@ def test_missing_refine_model_is_refused_before_workers_start(tmp_path: Path, mo
     mdir = tmp_path / "models"
     mdir.mkdir()
     (mdir / "ppocrv6-tiny").symlink_to(models_dir / "ppocrv6-tiny")
+    (mdir / models.ORIENTATION_DIR).symlink_to(models_dir / models.ORIENTATION_DIR)
     s = _load(tmp_path, toml_config({}, {"paths": {"models_dir": str(mdir)}, "ocr": {"refine_below": 0.9}}))
     with pytest.raises(EngineUnavailable, match="ocr-inbox models install --profile ppocrv6-small"):
         preflight(s)
@@ -100,6 +101,7 @@ def test_missing_refine_model_is_refused_before_workers_start(tmp_path: Path, mo
     off = _load(tmp_path, toml_config({}, {"paths": {"models_dir": str(tmp_path / "m2")}, "ocr": {"refine_below": 0}}))
     (tmp_path / "m2").mkdir()
     (tmp_path / "m2" / "ppocrv6-tiny").symlink_to(models_dir / "ppocrv6-tiny")
+    (tmp_path / "m2" / "orientation").symlink_to(models_dir / "orientation")
     preflight(off)  # the cascade off: small is not required
 
 

@@ -52,15 +52,13 @@ def missing_files(
     classifier's); ``roles``: only these models (the cascade needs only its profile's
     recognizer; ``orient``: the page-orientation classifier, when ``[ocr] orientation`` is on)."""
     out = []
-    if "orient" in roles:
-        out += [f for f in [orientation_model(models_dir)] if not f.is_file()]
-    if profile.from_hub:
-        return out
     for role, src in (("det", profile.det), ("rec", profile.rec)):
-        if role not in roles:
+        if role not in roles or profile.from_hub:
             continue
         d = model_dir(models_dir, profile, role)
         out += [d / n for n in _weight_names(src) if not (d / n).is_file()]
+    if "orient" in roles and not orientation_model(models_dir).is_file():
+        out.append(orientation_model(models_dir))
     return out
 
 
