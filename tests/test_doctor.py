@@ -259,3 +259,28 @@ def test_an_outbox_inside_the_inbox_fails(tmp_path: Path) -> None:
     inbox, _, state = _layout(tmp_path)
     checks = _by_name(doctor.check_permissions(_settings(inbox, inbox / "ocr", state), ME))
     assert checks["layout"]["level"] == "FAIL" and "inside the inbox" in checks["layout"]["detail"]
+
+
+def test_the_ray_token_file_must_be_the_service_users_own(tmp_path: Path) -> None:
+    """Audit finding: the token file's mode was not checked. Whoever reads it joins the
+    cluster, and a node is as trusted as the service user."""
+    token = tmp_path / "ray-token"
+    token.write_text("secret")
+    s = config.from_mapping({"executor": {"kind": "ray", "address": "10.0.0.5:6379", "token_file": str(token)}})
+    me = Identity.current()
+
+    def check() -> Check:
+        [c] = [c for c in doctor.run_checks(s, me, {}, Host(unit=tmp_path / "none")) if c.name == "ray token"]
+        return c
+
+    token.chmod(0o600)
+    assert check().level is Level.OK
+    token.chmod(0o640)
+    c = check()
+    assert c.level is Level.FAIL and "mode 0640" in c.detail and c.fix == f"chown {me.name} {token} && chmod 0400 {token}"
+    token.chmod(0o400)
+    os.chown(token, 65534, -1)  # someone else's
+    c = check()
+    assert c.level is Level.FAIL and "owned by" in c.detail and "not by" in c.detail
+    assert config.from_mapping({}).executor.kind == "local"
+    assert not [c for c in doctor.run_checks(config.from_mapping({}), me, {}, Host(unit=tmp_path / "none")) if c.name == "ray token"]

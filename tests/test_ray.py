@@ -152,6 +152,21 @@ def test_wrong_token_names_the_setting(cluster: ray_cluster.Cluster, tmp_path: P
     assert not (tmp_path / "out" / "a.png.json").exists()
 
 
+def test_a_token_file_others_may_read_is_refused_at_start(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    """Audit finding: the token file's mode was not checked. The right token, readable by
+    the group: the run refuses to start (exit 4), naming the setting, the mode and the fix."""
+    token = tmp_path / "token"
+    token.write_text(cluster.token_file.read_text())
+    token.chmod(0o644)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ray_config(cluster, token_file=str(token)))
+    plain(tmp_path / "in" / "a.png")
+    res = run_cli("ocr", tmp_path / "in", tmp_path / "out", "--config", cfg, state_dir=tmp_path / "s", models=models_dir)
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert f"executor.token_file: {token} has mode 0644" in res.stderr and "chmod 0400" in res.stderr, res.stderr[-3000:]
+    assert not (tmp_path / "out" / "a.png.json").exists()
+
+
 def test_a_node_killed_mid_run_loses_nothing(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
     """SIGKILL of the worker node's raylet while it OCRs: its batch is retried on the head's
     actor; every image is done exactly once; a node that joins gets an actor."""
@@ -178,6 +193,42 @@ def test_a_node_killed_mid_run_loses_nothing(cluster: ray_cluster.Cluster, tmp_p
     cluster.add_node()
     ready_before = len(d.events("worker_ready"))
     d.until(lambda: len(d.events("worker_ready")) > ready_before, "an actor on the node that joined")
+    assert d.stop() == 0
+
+
+#: the cluster's nodes have no "GPU" resource: with the default workers_per_gpu = 3 no actor fits
+UNPLACEABLE = {"gpu_resource": "GPU", "workers_per_gpu": 3}
+
+
+def test_a_cluster_where_no_actor_fits_is_named_at_once_and_ocr_gives_up(
+    cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path,
+) -> None:
+    """Issue 20: CPU-only nodes with the default workers_per_gpu = 3 made `ocr` wait forever
+    without a word after ray_cluster_connected. Now a warning names the setting at once, and
+    the run gives up after executor.connect_timeout_s (exit 4), like for a lost cluster."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ray_config(cluster, **UNPLACEABLE, connect_timeout_s=3))
+    plain(tmp_path / "in" / "a.png")
+    res = run_cli("ocr", tmp_path / "in", tmp_path / "out", "--no-progress", "--config", cfg,
+                  state_dir=tmp_path / "s", models=models_dir, timeout=120)
+    assert res.returncode == 4, res.stderr[-3000:]
+    warning = next(ln for ln in res.stderr.splitlines() if "event=ray_no_actor_placeable" in ln)
+    assert "nodes=2" in warning and "executor.workers_per_gpu = 3" in warning and "'GPU'" in warning, warning
+    assert "executor.workers_per_gpu = 0" in warning  # the fix for CPU-only nodes
+    assert "no OCR actor can be placed" in res.stderr and "executor.connect_timeout_s = 3" in res.stderr, res.stderr[-3000:]
+    assert not (tmp_path / "out" / "a.png.json").exists()
+
+
+def test_the_daemon_says_in_status_why_no_actor_fits(cluster: ray_cluster.Cluster, tmp_path: Path, models_dir: Path) -> None:
+    plain(tmp_path / "inbox" / "a.png")
+    d = Daemon(tmp_path, models_dir, ray_config(cluster, cpus_per_worker=4, workers_per_gpu=0)).start()
+    d.ready()
+    [warning] = d.until(lambda: d.events("ray_no_actor_placeable"), "the placement warning")
+    assert "executor.cpus_per_worker = 4" in warning["reason"] and "the most: 1" in warning["reason"], warning
+    note = d.until(lambda: n if "no OCR actor" in (n := d.status()["daemon"].get("note", "")) else None, "status's note")
+    assert "executor.cpus_per_worker = 4" in note
+    human = run_cli("status", state_dir=d.state, models=models_dir).stdout
+    assert "no OCR actor can be placed" in human, human
     assert d.stop() == 0
 
 
@@ -353,6 +404,34 @@ def test_paths_transport_reads_images_on_the_nodes(cluster: ray_cluster.Cluster,
     assert d.stop() == 0
 
 
+@pytest.mark.parametrize("mode", ["pickle_bomb", "other_job", "plain_other_job", "raises"])
+def test_a_hostile_node_can_neither_run_code_in_the_bridge_nor_answer_for_another_image(
+    cluster: ray_cluster.Cluster, tmp_path: Path, mode: str,
+) -> None:
+    """Audit finding: the bridge unpickled whatever an actor returned (``ray.get``) and
+    forwarded the actor's own idea of which job a result belongs to. Now it reads only
+    plain data; anything else loses the actor, and every event names the jobs it sent."""
+    mark = tmp_path / "unpickled"
+    script = Path(__file__).resolve().parent / "fakes" / "hostile_actor.py"
+    res = subprocess.run(
+        [sys.executable, str(script), cluster.address, mode, str(mark), str(tmp_path / "in")],
+        capture_output=True, text=True, env=cli_env(**{k: v for k, v in cluster.env.items() if k.startswith("RAY_")}),
+        timeout=300,
+    )
+    assert not mark.exists(), "the bridge ran code the node chose (unpickled its result)"
+    assert res.returncode == 0, res.stdout + res.stderr
+    events = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    sent = {(1, "f/a.png"), (2, "f/b.png")}
+    assert events, res.stdout + res.stderr
+    for ev in events:
+        assert {tuple(j) for j in ev["jobs"]} <= sent, ev
+    if mode == "plain_other_job":  # well-formed plain data: the answer is for the job sent
+        assert [ev["event"] for ev in events] == ["Failed", "Failed", "BatchDone"]
+        assert [ev["jobs"] for ev in events[:2]] == [[[1, "f/a.png"]], [[2, "f/b.png"]]]
+    else:  # not plain data: the actor is lost, its images go back (the first one its suspect)
+        assert events[0]["event"] == "WorkerLost" and events[0]["jobs"] == [[1, "f/a.png"], [2, "f/b.png"]], events
+
+
 def test_ray_runs_in_a_loopback_only_namespace(netns: None) -> None:
     """What every Ray process of this module sees: loopback and nothing else."""
     res = subprocess.run(
@@ -366,7 +445,7 @@ def test_settings_and_placement_plan(tmp_path: Path) -> None:
     """No address, no Ray (never a private cluster by surprise); actors per node from its resources."""
     from ocr_inbox import config
     from ocr_inbox.errors import ConfigError
-    from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config
+    from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config, placement_problem
 
     with pytest.raises(ConfigError) as err:
         config.from_mapping({"executor": {"kind": "ray"}})
@@ -383,3 +462,9 @@ def test_settings_and_placement_plan(tmp_path: Path) -> None:
     assert actor_options("ab" * 28, cfg)["num_gpus"] == 0.3333
     cpu = bridge_config(config.from_mapping({"executor": {"kind": "ray", "address": "h:1", "workers_per_gpu": 0, "cpus_per_worker": 2}}), tmp_path)
     assert actors_for({"CPU": 7.0, "GPU": 1.0}, cpu) == 3 and cpu.worker.engine.device == "cpu"
+    # no node fits an actor: why, naming the setting (issue 20: CPU-only nodes, the default workers_per_gpu)
+    assert placement_problem([{"CPU": 16.0}, {"CPU": 8.0, "GPU": 1.0}], cfg) == ""
+    assert "executor.workers_per_gpu = 0" in placement_problem([{"CPU": 16.0}, {"CPU": 8.0}], cfg)
+    assert "at most 0.25 of 'GPU'" in placement_problem([{"CPU": 16.0, "GPU": 0.25}], cfg)
+    assert "executor.cpus_per_worker = 2" in placement_problem([{"CPU": 1.0}], cpu)
+    assert placement_problem([], cfg) == ""

@@ -88,3 +88,23 @@ def test_doctor_says_what_the_shipped_unit_does_not_let_the_service_do(tmp_path:
                                      "inbox": {"delete_processed": True}})
     (fail,) = doctor.check_sandbox(deleting, host, sources)
     assert f"the inbox {inbox} read-only" in fail.detail
+
+
+def test_homes_are_hidden_unless_bound_in() -> None:
+    """The shipped unit hides /home (ProtectHome=tmpfs: the writers' homes are none of the
+    service's business); an inbox there is reached only through a bind mount, which doctor
+    understands as systemd does."""
+    shipped = sandbox.read([SHIPPED.read_text()])
+    assert shipped.protect_home in ("yes", "tmpfs")
+    assert shipped.access(Path("/home/alice/.ssh/id_ed25519")) == HIDDEN
+    assert shipped.access(Path("/root/secrets")) == HIDDEN
+    assert shipped.access(Path("/dev/shm/sem.mp-x")) == HIDDEN  # a /dev/shm of its own
+    dropin = "[Service]\nBindReadOnlyPaths=/home/scans/inbox\nBindPaths=-/home/scans/outbox\nReadOnlyPaths=/home/scans/other\n"
+    bound = sandbox.read([SHIPPED.read_text(), dropin])
+    assert bound.access(Path("/home/scans/inbox/a/1.png")) == RO
+    assert bound.access(Path("/home/scans/outbox/a")) == RW
+    assert bound.access(Path("/home/scans/other")) == HIDDEN  # ReadOnlyPaths= does not reopen an empty /home
+    assert bound.access(Path("/home/alice")) == HIDDEN
+    # beneath an inaccessible path no bind opens it again
+    assert sandbox.Sandbox(protect_home="yes", bind_read_only=("/home/a",)).access(Path("/home/a/in")) == HIDDEN
+    assert sandbox.Sandbox(protect_home="tmpfs", bind=("/srv/x:/home/a/out:rbind",)).access(Path("/home/a/out")) == RW

@@ -17,7 +17,7 @@ def _walk(inbox: Path) -> tuple[set[str], dict[str, str]]:
     for item in scan.walk(inbox, DEFAULT_IGNORE):
         if isinstance(item, scan.Candidate):
             ok.add(item.rel)
-        else:
+        elif isinstance(item, scan.Refused):
             refused[item.rel] = item.reason
     return ok, refused
 
@@ -41,8 +41,11 @@ def test_images_junk_links_and_special_files(tmp_path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(inbox / "book" / "sock.png"))
     ok, refused = _walk(inbox)
+    skipped = {i.rel: i.suffix for i in scan.walk(inbox, DEFAULT_IGNORE) if isinstance(i, scan.Skipped)}
     sock.close()
     assert ok == {"book/p1.JPG", "book/p 2 ünï.png", "book/alias.jpg"}
+    # the one other file (not ignored junk, not a special file, not a link) is reported as skipped
+    assert skipped == {"book/notes.txt": ".txt"}
     assert refused == {
         "book/escape.png": "symlink_outside_inbox",
         "book/loop.png": "symlink_loop",

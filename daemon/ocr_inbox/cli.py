@@ -27,8 +27,9 @@ from typing import Any
 
 import structlog
 
-from ocr_inbox import __version__, config, errors, logs
-from ocr_inbox.errors import BadArguments, ConfigError, ExitCode, OcrInboxError
+from ocr_inbox import __version__, config, errors, logs, statedir
+from ocr_inbox.errors import BadArguments, ConfigError, ExitCode, OcrInboxError, StateError
+from ocr_inbox.reasons import ADVICE
 
 log = structlog.get_logger("ocr_inbox")
 
@@ -165,13 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub, "retry", "queue failed images again (all, those failed for --reason, and/or under PATH)",
-        "Failed images go back to the queue with fresh attempts. With a daemon running on the "
-        "state dir, it is asked to do it (it applies the request within a second and logs "
-        "retry_applied); otherwise the ledger is updated here.",
-        ["ocr-inbox retry --reason worker_crashed scans/2026", "ocr-inbox retry"],
+        "Failed images go back to the queue with fresh attempts; it says how many. With a daemon "
+        "running on the state dir, it is asked to do it (it applies the request within a second "
+        "and logs retry_applied); otherwise the ledger is updated here. Run by root, it acts as "
+        "the state directory's owner (the service user); another user is refused.",
+        ["ocr-inbox retry --reason worker_crashed scans/2026", "ocr-inbox retry",
+         "runuser -u ocr-inbox -- ocr-inbox retry --reason engine_error"],
     )
     _common(p)
-    p.add_argument("--reason", action="append", dest="reasons", default=[], help="only failures with this reason (repeatable)")
+    p.add_argument("--reason", action="append", dest="reasons", default=[], choices=sorted(ADVICE),
+                   metavar="R", help="only failures with this reason (repeatable); one of: " + ", ".join(sorted(ADVICE)))
     p.add_argument("--inbox", type=Path, help="to make absolute PATHs relative (default: paths.inbox)")
     p.add_argument("paths", nargs="*", metavar="PATH", help="images or folders, relative to the inbox or beneath it")
 
@@ -202,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ir = _command(
         isub, "rebuild", "rebuild the search index from the outbox JSON",
         "Reads the JSON of every done image and swaps the new index in at once (interrupted, the old "
-        "one stays). Needs the daemon stopped: it is the ledger's one writer.",
+        "one stays). Needs the daemon stopped: it is the ledger's one writer. Run by root, it acts as the "
+        "state directory's owner (the service user); another user is refused.",
         ["systemctl stop ocr-inbox && ocr-inbox index rebuild && systemctl start ocr-inbox",
          "ocr-inbox index rebuild --outbox ./out"],
     )
@@ -274,9 +279,23 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
     return config.resolve(args.config, _flags(args))
 
 
+def _refuse_others(s: config.Settings, command: str) -> None:
+    """The daemon and ``ocr`` write their ledger as whoever runs them: never into another user's
+    state directory (root's files there would be unusable by its owner)."""
+    uid = statedir.owner(s.paths.state_dir)
+    if uid is not None and uid != os.geteuid():
+        name = statedir.owner_name(uid)
+        raise StateError(
+            f"the state directory {s.paths.state_dir} belongs to {name}: run `ocr-inbox {command}` as {name} "
+            f"(`systemctl start ocr-inbox` for the daemon, or `runuser -u {name} -- ocr-inbox {command} …`), "
+            "or give this one its own --state-dir"
+        )
+
+
 def _cmd_ocr(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox import oneshot
 
+    _refuse_others(s, "ocr")
     summary = oneshot.run(
         s, args.inbox, args.outbox, pdfs=args.pdf, retry_failed=args.retry_failed,
         progress=False if args.no_progress else None,
@@ -327,6 +346,8 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
             default += " (refines unsure lines)" if p.name == s.ocr.refine_in_use() else ""
             print(f"{p.name:24} {p.engine:12} {state:14} {p.description}{default}")
         return ExitCode.ok
+    if mdir.resolve().is_relative_to(s.paths.state_dir.resolve()):  # the daemon's: written as its owner
+        statedir.act_as_owner(s.paths.state_dir, "models install")
     configured = [name for name, _ in s.ocr.models_needed()]
     names = [n for n, p in profiles.PROFILES.items() if not p.from_hub] if args.all else (args.profiles or configured)
     for name in names:
@@ -337,12 +358,14 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
 def _cmd_run(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox import daemon
 
+    _refuse_others(s, "run")
     return daemon.run(s, reload=lambda: load_settings(args))
 
 
 def _cmd_status(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox import status
 
+    statedir.act_as_owner(s.paths.state_dir, "status", reader=True)
     return status.show(s, as_json=args.json)
 
 
@@ -370,17 +393,19 @@ def _cmd_retry(args: argparse.Namespace, s: config.Settings) -> int:
                 raise BadArguments(f"{p} is not inside the inbox {inbox}: give paths relative to the inbox, or --inbox")
             p = os.path.relpath(real, inbox)
         rels.append(os.path.normpath(p).replace(os.sep, "/"))
-    n = retry_failed(s.paths.state_dir, list(args.reasons), rels)
+    statedir.act_as_owner(s.paths.state_dir, "retry")
+    n, by_daemon = retry_failed(s.paths.state_dir, list(args.reasons), rels)
     if n is None:
-        print("asked the running daemon to queue them again (its log says retry_applied)")
+        print("asked the running daemon to queue them again; it has not answered yet (its log says retry_applied)")
     else:
-        print(f"queued {n} failed image(s) again")
+        print(f"{'the running daemon ' if by_daemon else ''}queued {n} failed image(s) again")
     return ExitCode.ok
 
 
 def _cmd_search(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox.search import show
 
+    statedir.act_as_owner(s.paths.state_dir, "search", reader=True)
     return show.run(s, " ".join(args.query), folder=args.folder, limit=args.limit, as_json=args.json,
                     outbox=args.outbox, inbox=args.inbox)
 
@@ -388,6 +413,7 @@ def _cmd_search(args: argparse.Namespace, s: config.Settings) -> int:
 def _cmd_index(args: argparse.Namespace, s: config.Settings) -> int:
     from ocr_inbox.search import rebuild, scope
 
+    statedir.act_as_owner(s.paths.state_dir, "index rebuild")
     done = rebuild.rebuild(scope.resolve(s, args.outbox, args.inbox), progress=False if args.no_progress else None)
     print(f"indexed {done.images} image(s), {done.pages} page(s) in {done.seconds:.1f} s")
     if done.left_out:

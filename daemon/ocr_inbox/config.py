@@ -245,6 +245,10 @@ class WatchSettings(_Section):
     settle_seconds: float = Field(default=3.0, ge=0)
     #: full rescan of the inbox so no file is missed (0 = only at start-up)
     rescan_interval_s: float = Field(default=300.0, ge=0)
+    #: a folder or file the service user may not read yet is looked at again when its
+    #: permissions change (inotify) and on a backoff from 1 s up to this, for file systems
+    #: where inotify does not see the change (NFS); 0 = only on those events and rescans
+    unreadable_retry_s: float = Field(default=60.0, ge=0)
     #: glob patterns matched against each path component, added to the defaults
     ignore: list[str] = []
     #: replace the default ignore patterns instead of extending them
@@ -291,6 +295,14 @@ class LogSettings(_Section):
 class InboxSettings(_Section):
     #: delete a source once its folder's PDF (or, without PDFs, its JSON) is written, if unchanged
     delete_processed: bool = False
+
+
+class LedgerSettings(_Section):
+    #: images gone from the inbox are forgotten this many days after they left (a file that
+    #: comes back later is queued as new; a JSON of the same version in the outbox is adopted)
+    gone_retention_days: float = Field(default=30.0, ge=0)
+    #: and at most this many gone images are remembered (the oldest are forgotten first)
+    max_gone_images: int = Field(default=20_000, ge=0)
 
 
 class ExecutorSettings(_Section):
@@ -373,6 +385,7 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
     inbox: InboxSettings = InboxSettings()
+    ledger: LedgerSettings = LedgerSettings()
     executor: ExecutorSettings = ExecutorSettings()
     metrics: MetricsSettings = MetricsSettings()
 

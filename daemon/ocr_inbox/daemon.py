@@ -25,8 +25,8 @@ from multiprocessing import resource_tracker
 
 import structlog
 
-from ocr_inbox import atomic, cache, config, executors, live, logs, metrics, notify, runs
-from ocr_inbox.dispatch import Dispatch
+from ocr_inbox import atomic, cache, config, executors, live, logs, metrics, notify, runs, statedir
+from ocr_inbox.dispatch import Dispatch, prepare_requests
 from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.executors.setup import preflight
@@ -47,6 +47,8 @@ SETTLE_TICK_S = 0.25
 DRAIN_S = 120.0
 #: STATUS= is refreshed this often (only sent when it changed)
 STATUS_EVERY_S = 2.0
+#: the ledger's upkeep (forget long-gone images, checkpoint and cut the WAL) this often
+MAINTAIN_EVERY_S = 3600.0
 
 
 @dataclass
@@ -71,9 +73,11 @@ class Daemon:
         self.stopping = False
         self.reload_pending = False
         self.watchdog_every = notify.watchdog_interval()
-        self.next_watchdog = self.next_status = self.next_purge = 0.0
+        self.next_watchdog = self.next_status = self.next_purge = self.next_maintain = 0.0
         self.last_status = ""
         self.last_live: object = None
+        #: what intake did not take (``Intake.report``), for status
+        self.inbox_report: dict[str, object] = {}
         #: recorded always, served only with [metrics] listen (``serving``)
         self.metrics = metrics.Metrics()
         self.metrics_address = ""
@@ -111,12 +115,13 @@ class Daemon:
         problem = scan.check_layout(self.inbox, ("outbox", self.outbox), ("state dir", self.s.paths.state_dir))
         if problem:
             raise BadArguments(problem)
-        for d in (self.outbox, self.s.paths.state_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        self.s.paths.state_dir.mkdir(mode=statedir.DIR_MODE, parents=True, exist_ok=True)
 
     def _assemble(self, ledger: Ledger) -> _Stages:
         recovered = ledger.recover(time.time())
         runs.record(self.s.paths.state_dir, self.inbox, self.outbox)  # for `ocr-inbox search`
+        prepare_requests(self.s.paths.state_dir)  # `ocr-inbox retry`'s channel, ours alone
         swept = atomic.sweep_temp_files(self.outbox)
         log.info(
             "starting",
@@ -203,10 +208,22 @@ class Daemon:
             if n:
                 log.info("cache_purged", files=n)
             self.next_purge = now_m + self.s.cache.purge_interval_s
+        if now_m >= self.next_maintain:
+            self._maintain(st.ledger)
+            self.next_maintain = now_m + MAINTAIN_EVERY_S
         if now_m >= self.next_status:
             self._status(st)
             self.next_status = now_m + STATUS_EVERY_S
         self._watchdog(st.executor)
+
+    def _maintain(self, ledger: Ledger) -> None:
+        """Forget images gone longer than [ledger] allows; move the WAL into the database."""
+        keep = self.s.ledger
+        n = ledger.prune_gone(time.time() - keep.gone_retention_days * 86400, keep.max_gone_images)
+        if n:
+            log.info("ledger_pruned", gone_images=n, retention_days=keep.gone_retention_days)
+        if not ledger.checkpoint():
+            log.info("ledger_checkpoint_deferred", note="a reader holds an old snapshot; tried again later")
 
     def _watchdog(self, executor: Executor) -> None:
         # pinged from a loop that records results, and only while some worker can work: a ping proves both
@@ -228,6 +245,7 @@ class Daemon:
         if text != self.last_status:
             notify.status(text)
             self.last_status = text
+        self.inbox_report = st.intake.report()
         self._live(st.executor, why or "")
         if self.metrics_address:
             d = st.dispatch
@@ -237,13 +255,13 @@ class Daemon:
 
     def _live(self, executor: Executor, paused: str) -> None:
         """``status``'s view of the workers (per node), rewritten only when it changed."""
-        view = (executor.workers_view(), executor.status_note(), paused)
+        view = (executor.workers_view(), executor.status_note(), paused, self.inbox_report, self.s.pdf.quiet_seconds)
         self.metrics.workers(view[0])
         if view == self.last_live:
             return
         try:
             live.write(self.s.paths.state_dir, self.s.executor.kind, *view)
-        except OSError as exc:  # a full state disk: status shows less, the work goes on
+        except (OSError, OcrInboxError) as exc:  # a full state disk, or a file in live.json's way: status shows less, the work goes on
             log.warning("live_view_not_written", error=str(exc))
             return
         self.last_live = view

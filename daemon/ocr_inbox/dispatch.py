@@ -40,12 +40,13 @@ from pathlib import Path
 
 import structlog
 
-from ocr_inbox import atomic
+from ocr_inbox import statedir
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.errors import StateError
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.ledger import Ledger, in_use
+from ocr_inbox.ledger.store import DB_NAME
 from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import document, names
 
@@ -88,6 +89,8 @@ class Dispatch:
         #: the metrics (the base records nothing)
         self.recorder = recorder
         self.paused_until = 0.0
+        #: STATE_DIR/requests/ could not be read (said once)
+        self._requests_warned = False
         #: the crash breaker: different images that crashed workers since the last one done
         self._streak: dict[str, None] = {}
         #: storms in a row (pauses double); 0 = the breaker is closed
@@ -281,27 +284,62 @@ class Dispatch:
     # -- requests from `ocr-inbox retry` ------------------------------------------
 
     def take_requests(self) -> int:
-        """Apply the retry requests left in STATE_DIR/requests/ by ``ocr-inbox retry``; returns images requeued."""
-        folder = self.ledger.path.parent / REQUESTS_DIR
-        try:
-            entries = sorted(e for e in os.listdir(folder) if e.endswith(".json") and not e.startswith("."))
-        except OSError:
-            return 0
+        """Apply the retry requests left in STATE_DIR/requests/ by ``ocr-inbox retry``; returns images requeued.
+
+        Each is renamed aside (``.applying-NAME``) before it is applied, answered in
+        ``NAME.done`` (what the waiting command prints), then removed; one that cannot
+        be read or applied is kept as ``.rejected-NAME`` with a warning saying why. A
+        request never raises out of here: the loop goes on whatever it holds.
+        """
+        state_dir = self.ledger.path.parent
         total = 0
-        for name in entries:
-            path = folder / name
-            try:
-                req = json.loads(path.read_text(encoding="utf-8"))
-                reasons, paths = list(map(str, req.get("reasons", []))), list(map(str, req.get("paths", [])))
-            except (OSError, ValueError, AttributeError, TypeError) as exc:
-                log.warning("retry_request_invalid", file=str(path), error=str(exc))
-            else:
-                n = self.ledger.requeue_failed(time.time(), reasons, paths)
-                total += n
-                log.info("retry_applied", images=n, reasons=",".join(reasons), paths=len(paths))
-            with contextlib.suppress(OSError):
-                path.unlink()
+        try:
+            with statedir.directory(state_dir, REQUESTS_DIR) as d:
+                names = os.listdir(d)
+                for name in sorted(names):
+                    if name.endswith(".json") and (not name.startswith(".") or name.startswith(_APPLYING)):
+                        total += self._take_request(d, name, state_dir / REQUESTS_DIR)
+                    elif name.endswith(_ANSWER):
+                        _drop_stale_answer(d, name)
+        except (OSError, StateError) as exc:
+            if not self._requests_warned:
+                log.warning("retry_requests_unreadable", error=str(exc), note="making STATE_DIR/requests/ again")
+                self._requests_warned = True
+            with contextlib.suppress(OSError, StateError):
+                prepare_requests(state_dir)
         return total
+
+    def _take_request(self, d: int, name: str, where: Path) -> int:
+        applying = name if name.startswith(_APPLYING) else _APPLYING + name
+        request = name.removeprefix(_APPLYING)
+        answer = request.removesuffix(".json") + _ANSWER
+        try:
+            if applying != name:
+                os.rename(name, applying, src_dir_fd=d, dst_dir_fd=d)
+            fd = statedir.open_file(d, applying, os.O_RDONLY, where)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read(statedir.MAX_READ + 1)
+            if len(data) > statedir.MAX_READ:
+                raise ValueError(f"larger than {statedir.MAX_READ >> 20} MB")
+            req = json.loads(data)
+            reasons, paths = req.get("reasons", []), req.get("paths", [])
+            if not all(isinstance(x, str) for x in [*reasons, *paths]):
+                raise ValueError("reasons and paths must be lists of strings")
+            n = self.ledger.requeue_failed(time.time(), reasons, paths)
+        except (OSError, StateError, ValueError, TypeError, AttributeError, sqlite3.Error) as exc:
+            log.warning("retry_request_rejected", file=str(where / request), error=str(exc),
+                        kept_as=str(where / (_REJECTED + request)))
+            with contextlib.suppress(OSError):
+                os.rename(applying, _REJECTED + request, src_dir_fd=d, dst_dir_fd=d)
+            with contextlib.suppress(OSError, StateError):
+                statedir.write_replace(d, answer, json.dumps({"error": str(exc)}).encode(), where)
+            return 0
+        log.info("retry_applied", images=n, reasons=",".join(reasons), paths=len(paths))
+        with contextlib.suppress(OSError, StateError):
+            statedir.write_replace(d, answer, json.dumps({"images": n}).encode(), where)
+        with contextlib.suppress(OSError):
+            os.unlink(applying, dir_fd=d)
+        return n
 
     # -- the end ----------------------------------------------------------------
 
@@ -321,24 +359,78 @@ class Dispatch:
 
 # -- `ocr-inbox retry` --------------------------------------------------------------
 
+#: a request being applied (renamed aside first), one that failed, and the daemon's answer
+_APPLYING = ".applying-"
+_REJECTED = ".rejected-"
+_ANSWER = ".done"
+#: ``ocr-inbox retry`` waits this long for the daemon's answer (it applies requests every pass)
+RETRY_WAIT_S = 15.0
+#: answers nobody collected (the command gave up waiting) are removed after this long
+STALE_ANSWER_S = 3600.0
+
+
+def _drop_stale_answer(d: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        if time.time() - os.stat(name, dir_fd=d, follow_symlinks=False).st_mtime > STALE_ANSWER_S:
+            os.unlink(name, dir_fd=d)
+
+
+def prepare_requests(state_dir: Path) -> None:
+    """Make STATE_DIR/requests/ the daemon's own (``0700``); something else in its place (a
+    link, a directory of another user left by an older version's root ``retry``) is moved
+    aside with a warning."""
+    path = state_dir / REQUESTS_DIR
+    try:
+        with statedir.directory(state_dir, REQUESTS_DIR, create=True) as d:
+            os.fchmod(d, statedir.DIR_MODE)
+        return
+    except StateError as exc:
+        aside = path.with_name(f"{REQUESTS_DIR}.refused-{time.time_ns()}")
+        log.warning("retry_requests_dir_replaced", path=str(path), error=str(exc), moved_to=str(aside))
+        os.rename(path, aside)
+    with statedir.directory(state_dir, REQUESTS_DIR, create=True):
+        pass
+
 
 def request_retry(state_dir: Path, reasons: list[str], paths: list[str]) -> Path:
     """Leave a retry request for the running daemon, which applies it at its next loop pass."""
-    dest = state_dir / REQUESTS_DIR / f"retry-{time.time_ns()}-{os.getpid()}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(dest, {"reasons": reasons, "paths": paths})
-    return dest
+    name = f"retry-{time.time_ns()}-{os.getpid()}.json"
+    with statedir.directory(state_dir, REQUESTS_DIR, create=True) as d:
+        statedir.write_replace(d, name, json.dumps({"reasons": reasons, "paths": paths}).encode(), state_dir)
+    return state_dir / REQUESTS_DIR / name
 
 
-def retry_failed(state_dir: Path, reasons: list[str], paths: list[str]) -> int | None:
-    """Requeue failed images: directly when no daemon runs (returns how many), else through a
-    request the daemon applies (returns None)."""
+def await_answer(request: Path, wait_s: float = RETRY_WAIT_S) -> int | None:
+    """The images the daemon queued for ``request``; None when it did not answer in ``wait_s``.
+    Raises StateError with the daemon's reason when it rejected the request."""
+    answer = request.name.removesuffix(".json") + _ANSWER
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        try:
+            data = statedir.read_bytes(request.parent.parent, answer, REQUESTS_DIR)
+        except FileNotFoundError:
+            time.sleep(0.1)  # the daemon answers within one loop pass (about a second)
+            continue
+        with contextlib.suppress(OSError, StateError), statedir.directory(request.parent.parent, REQUESTS_DIR) as d:
+            os.unlink(answer, dir_fd=d)
+        reply = json.loads(data)
+        if "error" in reply:
+            raise StateError(f"the daemon rejected the retry request: {reply['error']}")
+        return int(reply["images"])
+    return None
+
+
+def retry_failed(state_dir: Path, reasons: list[str], paths: list[str]) -> tuple[int | None, bool]:
+    """Requeue failed images: directly when no daemon runs, else through a request the
+    daemon applies. Returns (images queued, None if the daemon did not answer in time;
+    whether the daemon did it)."""
     if not in_use(state_dir):
+        if not state_dir.is_dir() or not statedir.check_file(state_dir, DB_NAME):
+            raise StateError(f"no ledger in {state_dir}: nothing has failed there (is it the daemon's state_dir?)")
         try:
             with Ledger.open(state_dir) as ledger:
-                return ledger.requeue_failed(time.time(), reasons, paths)
+                return ledger.requeue_failed(time.time(), reasons, paths), False
         except StateError:
             if not in_use(state_dir):  # a daemon started meanwhile: ask it
                 raise
-    request_retry(state_dir, reasons, paths)
-    return None
+    return await_answer(request_retry(state_dir, reasons, paths)), True

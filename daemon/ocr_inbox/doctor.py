@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import grp
 import importlib.util
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
-from ocr_inbox import sandbox
+from ocr_inbox import jsonout, sandbox
 from ocr_inbox.access import R, W, X, Identity, blocked, verb
 from ocr_inbox.config import Settings
 from ocr_inbox.errors import EngineUnavailable, ExitCode
@@ -367,8 +366,9 @@ def check_sandbox(s: Settings, host: Host, sources: dict[str, str]) -> list[Chec
         if got == sandbox.HIDDEN:
             out.append(Check(
                 "sandbox", Level.FAIL,
-                f"the service cannot see the {name} {path}: the unit's ProtectHome=, PrivateTmp= or InaccessiblePaths= hides it",
-                f"move the {name} out of /home, /root and /tmp, or {edit} ProtectHome=read-only",
+                f"the service cannot see the {name} {path}: the unit's ProtectHome=, PrivateTmp=, TemporaryFileSystem= or InaccessiblePaths= hides it",
+                f"move the {name} out of /home, /root and /tmp, or {edit} "
+                f"{'BindPaths' if want == sandbox.RW else 'BindReadOnlyPaths'}={path}",
             ))
         elif got == sandbox.RO and want == sandbox.RW:
             out.append(Check(
@@ -381,6 +381,20 @@ def check_sandbox(s: Settings, host: Host, sources: dict[str, str]) -> list[Chec
         out.append(Check("sandbox", Level.OK, f"the unit's sandbox (ProtectSystem={box.protect_system}, "
                                                f"ProtectHome={box.protect_home}) lets the service use " + ", ".join(n for n, _, _ in needs)))
     return out
+
+
+def check_ray_token(s: Settings, who: Identity) -> list[Check]:
+    """With ``[executor] kind = "ray"``: the token file is the service user's own, 0600 or
+    0400 (whoever reads it can join the cluster, and a node is as trusted as the service)."""
+    e = s.executor
+    if e.kind != "ray" or not e.token_file:
+        return []
+    from ocr_inbox.executors.ray import token_file_problem  # no Ray import: the check is os.stat
+
+    problem = token_file_problem(e.token_file, who.uid)
+    if problem:
+        return [Check("ray token", Level.FAIL, f"executor.token_file: {problem[0]}", problem[1])]
+    return [Check("ray token", Level.OK, f"{e.token_file} is {who.name}'s own and readable by nobody else")]
 
 
 # -- all together -------------------------------------------------------------------
@@ -425,6 +439,7 @@ def run_checks(s: Settings, who: Identity, sources: dict[str, str], host: Host |
         *check_space(s),
         check_unit(host),
         *check_sandbox(s, host, sources),
+        *check_ray_token(s, who),
     ]
 
 
@@ -452,6 +467,4 @@ def render_text(checks: list[Check]) -> str:
 
 
 def render_json(checks: list[Check]) -> str:
-    return json.dumps(
-        {"ok": exit_code(checks) is ExitCode.ok, "checks": [asdict(c) for c in checks]}, ensure_ascii=False, indent=1
-    )
+    return jsonout.dumps({"ok": exit_code(checks) is ExitCode.ok, "checks": [asdict(c) for c in checks]})

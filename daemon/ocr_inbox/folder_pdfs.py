@@ -9,6 +9,8 @@ the new JSON. With ``[inbox] delete_processed`` the sources go only after the
 PDF that holds them is published.
 
 A folder whose last image finishes is looked at on the next step (``wake``),
+and the journal says when its PDF is due (``pdf_due``: ``quiet_seconds`` after
+the last change seen in the folder; ``status`` shows "PDF in N s"),
 and the daemon's loop wakes when the next one turns quiet (``due_in``): no
 tick between the last image and the build. Otherwise quiet folders are looked
 for once a second (the query reads every folder's row).
@@ -32,6 +34,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from ocr_inbox.config import Settings
 from ocr_inbox.executors.setup import limits_from
 from ocr_inbox.inbox.cleanup import delete_source
 from ocr_inbox.inbox.scan import folder_of
-from ocr_inbox.ledger import ImageRow, ImageStatus, Ledger
+from ocr_inbox.ledger import ImageRow, ImageStatus, Ledger, reports
 from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import names, order
 from ocr_inbox.outbox.pdf_job import PdfBuild, PdfPage, PdfRequest, PdfResult
@@ -86,6 +89,10 @@ class FolderPdfs:
         self._due_at: float | None = None
         #: folders with an image finished since the last look
         self._touched: set[str] = set()
+        #: folders with an image finished whose PDF's due time may have to be said
+        self._finished: set[str] = set()
+        #: folder -> the due time said for it (said again only when it moves)
+        self._said_due: dict[str, float] = {}
         #: the pages the running build has been given, in order
         self._sent: tuple[PdfPage, ...] = ()
         #: pages it was given to make ready before their turn
@@ -106,6 +113,7 @@ class FolderPdfs:
     def wake(self, rel: str) -> None:
         """An image finished: its folder may be complete now (or have its next pages)."""
         self._touched.add(folder_of(rel))
+        self._finished.add(folder_of(rel))
 
     def look_now(self) -> None:
         """Look for due folders on the next step, whatever the time."""
@@ -122,6 +130,7 @@ class FolderPdfs:
         pages; start the next due folder when ``may_start``."""
         self._collect()
         self._enforce_timeout()
+        self._say_due(self.settings.pdf.quiet_seconds if quiet_seconds is None else quiet_seconds)
         now_m = time.monotonic()
         for folder, due in list(self._retry.items()):
             if now_m >= due:
@@ -146,6 +155,23 @@ class FolderPdfs:
             for f in self.ledger.growing_folders():
                 if self._start_stream(f.folder):
                     return
+
+    def _say_due(self, quiet_s: float) -> None:
+        """Folders whose last image just finished: say when their PDF starts ("Where is my PDF?").
+        (One-shot runs build at once: nothing to say.)"""
+        folders, self._finished = self._finished, set()
+        if self.stream or not self.settings.pdf.enabled:
+            return
+        now = time.time()
+        for folder in sorted(folders):
+            due = reports.pdf_due_at(self.ledger, folder, quiet_s)
+            if due is None or self._said_due.get(folder) == due:
+                continue
+            self._said_due[folder] = due
+            log.info(
+                "pdf_due", folder=folder or ".", in_s=max(0, round(due - now)), quiet_seconds=quiet_s,
+                at=datetime.fromtimestamp(due).astimezone().isoformat(timespec="seconds"),
+            )
 
     def _look_now(self, now_m: float) -> bool:
         """Time for the query of quiet folders: its second came, a folder turned quiet, or one
@@ -236,6 +262,7 @@ class FolderPdfs:
             self.recorder.pdf_failed("no_pages")
             return
         title = folder.rsplit("/", 1)[-1] if folder else Path(os.path.realpath(self.inbox)).name
+        self._said_due.pop(folder, None)
         self.ledger.pdf_started(folder)
         if final and self._too_many_pages(folder, len(pages), keep_previous):
             return

@@ -1,5 +1,6 @@
 """The running daemon's live view, for ``ocr-inbox status``: its workers per node, and why
-dispatch is paused.
+dispatch is paused, and what intake did not take (folders and files it may not read yet,
+files of other types).
 
 The ledger says what was done; only the daemon's memory knows which workers (processes,
 or Ray actors on which nodes) exist now. The daemon writes
@@ -18,13 +19,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ocr_inbox import statedir
 from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.ledger import in_use
 
 LIVE_NAME = "live.json"
 
 
-def write(state_dir: Path, executor: str, workers: list[WorkerView], note: str, paused: str) -> None:
+def write(
+    state_dir: Path, executor: str, workers: list[WorkerView], note: str, paused: str,
+    inbox: dict[str, Any] | None = None, quiet_seconds: float | None = None,
+) -> None:
+    """``inbox``: what intake did not take (``Intake.report``: unreadable paths, skipped
+    files); ``quiet_seconds``: the running ``[pdf] quiet_seconds``, for "PDF in N s"."""
     view = {
         "pid": os.getpid(),
         "written_at": time.time(),
@@ -32,24 +39,27 @@ def write(state_dir: Path, executor: str, workers: list[WorkerView], note: str, 
         "note": note,
         "paused": paused,
         "workers": [w.as_dict() for w in workers],
+        "inbox": inbox or {},
+        "quiet_seconds": quiet_seconds,
     }
     # Replaced whole (a reader never sees half a file), through one fixed temp name: a kill
     # leaves at most that one file, overwritten by the next write. No fsync: it is a view
     # of memory, rewritten within seconds, and worthless after a crash anyway.
-    tmp = state_dir / f".{LIVE_NAME}.tmp"
-    tmp.write_text(json.dumps(view, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, state_dir / LIVE_NAME)
+    with statedir.directory(state_dir) as d:
+        statedir.write_replace(d, LIVE_NAME, json.dumps(view, ensure_ascii=False).encode(), state_dir)
 
 
 def read(state_dir: Path) -> dict[str, Any]:
     """The last view the daemon wrote, with ``running``; a daemon that is not running has no
-    workers, whatever a killed one left in the file."""
+    workers, whatever a killed one left in the file. Read like every file of the state dir
+    (``statedir``): a link or another user's file there is refused (StateError)."""
     view: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        view = json.loads((state_dir / LIVE_NAME).read_text(encoding="utf-8"))
+    if state_dir.is_dir():
+        with contextlib.suppress(OSError, ValueError):
+            view = json.loads(statedir.read_bytes(state_dir, LIVE_NAME))
     view["running"] = in_use(state_dir)  # the state dir's lock
     if not view["running"]:
-        view.update(workers=[], note="", paused="")
+        view.update(workers=[], note="", paused="", inbox={})
     return view
 
 

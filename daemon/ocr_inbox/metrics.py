@@ -4,8 +4,11 @@ The stages report through a ``Recorder`` (dispatch: images done and failed, OCR
 time, queue wait, pauses, worker exits and memory; intake: refusals and adopted
 JSON; folder PDFs: builds). The base class records nothing (``ocr-inbox ocr``);
 ``Metrics`` counts into its own ``CollectorRegistry`` (never the global one), and
-the daemon serves that registry with prometheus_client's HTTP server (``serving``)
-when ``[metrics] listen`` is set.
+the daemon serves that registry (prometheus_client's WSGI app, ``serving``) when
+``[metrics] listen`` is set, from a bounded server: at most ``MAX_CONNECTIONS``
+connections at once (one thread each; more are closed at once) and
+``CONNECTION_TIMEOUT_S`` for a silent one, so idle connections cannot pile up
+threads and descriptors in the daemon.
 
 Two kinds of numbers, for two uses (docs/OPERATIONS.md, "Metrics"):
 
@@ -23,11 +26,17 @@ and the executor belong to the main thread).
 from __future__ import annotations
 
 import contextlib
+import socket
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ocr_inbox import reasons
@@ -249,6 +258,66 @@ class _StateCollector:
         yield paused
 
 
+#: connections served at once (a scrape uses one); more are closed as they are accepted
+MAX_CONNECTIONS = 8
+#: a connection that sends nothing (or stalls mid-request) this long is closed
+CONNECTION_TIMEOUT_S = 10.0
+
+
+class _Handler(WSGIRequestHandler):
+    """One request per connection (HTTP/1.0), a timeout on every read and write, no access log."""
+
+    def setup(self) -> None:
+        self.request.settimeout(CONNECTION_TIMEOUT_S)  # read per connection: tests shorten it
+        super().setup()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+        pass
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """prometheus_client's thread-per-connection server with a cap on the threads."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: the client sees the connection closed
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to release it
+            raise
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that timed out or went away is not an error; anything else is logged (once,
+        structured) instead of socketserver's traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            log.warning("metrics_request_failed", client=str(client_address), error=f"{type(exc).__name__}: {exc}")
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _server(host: str, port: int, metrics: Metrics) -> _BoundedServer:
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, addr = info[0], str(info[4][0])
+
+    class Server(_BoundedServer):
+        address_family = family  # IPv4 or IPv6, as the address resolves
+
+    server = make_server(addr, port, make_wsgi_app(metrics.registry), Server, handler_class=_Handler)
+    assert isinstance(server, _BoundedServer)
+    return server
+
+
 @contextlib.contextmanager
 def serving(listen: str, metrics: Metrics) -> Iterator[str]:
     """Serve ``metrics`` at ``http://listen/metrics`` (a thread) until the block ends;
@@ -258,12 +327,14 @@ def serving(listen: str, metrics: Metrics) -> Iterator[str]:
         return
     host, port = parse_listen(listen)
     try:
-        server, thread = start_http_server(port, host, registry=metrics.registry)
+        server = _server(host, port, metrics)
     except OSError as exc:  # in use, an address not on this host, a name that does not resolve
         raise BadArguments(
             f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}"
             " (another process holds the port? pick another one, or leave metrics.listen empty)"
         ) from None
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     bound_host, bound_port = server.socket.getsockname()[:2]  # port 0: the one the kernel chose
     address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
     log.info("metrics_serving", address=address, url=f"http://{address}/metrics")

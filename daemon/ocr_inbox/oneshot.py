@@ -149,9 +149,9 @@ def _ocr(
             lost = dispatch.executor.unavailable_for()
             if lost > settings.executor.connect_timeout_s:  # nor for a cluster (the daemon does)
                 raise EngineUnavailable(
-                    f"executor.address: {dispatch.executor.status_note()}, for {lost:.0f} s "
+                    f"{dispatch.executor.unavailable_why()}, for {lost:.0f} s "
                     f"(executor.connect_timeout_s = {settings.executor.connect_timeout_s:g}); "
-                    "run again once it is back: the run resumes where it stopped")
+                    "run again once it is fixed: the run resumes where it stopped")
             intake.step()
             dispatch.fill()
             if pdfs:

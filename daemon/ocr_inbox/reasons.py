@@ -21,7 +21,9 @@ ADVICE: dict[str, str] = {
     "too_many_pixels": "bigger than [ocr] max_image_pixels: downscale it or raise the limit, " + _RETRY,
     "too_many_pages": "more pages than [ocr] max_pages / max_total_pixels allow: split it or raise the limit, " + _RETRY,
     "too_much_memory": "decoding it passed [pool] worker_memory_mb: downscale it or raise the limit, " + _RETRY,
-    "unreadable": "the service user cannot read it: fix its permissions (it is retried when it changes)",
+    "unreadable": "the service user may not read it (detail; the fix is in `status`' unreadable list and "
+    "the journal's file_refused): give its group read (chgrp, chmod g+r; folders above g+x), check with "
+    "`ocr-inbox doctor --user ocr-inbox`; it is taken as soon as it is readable, no retry needed",
     "changed_while_reading": "it kept changing while being read: it is retried once it settles",
     "vanished": "it was deleted or moved before it was read: nothing to do",
     # names and links

@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from ocr_inbox import atomic
-from ocr_inbox.errors import BadArguments
+from ocr_inbox import statedir
+from ocr_inbox.errors import BadArguments, StateError
 
 RUNS_DIR = "runs"
 RUN_INFO = "run.json"
@@ -30,21 +30,18 @@ def state_dir_for(state_dir: Path, inbox: Path, outbox: Path) -> Path:
 def record(run_dir: Path, inbox: Path, outbox: Path) -> None:
     """Name the trees of the ledger in ``run_dir`` in its ``run.json`` (rewritten, atomically, when they change)."""
     info = {"inbox": os.path.realpath(inbox), "outbox": os.path.realpath(outbox)}
-    dest = run_dir / RUN_INFO
-    try:
-        if json.loads(dest.read_text(encoding="utf-8")) == info:
-            return
-    except (OSError, ValueError):
-        pass
-    atomic.write_json(dest, info)
+    if recorded(run_dir) == (Path(info["inbox"]), Path(info["outbox"])):
+        return
+    with statedir.directory(run_dir) as d:
+        statedir.write_replace(d, RUN_INFO, json.dumps(info).encode(), run_dir, durable=True)
 
 
 def recorded(run_dir: Path) -> tuple[Path, Path] | None:
     """(inbox, outbox) as ``record`` wrote them, or None."""
     try:
-        info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+        info = json.loads(statedir.read_bytes(run_dir, RUN_INFO))
         return Path(info["inbox"]), Path(info["outbox"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, StateError):
         return None
 
 

@@ -4,6 +4,10 @@ The shipped unit runs the daemon under ``ProtectSystem=strict``: every path is
 read-only to it except ``ReadWritePaths=``, its ``StateDirectory=`` and
 ``CacheDirectory=`` and a private ``/tmp``; ``ProtectHome=`` makes ``/home``,
 ``/root`` and ``/run/user`` read-only or hides them, ``InaccessiblePaths=`` hides.
+``BindPaths=``/``BindReadOnlyPaths=`` (the source path, bound at the same place)
+open a path again, also beneath the empty ``/home`` of ``ProtectHome=tmpfs``;
+``TemporaryFileSystem=`` puts an empty file system at a path (the shipped unit's
+``/dev/shm``).
 An outbox outside what the unit opens is only found out when the first JSON fails
 to be written (EROFS); a ``ReadWritePaths=`` entry that does not exist fails the
 start (226/NAMESPACE). ``ocr-inbox doctor`` asks this module first.
@@ -28,6 +32,8 @@ _LISTS = {
     "ReadOnlyPaths": "read_only", "ReadOnlyDirectories": "read_only",
     "InaccessiblePaths": "inaccessible", "InaccessibleDirectories": "inaccessible",
     "StateDirectory": "state", "CacheDirectory": "cache",
+    "BindPaths": "bind", "BindReadOnlyPaths": "bind_read_only",
+    "TemporaryFileSystem": "temporary",
 }
 _FLAGS = ("ProtectSystem", "ProtectHome", "PrivateTmp")
 _TRUE = ("1", "yes", "true", "on")
@@ -45,10 +51,24 @@ class Sandbox:
     #: StateDirectory= / CacheDirectory= names, beneath /var/lib and /var/cache
     state: tuple[str, ...] = ()
     cache: tuple[str, ...] = ()
+    #: BindPaths= / BindReadOnlyPaths= entries, "SRC[:DEST[:OPTIONS]]" as written
+    bind: tuple[str, ...] = ()
+    bind_read_only: tuple[str, ...] = ()
+    #: TemporaryFileSystem= entries, "PATH[:OPTIONS]"
+    temporary: tuple[str, ...] = ()
 
     @property
     def state_dirs(self) -> list[Path]:
         return [Path("/var/lib") / name for name in self.state]
+
+    def _binds(self) -> Iterable[tuple[str, str]]:
+        """Bound paths as (where the service sees them, mode)."""
+        for entries, mode in ((self.bind, RW), (self.bind_read_only, RO)):
+            for entry in entries:
+                src, _, rest = entry.partition(":")
+                dest = _path(rest.partition(":")[0]) or _path(src)
+                if dest:
+                    yield os.path.normpath(dest), mode
 
     def _rules(self) -> Iterable[tuple[str, str]]:
         system = self.protect_system.lower()
@@ -64,6 +84,10 @@ class Sandbox:
             yield from ((p, mode) for p in ("/home", "/root", "/run/user"))
         if self.private_tmp:  # a /tmp of its own: the host's files there are not the service's
             yield from (("/tmp", HIDDEN), ("/var/tmp", HIDDEN))
+        for entry in self.temporary:  # an empty file system: nothing of the host's beneath
+            path = _path(entry.partition(":")[0])
+            if path:
+                yield os.path.normpath(path), HIDDEN
         yield from ((str(p), RW) for p in self.state_dirs)
         yield from ((f"/var/cache/{name}", RW) for name in self.cache)
         for entries, mode in ((self.read_write, RW), (self.read_only, RO), (self.inaccessible, HIDDEN)):
@@ -76,6 +100,17 @@ class Sandbox:
         """``rw``, ``ro`` or ``hidden``: what the service gets at ``path`` (symlinks resolved)."""
         real = os.path.realpath(path)
         above = [(prefix, mode) for prefix, mode in self._rules() if _beneath(real, prefix)]
+        bound = [(prefix, mode) for prefix, mode in self._binds() if _beneath(real, prefix)]
+        if bound and not self._beneath_inaccessible(real):
+            # a bind mount shows the path as bound, even in an empty /home (ProtectHome=tmpfs);
+            # read-only rules above it still apply beneath (ProtectSystem=strict is "/": ro)
+            deepest = max(len(prefix) for prefix, _ in bound)
+            mode = RO if any(m == RO for p, m in bound if len(p) == deepest) else RW
+            deeper = [(p, m) for p, m in above if len(p) > deepest and m != HIDDEN]
+            if deeper:
+                top = max(len(p) for p, _ in deeper)
+                return RO if any(m == RO for p, m in deeper if len(p) == top) else RW
+            return mode
         if any(mode == HIDDEN for _, mode in above):
             return HIDDEN
         if not above:
@@ -84,11 +119,19 @@ class Sandbox:
         modes = {mode for prefix, mode in above if len(prefix) == deepest}
         return RO if RO in modes else RW
 
+    def _beneath_inaccessible(self, real: str) -> bool:
+        """Beneath what no bind can reopen: InaccessiblePaths=, ProtectHome=yes."""
+        hidden = [os.path.realpath(p) for p in map(_path, self.inaccessible) if p]
+        if self.protect_home.lower() in _TRUE:
+            hidden += ["/home", "/root", "/run/user"]
+        return any(_beneath(real, p) for p in hidden)
+
     def missing(self) -> list[str]:
         """``ReadWritePaths=``/``ReadOnlyPaths=``/``InaccessiblePaths=`` entries that do not
         exist and have no "-": the service would not start (status 226/NAMESPACE)."""
         out = []
-        for entry in (*self.read_write, *self.read_only, *self.inaccessible):
+        binds = (e.partition(":")[0] for e in (*self.bind, *self.bind_read_only))
+        for entry in (*self.read_write, *self.read_only, *self.inaccessible, *binds):
             path = _path(entry)
             if path and not entry.startswith("-") and not os.path.lexists(path):
                 out.append(path)
@@ -151,6 +194,9 @@ def read(texts: Iterable[str]) -> Sandbox:
         inaccessible=tuple(lists["inaccessible"]),
         state=tuple(lists["state"]),
         cache=tuple(lists["cache"]),
+        bind=tuple(lists["bind"]),
+        bind_read_only=tuple(lists["bind_read_only"]),
+        temporary=tuple(lists["temporary"]),
     )
 
 

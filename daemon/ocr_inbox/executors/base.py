@@ -87,7 +87,11 @@ class Executor(Protocol):
 
     def unavailable_for(self) -> float:
         """Seconds it has had no way to run anything (a lost Ray cluster it keeps reconnecting
-        to); 0 while it can. The daemon waits it out; a one-shot run gives up after a while."""
+        to, or on which none of its workers can be placed); 0 while it can. The daemon waits it
+        out; a one-shot run gives up after a while."""
+
+    def unavailable_why(self) -> str:
+        """Why it has no way to run anything, naming the setting to look at ("" while it can)."""
 
     def stop(self, deadline_s: float = 10.0) -> None:
         """Ask every worker to exit after its current image; kill those that don't."""

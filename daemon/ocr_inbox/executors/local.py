@@ -170,6 +170,9 @@ class LocalExecutor:
     def unavailable_for(self) -> float:
         return 0.0  # its workers are respawned: never without a way to run
 
+    def unavailable_why(self) -> str:
+        return ""
+
     def workers_view(self) -> list[WorkerView]:
         host = socket.gethostname()
         views = [

@@ -41,7 +41,9 @@ import logging
 import math
 import multiprocessing
 import os
+import pwd
 import signal
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -78,6 +80,8 @@ GCS_RECONNECT_TIMEOUT_S = 15
 CLUSTER_SILENT_S = 15.0
 #: a node whose actors failed to load this many times gets no more actors (until it rejoins)
 MAX_BOOT_FAILURES = 3
+#: Ray error records that carry a pickled exception: never read (``_Bridge.fetch``)
+_PICKLED_ERRORS = frozenset({"TASK_EXECUTION_EXCEPTION", "TASK_CANCELLED"})
 
 
 # -- bridge <-> daemon, besides messages.* ---------------------------------------------
@@ -134,7 +138,16 @@ class Submit:
     batch: m.Batch
 
 
-BridgeEvent = Connected | Beat | Unreachable | ActorAdded | ActorGone | ActorRetired | m.Event
+@dataclass(frozen=True)
+class Placement:
+    """Whether any OCR actor fits on the cluster's nodes: ``problem`` says why none does,
+    naming the setting ("" = one does). Sent when it changes."""
+
+    problem: str
+    nodes: int
+
+
+BridgeEvent = Connected | Beat | Unreachable | ActorAdded | ActorGone | ActorRetired | Placement | m.Event
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,27 @@ def actors_for(resources: dict[str, float], cfg: BridgeConfig) -> int:
     return min(by_gpu, by_cpu)
 
 
+def placement_problem(nodes: list[dict[str, float]], cfg: BridgeConfig) -> str:
+    """Why no OCR actor fits on any of these nodes (their total resources), naming the
+    setting to change; "" when one does. Waiting cannot fix it: only a node that has
+    what the settings ask for, or other settings."""
+    if not nodes or any(actors_for(r, cfg) > 0 for r in nodes):
+        return ""
+    n = f"{len(nodes)} node" + ("s" if len(nodes) != 1 else "")
+    most_cpus = max(r.get("CPU", 0.0) for r in nodes)
+    if cfg.workers_per_gpu > 0:
+        most = max(r.get(cfg.gpu_resource, 0.0) for r in nodes)
+        if most <= 0:
+            return (f"executor.workers_per_gpu = {cfg.workers_per_gpu}: OCR actors need a share of the resource "
+                    f"{cfg.gpu_resource!r} (executor.gpu_resource), which none of the {n} has; "
+                    "for CPU-only nodes set executor.workers_per_gpu = 0")
+        if most * cfg.workers_per_gpu < 1:
+            return (f"executor.workers_per_gpu = {cfg.workers_per_gpu}: the nodes have at most {most:g} of "
+                    f"{cfg.gpu_resource!r}, less than one actor's share ({gpu_share(cfg):g})")
+    return (f"executor.cpus_per_worker = {cfg.cpus_per_worker:g}: each OCR actor needs that many CPUs, "
+            f"and none of the {n} has as many (the most: {most_cpus:g})")
+
+
 def gpu_share(cfg: BridgeConfig) -> float:
     """Each actor's share of one GPU (or of the stand-in resource); Ray keeps 4 decimals."""
     return math.floor(10_000 / cfg.workers_per_gpu) / 10_000
@@ -193,14 +227,25 @@ def actor_options(node_id: str, cfg: BridgeConfig) -> dict[str, Any]:
 
 
 class OcrActor:
-    """One OCR pipeline on a cluster node: the local worker's engine, image module and code."""
+    """One OCR pipeline on a cluster node: the local worker's engine, image module and code.
+
+    Every call returns plain data (``messages.to_plain``: JSON bytes, stored by Ray as raw
+    bytes), never a pickled object, and never raises: the bridge unpickles nothing a node
+    sends (``_Bridge.fetch``)."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.eng: engine_mod.Engine | None = None
         self.info: dict[str, Any] = {}
 
-    def boot(self) -> m.Ready | m.BootFailed:
+    def boot(self) -> bytes:
+        try:
+            res = self._boot()
+        except BaseException as exc:  # noqa: BLE001 (anything: the bridge reads only plain data)
+            res = m.BootFailed(self.cfg.slot, f"{type(exc).__name__}: {exc}", fatal=False)
+        return m.to_plain(res)
+
+    def _boot(self) -> m.Ready | m.BootFailed:
         cfg = self.cfg
         os.environ.update(cfg.env)
         logs.configure(cfg.log_level, cfg.log_format, worker=cfg.slot)
@@ -218,12 +263,16 @@ class OcrActor:
             return m.BootFailed(cfg.slot, f"{type(exc).__name__}: {exc}", fatal=False)
         return m.Ready(cfg.slot, os.getpid(), self.info, round(time.monotonic() - t0, 2))
 
-    def ocr(self, job: m.Job, file: images.ImageFile | None) -> m.Done | m.Failed:
+    def ocr(self, job: m.Job, file: images.ImageFile | None) -> bytes:
         assert self.eng is not None, "boot() first"
-        return ocr_one(job, self.cfg, self.eng, self.info, file)
+        try:
+            res = ocr_one(job, self.cfg, self.eng, self.info, file)
+        except Exception as exc:  # ocr_one reports its own failures; this is a bug's last word
+            res = m.Failed(self.cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}")
+        return m.to_plain(res)
 
-    def rss(self) -> int:
-        return rss_bytes()
+    def rss(self) -> bytes:
+        return m.to_plain(rss_bytes())
 
 
 # -- the bridge (the Ray driver, a child of the daemon) ----------------------------------
@@ -259,9 +308,50 @@ class _Bridge:
         self.next_scan = 0.0
         #: boot failures per node: a node whose actors keep failing to load gets no more
         self.boot_failures: dict[str, int] = {}
+        #: what the daemon was last told about placement (None: nothing yet; sent after Connected)
+        self.placement: str | None = None
+        self.announced = False
 
     def send(self, ev: BridgeEvent) -> None:
         self.conn.send(ev)
+
+    def fetch(self, ref: Any, slot: int, job: m.Job | None = None) -> m.Plain | int:
+        """What an actor call returned, as a message for ``slot`` and ``job`` (the bridge's own).
+
+        Read without ``ray.get``'s deserialization, which unpickles whatever the producing
+        node stored: only an object Ray stored as raw bytes is read (``OcrActor`` returns
+        nothing else), then parsed as plain data. A Ray error about the call (its actor or
+        node died, it could not be placed) is raised as ``ray.get`` raises it, except the
+        kinds Ray keeps pickled (an exception the actor raised, a cancellation, a failed
+        creation), which raise ``NotPlain`` unread.
+        """
+        from ray.core.generated import common_pb2
+
+        pb: Any = common_pb2
+        ray = self.ray
+        core = ray._private.worker.global_worker.core_worker
+        [obj] = core.get_objects([ref], -1)
+        data, metadata = obj[0], obj[1]
+        kind = bytes(metadata).split(b",")[0] if metadata else b""
+        if kind == b"RAW":
+            return m.from_plain(data.to_pybytes() if data is not None else b"", slot, job)
+        try:
+            error = pb.ErrorType.Name(int(kind))
+        except ValueError:
+            raise m.NotPlain(f"the actor returned a {kind[:20].decode(errors='replace') or 'untyped'} object, not plain data") from None
+        if error in _PICKLED_ERRORS:
+            raise m.NotPlain(f"the call failed with {error} (not read: Ray keeps it pickled)")
+        if error == "ACTOR_DIED" and data is not None and len(data):
+            # Ray's record: msgpack around protobuf (no pickle for an error's metadata type)
+            ctx = ray._private.worker.global_worker.get_serialization_context()
+            try:
+                info = ctx._deserialize_error_info(data, bytes(metadata).split(b","))
+            except Exception as exc:
+                raise m.NotPlain(f"the actor died, with an unreadable record: {type(exc).__name__}") from None
+            if info.actor_died_error.HasField("creation_task_failure_context"):
+                raise m.NotPlain(f"the actor died while being created: {info.error_message.splitlines()[0] if info.error_message else ''}")
+        ray.get(ref)  # raises the error, read from Ray's own (protobuf) record
+        raise m.NotPlain(f"the call ended with {error}, but Ray returned no error")
 
     # nodes and actors ------------------------------------------------------
 
@@ -282,7 +372,15 @@ class _Bridge:
                     break
                 self.add_actor(node_id, f"{node.get('NodeManagerAddress', '?')}/{node_id[:8]}")
         self.send(Beat(len(nodes)))
+        if self.announced:
+            self.report_placement(nodes)
         return len(nodes)
+
+    def report_placement(self, nodes: dict[str, Any]) -> None:
+        problem = placement_problem([n.get("Resources", {}) for n in nodes.values()], self.cfg)
+        if problem != self.placement:
+            self.placement = problem
+            self.send(Placement(problem, len(nodes)))
 
     def add_actor(self, node_id: str, node: str) -> None:
         slot = next(self.slots)
@@ -375,13 +473,21 @@ class _Bridge:
             a = refs[ref]
             if a.slot not in self.actors:
                 continue
+            job = a.calls[0][0] if a.calls and ref is a.calls[0][1] else None
             try:
-                res = self.ray.get(ref)
+                res = self.fetch(ref, a.slot, job)
             except self.ray.exceptions.RayError as exc:
                 self.lose(a, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue
+            except m.NotPlain as exc:
+                log.error("ray_actor_not_plain", slot=a.slot, node=a.node, error=str(exc))
+                self.lose(a, f"it returned what is not an answer to its call: {exc}")
+                continue
             if ref is a.boot_ref:
                 a.boot_ref = None
+                if not isinstance(res, m.Ready | m.BootFailed):
+                    self.lose(a, "its boot call returned something else")
+                    continue
                 if isinstance(res, m.BootFailed):
                     self.boot_failures[a.node_id] = self.boot_failures.get(a.node_id, 0) + 1
                     del self.actors[a.slot]
@@ -391,11 +497,15 @@ class _Bridge:
                 continue
             if ref is a.rss_ref:
                 a.rss_ref = None
-                self.maybe_batch_done(a, int(res))
+                if not isinstance(res, int):
+                    self.lose(a, "its memory call returned something else")
+                    continue
+                self.maybe_batch_done(a, res)
                 continue
             job, _ = a.calls.popleft()
             a.deadline = time.monotonic() + self.cfg.image_timeout_s
             a.images += 1
+            assert isinstance(res, m.Done | m.Failed)  # from_plain answers an image call with one of these
             self.result(a, job, res)
             self.maybe_batch_done(a)
         now = time.monotonic()
@@ -414,6 +524,33 @@ class _Bridge:
                 if isinstance(msg, Submit):
                     self.submit(msg.slot, msg.batch)
             self.step()
+
+
+def token_file_problem(path: str, uid: int) -> tuple[str, str] | None:
+    """Why the cluster's token file is not fit for the service user ``uid``, and the fix;
+    None when it is. Whoever can read the token can join the cluster, and a cluster node
+    is as trusted as the service user (docs/SCALE-OUT.md): the file must be the service
+    user's own, readable by nobody else."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}", f"write the cluster's token into {path}"
+    owner = _user_name(st.st_uid)
+    fix = f"chown {_user_name(uid)} {path} && chmod 0400 {path}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file", f"write the cluster's token into {path}"
+    if st.st_uid != uid:
+        return f"{path} is owned by {owner}, not by {_user_name(uid)} (the service user)", fix
+    if st.st_mode & 0o077:
+        return f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: others may read the cluster's token", fix
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _connect_env(cfg: BridgeConfig) -> None:
@@ -443,8 +580,8 @@ def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.configure(cfg.log_level, cfg.log_format, worker="ray")
     _connect_env(cfg)
-    if cfg.token_file and not os.access(cfg.token_file, os.R_OK):
-        conn.send(Unreachable("executor.token_file", f"cannot read {cfg.token_file}"))
+    if cfg.token_file and (problem := token_file_problem(cfg.token_file, os.geteuid())):
+        conn.send(Unreachable("executor.token_file", f"{problem[0]} (fix: {problem[1]})"))
         return
     import ray
 
@@ -468,6 +605,8 @@ def bridge_main(conn: Connection, cfg: BridgeConfig) -> None:
         bridge = _Bridge(conn, cfg)
         nodes = bridge.scan_nodes()
         conn.send(Connected(cfg.address, nodes))
+        bridge.announced = True  # placement is reported from the next scan on, after Connected
+        bridge.next_scan = 0.0
         bridge.loop()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone
@@ -518,6 +657,8 @@ class RayExecutor:
         self.stopping = False
         self.last_beat = 0.0
         self.booted = False  # start() done: later boot failures drop an actor instead of stopping the daemon
+        self.unplaceable = ""  # why no actor fits on the cluster's nodes ("" = one does)
+        self.unplaceable_since = 0.0  # monotonic, while one does not
 
     # lifecycle -----------------------------------------------------------------
 
@@ -534,6 +675,8 @@ class RayExecutor:
     def start(self) -> None:
         """Connect (within ``executor.connect_timeout_s``); an unreachable cluster or a refused
         token at start is an error naming the setting."""
+        if self.cfg.token_file and (problem := token_file_problem(self.cfg.token_file, os.geteuid())):
+            raise EngineUnavailable(f"executor.token_file: {problem[0]} (fix: {problem[1]})")
         self._spawn()
         end = time.monotonic() + self.settings.connect_timeout_s
         while not self.connected:
@@ -579,17 +722,28 @@ class RayExecutor:
         so the watchdog is fed and systemd does not restart a daemon that would only find
         the same cluster missing (``status_note`` says why nothing is OCR'd).
         """
-        if self.outage:
+        if self.outage or self.unplaceable:
             return True
         now = time.monotonic()
         return any(a.state != ActorState.booting or now - a.added < self.pool.boot_timeout_s for a in self.actors.values())
 
     def unavailable_for(self) -> float:
-        return time.monotonic() - self.outage_since if self.outage else 0.0
+        if self.outage:
+            return time.monotonic() - self.outage_since
+        if self.unplaceable and not self.actors:
+            return time.monotonic() - self.unplaceable_since
+        return 0.0
+
+    def unavailable_why(self) -> str:
+        if self.outage:
+            return f"executor.address: {self.status_note()}"
+        return f"no OCR actor can be placed on the Ray cluster: {self.unplaceable}" if self.unplaceable else ""
 
     def status_note(self) -> str:
         if self.outage:
             return f"ray cluster unreachable, retrying: {self.outage}"
+        if self.unplaceable:
+            return f"ray: no OCR actor can be placed: {self.unplaceable}"
         nodes = len({a.node for a in self.actors.values()})
         return f"ray: {self.ready_count()} actors ready on {nodes} nodes"
 
@@ -672,6 +826,15 @@ class RayExecutor:
         if isinstance(ev, Unreachable):
             self._unreachable(f"{ev.key}: {ev.error}")
             return []
+        if isinstance(ev, Placement):
+            if ev.problem:
+                log.warning("ray_no_actor_placeable", nodes=ev.nodes, reason=ev.problem,
+                            note="nothing is OCR'd until a node fits or the settings change")
+                self.unplaceable_since = time.monotonic()
+            elif self.unplaceable:
+                log.info("ray_actors_placeable", nodes=ev.nodes)
+            self.unplaceable = ev.problem
+            return []
         if isinstance(ev, ActorAdded):
             self.actors[ev.slot] = _Mirror(ev.slot, ev.node, time.monotonic())
             log.info("ray_actor_added", slot=ev.slot, node=ev.node)
@@ -735,6 +898,7 @@ class RayExecutor:
         return events
 
     def _unreachable(self, why: str) -> None:
+        self.unplaceable = ""  # the next bridge reports placement afresh
         self.actors.clear()
         self._close_bridge()
         self.failures += 1

@@ -8,10 +8,18 @@ changed, returned); refused paths get a quarantine record with their reason;
 files that left the inbox are marked gone. A queued file whose JSON in the
 outbox already describes exactly this version is adopted as done instead of
 being OCR'd again (a new ledger over an old outbox, a tree OCR'd before).
+
+What is not taken is said once: a file of a type we do not take is reported
+(``file_skipped``, info) and counted; a folder or file the service user may not
+read is reported (``folder_unreadable`` / ``file_refused``, warning, with what is
+missing and the fix) and looked at again when its permissions change and on a
+backoff (``unreadable.Blocked``), and taken the moment it may be read.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import socket
 import time
@@ -22,6 +30,7 @@ import structlog
 from ocr_inbox.config import WatchSettings
 from ocr_inbox.inbox import scan
 from ocr_inbox.inbox.stability import StabilityTracker
+from ocr_inbox.inbox.unreadable import Blocked, Problem, diagnose
 from ocr_inbox.inbox.watcher import InboxWatcher
 from ocr_inbox.ledger import ImageStatus, Ledger
 from ocr_inbox.metrics import Recorder
@@ -33,6 +42,11 @@ log = structlog.get_logger(__name__)
 SETTLE_BATCH = 5000
 #: a missing inbox (unmounted, removed) is looked for again this often
 INBOX_RETRY_S = 15.0
+#: a folder still unreadable this long is reported (``cp -a``, ``rsync -a`` open theirs up
+#: when the copy is done: no warning for those)
+REPORT_UNREADABLE_AFTER_S = 10.0
+#: skipped files and unreadable paths named in ``report`` (status); the counts are whole
+REPORT_LIMIT = 100
 
 
 class Intake:
@@ -50,6 +64,13 @@ class Intake:
         self.tracker = StabilityTracker()
         self.watcher = InboxWatcher(inbox, settings) if watch else None
         self.next_rescan = 0.0
+        #: folders and files the service user may not read yet, looked at again
+        self.blocked = Blocked(settings.unreadable_retry_s)
+        #: files of a type we do not take (rel -> suffix), each reported once, and their count by type
+        self.skipped: dict[str, str] = {}
+        self._skipped_by_type: collections.Counter[str] = collections.Counter()
+        #: skipped files below each folder: a file deleted (no entry) costs no walk of ``skipped``
+        self._skipped_under: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -66,6 +87,7 @@ class Intake:
     def apply(self, settings: WatchSettings) -> None:
         """New watch settings (a reload): a new watcher, the next rescan on the new interval."""
         self.settings = settings
+        self.blocked.cap_s = settings.unreadable_retry_s
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = InboxWatcher(self.inbox, settings)
@@ -101,20 +123,42 @@ class Intake:
             self.watcher.restart()
         known = {row.rel: row for row in self.ledger.known_paths()}
         seen: set[str] = set()
+        skipped: set[str] = set()
+        unlistable: list[str] = []
+        still_blocked: set[str] = set()
         new = refused = 0
         for item in scan.walk(self.inbox, self.settings.ignore_patterns(), max_depth=self.settings.max_depth):
+            if isinstance(item, scan.Skipped):
+                skipped.add(item.rel)
+                self._skip(item)
+                continue
+            if isinstance(item, scan.Unlistable):
+                unlistable.append(item.rel)
+                still_blocked.add(item.rel)
+                self._unlistable(item)
+                continue
             seen.add(item.rel)
             if isinstance(item, scan.Refused):
                 refused += self._refuse(item)
+                if item.rel in self.blocked:
+                    still_blocked.add(item.rel)
                 continue
+            self._readable(item.rel)
             row = known.get(item.rel)
             if row is not None and (row.size, row.mtime_ns) == (item.size, item.mtime_ns) and row.status != ImageStatus.gone:
                 continue
             self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic())
             new += 1
+        for rel in [r for r in self.skipped if r not in skipped]:
+            self._unskip(rel)
+        for rel in self.blocked.at_or_under(""):
+            if rel not in still_blocked:
+                self._readable(rel)  # a folder listed this time, or a file that left
+        # nothing is known of what an unreadable folder holds: its images are not gone
+        hidden = tuple(r + "/" for r in unlistable if r) if "" not in unlistable else ("",)
         gone = 0
         for rel, row in known.items():
-            if rel not in seen and (
+            if rel not in seen and not rel.startswith(hidden) and (
                 row.status in (ImageStatus.pending, ImageStatus.running)
                 or (row.status == ImageStatus.done and not row.source_deleted)
             ):
@@ -122,7 +166,7 @@ class Intake:
                 gone += 1
         self._schedule_rescan()
         log.info("scan_done", files=len(seen), new_or_changed=new, refused=refused, gone=gone,
-                 seconds=round(time.monotonic() - t0, 2))
+                 skipped=len(self.skipped), unreadable=len(self.blocked), seconds=round(time.monotonic() - t0, 2))
 
     def track(self, rel: str) -> None:
         """Look at one path again (a watcher event, or a file that moved under a worker)."""
@@ -134,6 +178,8 @@ class Intake:
                 self.tracker.forget(rel)
                 self.ledger.gone(name, time.time())
                 self.ledger.gone_tree(name, time.time())
+                self.blocked.forget_under(name)
+                self._forget_skipped(name)
             return
         if isinstance(item, scan.Refused):
             self.tracker.forget(rel)  # the refusal may name a folder or link above it
@@ -145,12 +191,14 @@ class Intake:
             for rel in self.watcher.drain():
                 path = os.path.join(self.root, rel)
                 if os.path.isdir(path) and not os.path.islink(path):
-                    # walk refuses a folder reached through a symlinked one, or too deep, as the scan does
-                    s = self.settings
-                    for item in scan.walk(self.inbox, s.ignore_patterns(), subdir=rel, max_depth=s.max_depth):
-                        self._take(item)
+                    self._walk(rel)
                 else:
                     self.track(rel)
+            # permissions changed: what could not be read at or below there may be readable now
+            for rel in self.watcher.drain_attrib():
+                self._look_again(self.blocked.at_or_under(rel))
+        self._look_again(self.blocked.due(time.monotonic()))
+        self._report_blocked()
         self._settle()
         if time.monotonic() >= self.next_rescan:
             self.full_scan()
@@ -161,20 +209,135 @@ class Intake:
         every = self.settings.rescan_interval_s
         self.next_rescan = time.monotonic() + every if every else float("inf")
 
+    def _walk(self, rel: str) -> None:
+        """Take what the folder ``rel`` holds (a folder created, moved in, or readable now)."""
+        # walk refuses a folder reached through a symlinked one, or too deep, as the scan does
+        s = self.settings
+        for item in scan.walk(self.inbox, s.ignore_patterns(), subdir=rel, max_depth=s.max_depth):
+            self._take(item)
+
     def _refuse(self, item: scan.Refused) -> int:
+        fix = ""
+        if item.reason == "unreadable":
+            # what the service user lacks, and how to give it: looked at again until readable
+            problem = diagnose(self.root, item.rel, folder=False) or Problem(item.detail, "")
+            item = scan.Refused(item.rel, item.reason, problem.missing)
+            fix = problem.fix
+            self.blocked.add(item.rel, "file", problem, time.monotonic(), time.time())
+            entry = self.blocked.get(item.rel)
+            if entry is not None:
+                entry.reported = True  # file_refused below says it, once (the ledger knows)
         if self.ledger.refuse(item.rel, item.reason, item.detail, time.time()):
-            log.warning("file_refused", path=item.rel, reason=item.reason, detail=item.detail)
+            extra = {"fix": fix} if fix else {}
+            log.warning("file_refused", path=item.rel, reason=item.reason, detail=item.detail, **extra)
             self.recorder.image_failed(item.reason)
             return 1
         return 0
 
-    def _take(self, item: scan.Candidate | scan.Refused) -> None:
-        """A file the scanner classified: refuse it, or follow it until it settles."""
+    def _unlistable(self, item: scan.Unlistable) -> None:
+        """A folder the service user may not list: looked at again until it may; reported
+        once if it stays so (``_report_blocked``)."""
+        problem = diagnose(self.root, item.rel, folder=True) or Problem(item.detail, "")
+        self.blocked.add(item.rel, "folder", problem, time.monotonic(), time.time())
+
+    def _report_blocked(self) -> None:
+        for e in self.blocked.unreported(time.monotonic(), REPORT_UNREADABLE_AFTER_S):
+            e.reported = True
+            log.warning("folder_unreadable", path=e.rel or ".", missing=e.problem.missing, fix=e.problem.fix)
+
+    def _readable(self, rel: str) -> None:
+        """``rel`` was blocked and is not any more (readable, or gone): its entry goes."""
+        entry = self.blocked.remove(rel)
+        if entry is not None and os.path.lexists(os.path.join(self.root, rel)):
+            log.info("path_readable", path=rel or ".", kind=entry.kind,
+                     waited_s=round(time.monotonic() - entry.since, 1))
+
+    def _look_again(self, rels: list[str]) -> None:
+        """Look again at blocked paths (their permissions changed, or their backoff ran out)."""
+        now_m = time.monotonic()
+        for rel in rels:
+            entry = self.blocked.get(rel)
+            if entry is None:
+                continue  # taken meanwhile (a folder above was walked)
+            if not os.path.lexists(os.path.join(self.root, rel)):
+                self.blocked.remove(rel)
+                self.track(rel)
+            elif entry.kind == "folder":
+                if diagnose(self.root, rel, folder=True) is None:
+                    self._readable(rel)
+                    if self.watcher is not None:
+                        self.watcher.watch_again(rel)  # (done already if an event brought us here)
+                    self._walk(rel)
+                else:
+                    self.blocked.tried(rel, now_m)
+            else:
+                self.track(rel)
+                self.blocked.tried(rel, now_m)
+
+    def _skip(self, item: scan.Skipped) -> None:
+        """A file of a type we do not take: said once (info), counted for status."""
+        if item.rel in self.skipped:
+            return
+        self.skipped[item.rel] = item.suffix
+        self._skipped_by_type[item.suffix or "(none)"] += 1
+        self._skipped_under.update(_folders_above(item.rel))
+        log.info("file_skipped", path=item.rel, type=item.suffix or "(none)", accepted=scan.accepted_types())
+
+    def _unskip(self, rel: str) -> None:
+        suffix = self.skipped.pop(rel, None)
+        if suffix is None:
+            return
+        self._skipped_by_type.subtract([suffix or "(none)"])
+        self._skipped_under.subtract(_folders_above(rel))
+        # (Counter.subtract keeps zeros: drop them, the maps stay as small as what is skipped)
+        for counter, keys in ((self._skipped_by_type, [suffix or "(none)"]), (self._skipped_under, _folders_above(rel))):
+            for k in keys:
+                if counter[k] <= 0:
+                    del counter[k]
+
+    def _forget_skipped(self, rel: str) -> None:
+        """``rel`` left the inbox: a skipped file, or a folder holding some."""
+        self._unskip(rel)
+        if self._skipped_under.get(rel):
+            prefix = rel + "/"
+            for r in [r for r in self.skipped if r.startswith(prefix)]:
+                self._unskip(r)
+
+    def _take(self, item: scan.Candidate | scan.Refused | scan.Skipped | scan.Unlistable) -> None:
+        """A path the scanner classified: refuse it, report it, or follow it until it settles."""
+        if isinstance(item, scan.Skipped):
+            self._skip(item)
+            return
+        if isinstance(item, scan.Unlistable):
+            self._unlistable(item)
+            return
         if isinstance(item, scan.Refused):
             self.tracker.forget(item.rel)
             self._refuse(item)
             return
+        self._readable(item.rel)
+        if self.blocked:
+            # a file found below a folder held as closed: it was opened up (seen by a
+            # poller's listing, or a walk from above)
+            parts = item.rel.split("/")[:-1]
+            for i in range(len(parts) + 1):
+                if "/".join(parts[:i]) in self.blocked:
+                    self._readable("/".join(parts[:i]))
         self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic())
+
+    def report(self) -> dict[str, object]:
+        """What is not taken, for ``status``: the paths waiting for read access and the
+        skipped files by type (a few named)."""
+        return {
+            "unreadable": self.blocked.view(REPORT_LIMIT),
+            "unreadable_count": len(self.blocked),
+            "skipped": {
+                "count": len(self.skipped),
+                "by_type": dict(sorted(self._skipped_by_type.items())),
+                "examples": list(itertools.islice(self.skipped, REPORT_LIMIT)),
+                "accepted": scan.accepted_types(),
+            },
+        }
 
     def _settle(self) -> None:
         """Re-examine files being written; record the ones that stopped changing.
@@ -201,6 +364,8 @@ class Intake:
                 ready.append((rel, item.size, item.mtime_ns))
             elif isinstance(item, scan.Refused):
                 self._refuse(item)
+            elif isinstance(item, scan.Skipped):
+                self._skip(item)
         if not ready:
             return
         now = time.time()
@@ -215,3 +380,9 @@ class Intake:
                 adopted += 1
                 self.recorder.image_adopted()
         log.debug("files_settled", count=len(ready), adopted=adopted)
+
+
+def _folders_above(rel: str) -> list[str]:
+    """The folders ``rel`` is in, below the inbox: "a/b/c.txt" -> ["a", "a/b"]."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]

@@ -10,6 +10,7 @@ hangs below it. Nothing here opens a file's content.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import functools
 import os
@@ -19,7 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: the file types taken (by name, case-insensitive); README.md lists them. Any other file
+#: is skipped and reported once (``Skipped``): a .txt, a .docx, a PDF (not taken yet)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+#: errors that mean the service user may not list a folder (not that it vanished)
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
 #: the longest file name (bytes) Linux file systems take; an image's JSON is ``<name>.json``
 NAME_MAX = 255
 JSON_SUFFIX = ".json"
@@ -42,6 +47,28 @@ class Refused:
     rel: str
     reason: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not an image type we take (``IMAGE_SUFFIXES``): nothing is done with it."""
+
+    rel: str
+    #: its suffix, lower case ("" for none)
+    suffix: str
+
+
+@dataclass(frozen=True)
+class Unlistable:
+    """A folder the service user may not list (or enter): what is in it is unknown until it may."""
+
+    rel: str
+    detail: str
+
+
+def accepted_types() -> str:
+    """The suffixes taken, for messages: ".bmp .jpeg .jpg ..."."""
+    return " ".join(sorted(IMAGE_SUFFIXES))
 
 
 def utf8_ok(rel: str) -> bool:
@@ -127,8 +154,9 @@ def _outside_limits(inbox_real: str, rel_dir: str, max_depth: int) -> Refused | 
 
 def classify(
     inbox_real: str, rel: str, patterns: Sequence[str] = (), max_depth: int = DEFAULT_MAX_DEPTH
-) -> Candidate | Refused | None:
-    """Look at one path relative to the inbox; None means 'not ours' (ignored or no image).
+) -> Candidate | Refused | Skipped | None:
+    """Look at one path relative to the inbox; None means 'not ours' (ignored, missing, not a
+    regular file by a name we do not take); ``Skipped``: a file of a type we do not take.
 
     A symlink to a directory is refused whatever its name (the watcher reports
     it like a file; the walk never descends it). A path below a symlinked
@@ -143,7 +171,7 @@ def classify(
     return _classify(inbox_real, rel)
 
 
-def _classify(inbox_real: str, rel: str) -> Candidate | Refused | None:
+def _classify(inbox_real: str, rel: str) -> Candidate | Refused | Skipped | None:
     """``classify`` for a path whose folder is known to be inside the limits and not ignored."""
     name = rel.rsplit("/", 1)[-1]
     path = os.path.join(inbox_real, rel)
@@ -157,6 +185,8 @@ def _classify(inbox_real: str, rel: str) -> Candidate | Refused | None:
     if stat.S_ISLNK(lst.st_mode) and os.path.isdir(path):
         return Refused(printable_rel(rel), "directory_symlink", "symlinked directories are not followed")
     if not image:
+        if stat.S_ISREG(lst.st_mode):
+            return Skipped(printable_rel(rel), os.path.splitext(name)[1].lower())
         return None
     if not utf8_ok(rel):
         # The ledger, the logs and the JSON (source.path) hold text: such a name has no place there.
@@ -189,15 +219,16 @@ def _classify(inbox_real: str, rel: str) -> Candidate | Refused | None:
 
 def walk(
     inbox: Path, patterns: Sequence[str] = (), subdir: str = "", max_depth: int = DEFAULT_MAX_DEPTH
-) -> Iterator[Candidate | Refused]:
-    """Every image under ``inbox`` (or the reason it is refused), folders in sorted order.
+) -> Iterator[Candidate | Refused | Skipped | Unlistable]:
+    """Every image under ``inbox`` (or the reason it is refused), every other file
+    (``Skipped``) and every folder that may not be listed (``Unlistable``), folders in sorted order.
 
     ``subdir`` limits the walk to one folder of the inbox; paths stay relative
     to (and links are judged against) the inbox itself. Iterative (a tree of
     any depth costs no recursion): a folder ``max_depth + 1`` levels down is
     refused as ``too_deep`` and not entered. A ``subdir`` reached through a
-    symlinked directory yields that link's refusal only. A folder that cannot
-    be listed (vanished, unreadable) is skipped.
+    symlinked directory yields that link's refusal only. A folder that vanished is
+    passed over; one the service user may not list is yielded as ``Unlistable``.
     """
     root = os.path.realpath(inbox)
     if subdir:
@@ -217,7 +248,9 @@ def walk(
         try:
             with os.scandir(dirpath) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in _DENIED:
+                yield Unlistable(printable_rel(reldir.rstrip("/")), exc.strerror or str(exc))
             continue
         subdirs: list[tuple[str, str, int]] = []
         files: list[str] = []

@@ -18,11 +18,18 @@ an iterative walk, polling lists folders down to ``max_depth`` only and never
 follows a symlink (``lstat``), so a link such as ``x/l -> ..`` is reported
 once, as a link, and refused by intake. A folder one level deeper is still
 reported (created, moved in) so intake can refuse it.
+
+Permissions: a folder the service user may not read gets no inotify watch
+(``inotify_add_watch`` fails with EACCES; watchdog would keep a bogus watch
+``wd=-1`` and warn about it). Attribute changes (chmod, chgrp, ACLs) are reported
+apart (``drain_attrib``) so intake can look again at what it could not read, and a
+folder that becomes readable gets its watches then, before intake walks it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -35,10 +42,12 @@ from typing import Any, Literal
 
 import structlog
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -48,8 +57,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import DEFAULT_EMITTER_TIMEOUT, DEFAULT_OBSERVER_TIMEOUT, BaseObserver, EventQueue, ObservedWatch
-from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask
+from watchdog.observers.inotify import _INVALID_WD, InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask, Watch, WatchDescriptor, inotify_add_watch
 from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
 from watchdog.observers.polling import PollingObserverVFS
 
@@ -71,7 +80,11 @@ _EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent,
     DirMovedEvent,
     DirDeletedEvent,
+    # permissions changed: intake looks again at what it could not read (``drain_attrib``)
+    FileAttribEvent,
+    DirAttribEvent,
 ]
+_ATTRIB = (FileAttribEvent, DirAttribEvent)
 
 
 class _Recorder(FileSystemEventHandler):
@@ -83,6 +96,11 @@ class _Recorder(FileSystemEventHandler):
         if type(event) not in _EVENTS:
             return
         w = self._watcher
+        if isinstance(event, _ATTRIB):
+            rel = w.relative(os.fsdecode(event.src_path))
+            if rel is not None or os.fsdecode(event.src_path) == w.root:
+                w._touch(rel or "", attrib=True)
+            return
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if not path:
                 continue
@@ -110,6 +128,8 @@ class InboxWatcher:
         self._max_depth = s.max_depth
         self._lock = threading.Lock()
         self._touched: set[str] = set()
+        #: paths whose attributes (mode, owner, ACL) changed; '' is the inbox itself
+        self._attrib: set[str] = set()
         self._observer: BaseObserver | None = None
         self._kind = "none"
         self._lost = False
@@ -260,6 +280,26 @@ class InboxWatcher:
             touched, self._touched = self._touched, set()
         return touched
 
+    def drain_attrib(self) -> set[str]:
+        """The paths whose permissions (or other attributes) changed since the last call, cleared
+        ('' is the inbox itself). Call after ``drain``: its wake-up byte covers these too."""
+        with self._lock:
+            attrib, self._attrib = self._attrib, set()
+        return attrib
+
+    def watch_again(self, rel: str) -> None:
+        """Intake found the folder ``rel`` readable without an attribute event (NFS, or a
+        change inotify missed): give it, and what is below it, inotify watches now, before
+        intake walks it. Polling needs nothing: its next listing sees the folder's content."""
+        obs = self._observer
+        if not isinstance(obs, _BoundedInotifyObserver):
+            return
+        path = os.fsencode(os.path.join(self.root, rel))
+        for emitter in list(obs.emitters):
+            group = getattr(emitter, "_inotify", None)
+            if isinstance(group, _BoundedWatchGroup):
+                group.watch_again(path)
+
     def _fall_back_at_runtime(self) -> None:
         reason, self._incomplete = self._incomplete, None
         if self._mode != "auto":
@@ -296,10 +336,10 @@ class InboxWatcher:
             return None
         return rel
 
-    def _touch(self, rel: str) -> None:
+    def _touch(self, rel: str, *, attrib: bool = False) -> None:
         with self._lock:
-            wake = not self._touched
-            self._touched.add(rel)
+            wake = not self._touched and not self._attrib
+            (self._attrib if attrib else self._touched).add(rel)
             if wake:  # one byte per batch of touches is enough to wake the loop
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     self._wsock.send(b"\0")
@@ -319,7 +359,14 @@ class InboxWatcher:
         if watched is None or ino in watched or not os.path.isdir(path) or os.path.islink(path):
             return
         if not os.access(path, os.R_OK | os.X_OK):
-            return  # unreadable: not a watch problem, and its files are refused anyway
+            return  # unreadable: not a watch problem; intake waits for it to open up
+        if rel is not None:
+            # closed when its watch was tried, open now (cp -a opens it within milliseconds,
+            # its attribute event may not be handled yet): try once more before blaming the limit
+            self.watch_again(rel)
+            watched = _watched_inodes()
+            if watched is None or ino in watched:
+                return
         self._incomplete = (
             f"inotify watch limit reached: the new folder {self.relative(path) or path} could not be watched "
             f"(fs.inotify.max_user_watches = {_max_user_watches()})"
@@ -434,6 +481,28 @@ def _bounded_tree(top: bytes, top_depth: int, max_depth: int) -> Iterator[tuple[
             stack.extend((os.path.join(d, n), depth + 1) for n in reversed(dirs))
 
 
+class _InotifyFD(InotifyFD):
+    """watchdog's inotify instance, refusing a folder it may not read (EACCES) the way it
+    refuses others: watchdog's own returns a watch ``wd=-1`` for it, which warns
+    (RuntimeWarning) when a second such folder comes and is never watched again.
+    The group below (watchdog's ``_add_callback``) then passes over that folder; it
+    gets its watch once an attribute event says it may be readable now."""
+
+    def _get_or_create_watch(self, path: bytes, mask: Mask) -> Watch:
+        wd = inotify_add_watch(self._inotify_fd, path, mask)
+        if wd == -1:
+            err = ctypes.get_errno()
+            if err in (errno.EACCES, errno.EPERM):
+                raise PermissionError(err, os.strerror(err), os.fsdecode(path))
+            InotifyFD._raise_error()
+            raise OSError(err, os.strerror(err), os.fsdecode(path))
+        watch = self._watch_for_wd.get(WatchDescriptor(wd))
+        if watch is None:
+            watch = Watch(WatchDescriptor(wd), mask, path)
+            self._watch_for_wd[WatchDescriptor(wd)] = watch
+        return watch
+
+
 class _BoundedWatchGroup(InotifyWatchGroup):
     """watchdog's inotify watch group, its two tree walks made iterative and depth-limited."""
 
@@ -452,6 +521,39 @@ class _BoundedWatchGroup(InotifyWatchGroup):
             if d_depth < self.max_depth:
                 for name in dirs:
                     self._add_callback(os.path.join(d, name))
+
+    def on_event(self, event: InotifyEvent) -> None:
+        # A folder's mode changed (its own watch, or its parent's): if it or a folder
+        # below it had no watch (not readable until now), add them before the event is
+        # queued, so nothing created in it from here on is missed by intake's walk.
+        if event.is_attrib and (event.is_directory or not event.name):
+            with self._lock:
+                path = self._build_event_source_path(event) if self.is_active else None
+            if path is not None:
+                self.watch_again(path)
+        super().on_event(event)
+
+    def watch_again(self, path: bytes) -> None:
+        """Watch ``path`` and the folders below it that have no watch yet (readable now)."""
+        with self._lock:
+            if self.is_active and self.is_recursive and self._needs_watches(path):
+                self._add_all_callbacks(path)
+
+    def _needs_watches(self, path: bytes) -> bool:
+        """``path`` (a folder within the depth) or one of its sub-folders has no watch."""
+        if _depth_below(self.path, path) > self.max_depth or not os.path.isdir(path) or os.path.islink(path):
+            return False
+        node = self._find_node_by_path(path)
+        if node is None or node.wd == _INVALID_WD:
+            return True
+        if _depth_below(self.path, path) >= self.max_depth:
+            return False
+        try:
+            with os.scandir(path) as it:
+                subdirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return False
+        return any((c := node.children.get(n)) is None or c.wd == _INVALID_WD for n in subdirs)
 
     def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
         # the events for what a new folder already holds (mkdir -p a/b; cp -r), as watchdog does
@@ -517,7 +619,7 @@ class _BoundedInotifyObserver(BaseObserver):
     """watchdog's ``InotifyObserver`` with ``_BoundedInotifyEmitter``."""
 
     def __init__(self, *, max_depth: int, timeout: float = DEFAULT_OBSERVER_TIMEOUT) -> None:
-        self._inotify_fd = InotifyFD()
+        self._inotify_fd = _InotifyFD()
         self._inotify_fd.start()
         super().__init__(_BoundedInotifyEmitter, timeout=timeout, inotify_fd=self._inotify_fd, max_depth=max_depth)
 

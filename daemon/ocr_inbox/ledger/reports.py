@@ -28,6 +28,30 @@ class FolderSummary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def pdf_due_at(self, quiet_seconds: float) -> float | None:
+        """When its PDF starts (wall time): all its images finished, one done, the PDF needed,
+        ``quiet_seconds`` after the last change seen in the folder; None: no PDF is due."""
+        if self.pdf_state != PdfState.needed or self.pending or self.running or not self.done:
+            return None
+        return self.last_activity + quiet_seconds
+
+
+def pdf_due_at(ledger: Ledger, folder: str, quiet_seconds: float) -> float | None:
+    """``FolderSummary.pdf_due_at`` for one folder (when its last image is done)."""
+    row = ledger.connection.execute(
+        "SELECT f.last_activity, f.pdf_state,"
+        " EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done'),"
+        " EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status IN ('pending', 'running'))"
+        " FROM folders f WHERE f.folder = ?",
+        (folder,),
+    ).fetchone()
+    if row is None:
+        return None
+    last, state, done, unfinished = row
+    if state != PdfState.needed or not done or unfinished:
+        return None
+    return float(last) + quiet_seconds
+
 
 @dataclass(frozen=True)
 class Stats:

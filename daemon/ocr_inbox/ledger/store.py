@@ -27,6 +27,7 @@ import errno
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from ocr_inbox import statedir
 from ocr_inbox.errors import StateError
 from ocr_inbox.inbox.scan import folder_of
 from ocr_inbox.ocr.results import Page
@@ -48,6 +50,14 @@ LOCK_NAME = "ocr-inbox.lock"
 SCHEMA_VERSION = 3
 #: a second writer waits this long before the open fails with "locked"
 BUSY_TIMEOUT_MS = 1000
+#: the lock is tried this many times, ``LOCK_PAUSE_S`` apart, before "another daemon":
+#: ``status`` holds a shared lock for an instant while it asks whether one runs
+LOCK_TRIES = 20
+LOCK_PAUSE_S = 0.05
+#: the WAL file is cut back to this size after each checkpoint that resets it (bytes)
+WAL_SIZE_LIMIT = 16 << 20
+#: pages written before a commit checkpoints (SQLite's default, stated)
+WAL_AUTOCHECKPOINT_PAGES = 1000
 #: size and mtime stored for a refused path (never equal to a real file's)
 NO_STAT = -1
 
@@ -248,7 +258,7 @@ class Ledger:
         """
         path = state_dir / DB_NAME
         if readonly:
-            if not path.is_file():
+            if not _check_files(state_dir):
                 raise StateError(f"no ledger at {path}: has the daemon run with this state_dir?")
             conn = _connect(path, path.resolve().as_uri() + "?mode=ro")
             try:
@@ -260,6 +270,7 @@ class Ledger:
 
         lock_fd = _lock_state_dir(state_dir)
         try:
+            _check_files(state_dir)
             conn = _connect(path, str(path))
             try:
                 _prepare(conn, path)
@@ -530,25 +541,64 @@ class Ledger:
         and (when given) at or beneath one of ``paths`` (inbox-relative files or folders).
 
         Refused paths (no size recorded) are left alone: the scanner refuses them again.
+        The paths go through a temporary table, so a request may name any number of them
+        (one ``OR`` term each would pass SQLite's expression depth limit near 1,000).
         """
         self._requeued()
-        wanted = list(reasons)
+        wanted = sorted(set(reasons))
         where = [f" AND error_reason IN ({', '.join('?' * len(wanted))})"] if wanted else []
-        args: list[object] = [*wanted]
-        places = [p.strip("/") for p in paths]
+        places = {p.strip("/") for p in paths}
+        if "" in places or "." in places:
+            places = set()  # the whole inbox
         if places:
-            if "" in places or "." in places:
-                places = []  # the whole inbox
-            else:
-                where.append(" AND (" + " OR ".join(["rel = ? OR substr(rel, 1, length(?) + 1) = ? || '/'"] * len(places)) + ")")
-                for p in places:
-                    args += [p, p, p]
+            where.append(
+                " AND EXISTS (SELECT 1 FROM temp.retry_places r"
+                " WHERE r.place = images.rel OR substr(images.rel, 1, length(r.place) + 1) = r.place || '/')"
+            )
         with self._tx() as c:
-            return c.execute(
+            if places:
+                c.execute("CREATE TEMP TABLE IF NOT EXISTS retry_places (place TEXT PRIMARY KEY)")
+                c.execute("DELETE FROM temp.retry_places")
+                c.executemany("INSERT INTO temp.retry_places (place) VALUES (?)", [(p,) for p in places])
+            n = c.execute(
                 "UPDATE images SET status = 'pending', attempts = 0, updated = ?"
                 f" WHERE status = 'failed' AND size != ?{''.join(where)}",
-                (now, NO_STAT, *args),
+                (now, NO_STAT, *wanted),
             ).rowcount
+            if places:
+                c.execute("DELETE FROM temp.retry_places")
+            return n
+
+    def prune_gone(self, before: float, keep_at_most: int) -> int:
+        """Forget images gone from the inbox since before ``before``, and the oldest beyond
+        ``keep_at_most`` gone ones; then folders left with no image. Returns images forgotten.
+
+        A gone row only serves a file that comes back: within the retention it is queued
+        as "returned"; after it, as new, and a JSON of that exact version in the outbox is
+        adopted all the same (intake). Folders keep no state worth a row without images.
+        """
+        with self._tx() as c:
+            n = c.execute("DELETE FROM images WHERE status = 'gone' AND updated < ?", (before,)).rowcount
+            n += c.execute(
+                "DELETE FROM images WHERE rel IN (SELECT rel FROM images WHERE status = 'gone'"
+                " ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+                (keep_at_most,),
+            ).rowcount
+            if n:
+                c.execute(
+                    "DELETE FROM folders WHERE pdf_state != 'building'"
+                    " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = folders.folder)"
+                )
+        return n
+
+    def checkpoint(self) -> bool:
+        """Move the WAL into the database and cut it to nothing, if no reader's snapshot is
+        in the way (then it waits for the next call). Returns whether it completed."""
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError:
+            return False
+        return not busy
 
     def forgive(self, rels: Iterable[str], now: float) -> int:
         """Queued images' attempts back to 0: the crashes counted were not theirs (a crash storm)."""
@@ -792,11 +842,20 @@ class Ledger:
         return _folder(row) if row else None
 
 def in_use(state_dir: Path) -> bool:
-    """Whether a daemon (or ``ocr-inbox ocr``) holds the state dir's lock: the one ledger writer."""
+    """Whether a daemon (or ``ocr-inbox ocr``) holds the state dir's lock: the one ledger writer.
+
+    The lock is opened like every file of the state dir (``statedir``): a link or a
+    FIFO there is refused (StateError), never followed or waited on.
+    """
     try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        with statedir.directory(state_dir) as d:
+            fd = statedir.open_file(d, LOCK_NAME, os.O_RDONLY, state_dir)
+    except FileNotFoundError:
         return False
+    except StateError:
+        if not state_dir.exists():
+            return False
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
@@ -807,35 +866,59 @@ def in_use(state_dir: Path) -> bool:
 
 
 def _lock_state_dir(state_dir: Path) -> int:
-    """Exclusive flock on the lock file: one daemon per state dir. Returns the held fd."""
+    """Exclusive flock on the lock file: one daemon per state dir. Returns the held fd.
+
+    The state dir is made ``0700`` and the lock ``0600``: only the owner (and root's
+    commands, which act as the owner) can take even a shared lock on it, so no reader
+    can hold it while a restarting daemon wants it. ``in_use`` (status) takes a shared
+    lock for an instant; the few tries below outlast that.
+    """
     lock = state_dir / LOCK_NAME
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        state_dir.mkdir(mode=statedir.DIR_MODE, parents=True, exist_ok=True)
+        with statedir.directory(state_dir) as d:
+            fd = statedir.open_file(d, LOCK_NAME, os.O_RDWR | os.O_CREAT, state_dir)
     except OSError as exc:
         raise StateError(
             f"cannot use the state directory {state_dir}: {exc.strerror or exc}; "
             "make it writable by the daemon's user or set paths.state_dir"
         ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = ""
-        with contextlib.suppress(OSError, ValueError):
-            holder = os.pread(fd, 32, 0).decode().strip()
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            pid = f" (pid {holder})" if holder else ""
-            raise StateError(
-                f"{lock} is locked: another ocr-inbox daemon{pid} uses the state directory "
-                f"{state_dir}; stop it, or give this one its own paths.state_dir"
-            ) from None
-        raise StateError(f"cannot lock {lock}: {exc.strerror or exc}") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, statedir.FILE_MODE)  # an older install's lock was group-readable
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES) and attempt + 1 < LOCK_TRIES:
+                time.sleep(LOCK_PAUSE_S)
+                continue
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = os.pread(fd, 32, 0).decode().strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                pid = f" (pid {holder})" if holder else ""
+                raise StateError(
+                    f"{lock} is locked: another ocr-inbox daemon{pid} uses the state directory "
+                    f"{state_dir}; stop it, or give this one its own paths.state_dir"
+                ) from None
+            raise StateError(f"cannot lock {lock}: {exc.strerror or exc}") from None
     # Who holds it, for the message above; purely informative.
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _check_files(state_dir: Path) -> bool:
+    """The ledger and its -wal/-shm are regular files of the state dir's owner (SQLite opens
+    them by name, following links: refuse one first). Returns whether the ledger exists."""
+    if not state_dir.is_dir():
+        return False
+    for suffix in ("-wal", "-shm"):
+        statedir.check_file(state_dir, DB_NAME + suffix)
+    return statedir.check_file(state_dir, DB_NAME)
 
 
 def _connect(path: Path, target: str) -> sqlite3.Connection:
@@ -900,6 +983,10 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
                 "put paths.state_dir on a local file system"
             )
         conn.execute("PRAGMA synchronous = NORMAL")
+        # A reader's long transaction makes the WAL grow (no checkpoint can pass it);
+        # once it ends, the next checkpoint resets the WAL and this cuts the file back.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error as exc:
         raise _state_error(path, exc) from None

@@ -11,7 +11,6 @@ hits' character spans and box.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import structlog
 from rich.console import Console
 from rich.text import Text
 
+from ocr_inbox import jsonout
 from ocr_inbox.config import Settings
 from ocr_inbox.errors import BadArguments, ExitCode, StateError
 from ocr_inbox.ledger import Ledger
@@ -61,7 +61,7 @@ def run(
         )
     if as_json:
         out = {"query": text, "folder": within, "results": [r.as_dict() for r in results]}
-        print(json.dumps(out, ensure_ascii=False, indent=1))
+        jsonout.emit(out)
     else:
         render(results, text)
     return ExitCode.ok
