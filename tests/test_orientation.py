@@ -221,3 +221,20 @@ def test_turned_pages_read_like_upright_ones_in_the_json_and_the_folder_pdf(tmp_
                 assert want and len(hits) == len(want), name
                 for hit, w in zip(sorted(hits, key=lambda r: (r.y0, r.x0)), sorted(want, key=lambda r: (r.y0, r.x0)), strict=True):
                     assert abs(hit.x0 - w.x0) < 2 and abs(hit.y0 - w.y0) < 2, name
+
+
+def test_a_turned_page_crosses_the_ray_bridge_with_its_rotation() -> None:
+    from ocr_inbox.executors import messages as m
+
+    job = m.Job(1, "a.png")
+    line = Line("a", 0.9, ((1.0, 2.0), (3.0, 2.0), (3.0, 4.0), (1.0, 4.0)))
+    done = m.Done(2, job, 1, 2, "ab" * 32, {"profile": "fake"}, (Page(0, 10, 20, (line,), None, 270),), 5)
+    assert m.from_plain(m.to_plain(done), 2, job) == done
+    plain = json.loads(m.to_plain(done))
+    del plain["pages"][0]["rotation"]  # a node on a version before page orientation
+    back = m.from_plain(json.dumps(plain).encode(), 2, job)
+    assert isinstance(back, m.Done) and back.pages[0].rotation == 0
+    for bad in (45, "90", True):
+        plain["pages"][0]["rotation"] = bad
+        with pytest.raises(m.NotPlain):
+            m.from_plain(json.dumps(plain).encode(), 2, job)
