@@ -37,6 +37,8 @@ class Engine(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
+    #: lines in ``bgr``'s coordinates; an engine that turned the page to read it returns
+    #: ``results.Lines`` saying by how much (the worker copies it to ``Page.rotation``)
     def recognise(self, bgr: np.ndarray) -> list[Line]: ...
 
 
