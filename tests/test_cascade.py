@@ -60,7 +60,7 @@ def test_refined_lines_replace_text_score_and_words_and_say_which_model(tmp_path
     doc = document.Document(document.SourceInfo("a.png", 1, 2, "0" * 64), {}, (Page(0, 300, 200, (first, second)),), 5)
     document.write(tmp_path / "a.png.json", doc)
     raw = json.loads((tmp_path / "a.png.json").read_text())
-    assert raw["schema"] == 3
+    assert raw["schema"] == document.SCHEMA_VERSION
     one, two = raw["pages"][0]["lines"]
     assert one["rec"] == SMALL_REC and "rec" not in two
     assert set(two) == {"text", "score", "poly", "words"}
@@ -90,6 +90,7 @@ def test_missing_refine_model_is_refused_before_workers_start(tmp_path: Path, mo
     mdir = tmp_path / "models"
     mdir.mkdir()
     (mdir / "ppocrv6-tiny").symlink_to(models_dir / "ppocrv6-tiny")
+    (mdir / models.ORIENTATION_DIR).symlink_to(models_dir / models.ORIENTATION_DIR)
     s = _load(tmp_path, toml_config({}, {"paths": {"models_dir": str(mdir)}, "ocr": {"refine_below": 0.9}}))
     with pytest.raises(EngineUnavailable, match="ocr-inbox models install --profile ppocrv6-small"):
         preflight(s)
@@ -100,6 +101,7 @@ def test_missing_refine_model_is_refused_before_workers_start(tmp_path: Path, mo
     off = _load(tmp_path, toml_config({}, {"paths": {"models_dir": str(tmp_path / "m2")}, "ocr": {"refine_below": 0}}))
     (tmp_path / "m2").mkdir()
     (tmp_path / "m2" / "ppocrv6-tiny").symlink_to(models_dir / "ppocrv6-tiny")
+    (tmp_path / "m2" / "orientation").symlink_to(models_dir / "orientation")
     preflight(off)  # the cascade off: small is not required
 
 
@@ -214,7 +216,7 @@ def test_ocr_command_marks_refined_lines_in_the_json(tmp_path: Path, models_dir:
         assert res.returncode == 0, res.stderr
         docs[below] = {rel: json.loads((out / (rel + ".json")).read_text()) for rel in pages}
     form_on, form_off = docs[0.95][pages[0]], docs[0][pages[0]]
-    assert form_on["schema"] == 3
+    assert form_on["schema"] == 4
     assert form_on["engine"]["models"] == {"det": "PP-OCRv6_tiny_det", "rec": "PP-OCRv6_tiny_rec"}
     assert form_on["engine"]["refine"]["rec"] == SMALL_REC and "refine" not in form_off["engine"]
     lines_on, lines_off = form_on["pages"][0]["lines"], form_off["pages"][0]["lines"]

@@ -60,6 +60,7 @@ def test_a_missing_cascade_recognizer_fails_naming_it(tmp_path: Path, models_dir
     only_tiny = tmp_path / "models"
     only_tiny.mkdir()
     (only_tiny / "ppocrv6-tiny").symlink_to(models_dir / "ppocrv6-tiny")
+    (only_tiny / "orientation").symlink_to(models_dir / "orientation")  # the page-orientation classifier
     checks = _by_name(doctor.check_models(config.Settings(paths={"models_dir": only_tiny})))
     assert checks["models"]["level"] == "FAIL"
     assert "'ppocrv6-small' (the cascade's recognizer)" in checks["models"]["detail"]

@@ -42,7 +42,7 @@ def test_json_follows_the_contract(corpus_ocr: tuple[Path, Path]) -> None:
     for rel in PAGES:
         doc = _doc(outbox, rel)
         st = (inbox / rel).stat()
-        assert doc["schema"] == 3
+        assert doc["schema"] == 4
         assert doc["source"]["path"] == rel
         assert (doc["source"]["size"], doc["source"]["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
         assert len(doc["source"]["sha256"]) == 64

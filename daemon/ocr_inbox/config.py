@@ -157,6 +157,9 @@ class OcrSettings(_Section):
     #: that is in none of them, and becomes a listed word when unsure letters take the
     #: recognizer's own second choices, is respelled; [] = off. docs/BENCHMARKS.md
     lexicon: list[str] = ["en"]
+    #: classify each page 0/90/180/270 degrees and read it upright (pages fed sideways or
+    #: upside down); ~1 % of an upright page's time (docs/BENCHMARKS.md, "Page orientation")
+    orientation: bool = True
 
     @field_validator("lexicon")
     @classmethod
@@ -186,9 +189,10 @@ class OcrSettings(_Section):
 
     def models_needed(self) -> list[tuple[str, tuple[str, ...]]]:
         """(profile, its models the workers load): the profile's detector and recognizer,
-        and the cascade's recognizer when it is on."""
+        the page-orientation classifier when it is on, and the cascade's recognizer when it is on."""
         refine = self.refine_in_use()
-        return [(self.profile, ("det", "rec"))] + ([(refine, ("rec",))] if refine else [])
+        main: tuple[str, ...] = ("det", "rec", "orient") if self.orientation else ("det", "rec")
+        return [(self.profile, main)] + ([(refine, ("rec",))] if refine else [])
 
     @field_validator("devices")
     @classmethod

@@ -195,6 +195,7 @@ class NotPlain(ValueError):
 def _page_plain(p: Page) -> dict[str, Any]:
     return {
         "index": p.index, "width": p.width, "height": p.height, "dpi": list(p.dpi) if p.dpi else None,
+        "rotation": p.rotation,
         "lines": [
             {"text": ln.text, "score": ln.score, "poly": [list(pt) for pt in ln.poly],
              "words": [[w.text, list(w.box)] for w in ln.words], "rec": ln.rec,
@@ -278,10 +279,15 @@ def _page(d: Any) -> Page:
     dpi = _get(d, "dpi", list, type(None))
     if dpi is not None and len(dpi) != 2:
         raise NotPlain("dpi: [x, y]")
+    # absent from a node still on a version without page orientation: read as it lay
+    rotation = _get(d, "rotation", int) if "rotation" in d else 0
+    if rotation not in (0, 90, 180, 270):
+        raise NotPlain("rotation: 0, 90, 180 or 270")
     return Page(
         _get(d, "index", int), _get(d, "width", int), _get(d, "height", int),
         tuple(_line(ln) for ln in _get(d, "lines", list)),
         (_num(dpi[0], "dpi"), _num(dpi[1], "dpi")) if dpi is not None else None,
+        rotation,
     )
 
 

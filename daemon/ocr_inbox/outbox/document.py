@@ -19,9 +19,10 @@ from ocr_inbox import atomic
 from ocr_inbox.ocr.results import Line, Page, Word
 
 #: 2: lines may carry ``rec`` (the cascade's recognizer), ``engine`` may carry ``refine``;
-#: 3: lines may carry ``respelled`` (the word lists' changes). Each only adds optional
-#: fields, so a reader of an earlier schema reads the later ones (docs/JSON.md)
-SCHEMA_VERSION = 3
+#: 3: lines may carry ``respelled`` (the word lists' changes); 4: pages may carry
+#: ``rotation`` (turned to be read; the boxes stay the stored image's). Each only adds
+#: optional fields, so a reader of an earlier schema reads the later ones (docs/JSON.md)
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Document:
         extra = d.pop("extra")
         d.update(extra)
         for page in d["pages"]:
+            if not page["rotation"]:
+                del page["rotation"]  # read as it lies
             for line in page["lines"]:
                 if not line["rec"]:
                     del line["rec"]  # the profile's own recognizer: engine.models.rec says which
@@ -85,6 +88,7 @@ def from_json(obj: dict[str, Any]) -> Document:
             height=int(p["height"]),
             lines=tuple(_line(ln) for ln in p.get("lines", ())),
             dpi=tuple(p["dpi"]) if p.get("dpi") else None,
+            rotation=int(p.get("rotation", 0)),
         )
         for p in obj["pages"]
     )

@@ -43,7 +43,7 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from PIL import Image
 from ocr_inbox import __version__, atomic
 from ocr_inbox.errors import BadArguments, BadImage, OutputError
 from ocr_inbox.inbox import scan
-from ocr_inbox.ocr import images
+from ocr_inbox.ocr import images, orientation
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox import document, font, order, textlayer
 from ocr_inbox.outbox.names import JSON_SUFFIX, is_temp_for, work_dir_for
@@ -125,8 +125,11 @@ class PdfReport:
 class PdfImage:
     """One page's picture as a PDF image XObject, and how it is shown.
 
-    ``orientation`` is the EXIF orientation (1-8): the stored pixels are
-    turned by the page's content matrix, never re-encoded.
+    ``orientation`` is the EXIF orientation (1-8), ``rotation`` the turn (degrees
+    clockwise, after EXIF) OCR applied to read a page fed sideways or upside down
+    (the JSON's ``pages[].rotation``): the stored pixels are turned by the page's
+    content matrix, never re-encoded, so the page shows upright and the text layer,
+    laid out in upright coordinates, runs left to right on it.
     """
 
     xobject: str  # image dictionary without /Length and filters
@@ -137,6 +140,7 @@ class PdfImage:
     height: int
     orientation: int
     dpi: tuple[float, float]  # of the stored pixels
+    rotation: int = 0
 
     @property
     def turned(self) -> bool:
@@ -148,10 +152,20 @@ class PdfImage:
         return (self.height, self.width) if self.turned else (self.width, self.height)
 
     @property
+    def sideways(self) -> bool:
+        return self.rotation % 180 == 90
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """Pixel size as the page is shown: after orientation and OCR's rotation."""
+        w, h = self.shown_size
+        return (h, w) if self.sideways else (w, h)
+
+    @property
     def page_size(self) -> tuple[float, float]:
         """Page size in points: real size at the image's resolution."""
-        (w, h), (dx, dy) = self.shown_size, self.dpi
-        if self.turned:
+        (w, h), (dx, dy) = self.upright_size, self.dpi
+        if self.turned != self.sideways:
             dx, dy = dy, dx
         wpt, hpt = w * 72.0 / dx, h * 72.0 / dy
         shrink = max(wpt / MAX_PAGE_PT, hpt / MAX_PAGE_PT, 1.0)
@@ -160,7 +174,7 @@ class PdfImage:
     def matrix(self) -> tuple[float, float, float, float, float, float]:
         """``cm`` operands mapping the image's unit square onto the page, oriented."""
         w, h = self.width, self.height
-        sw, sh = self.shown_size
+        sw, sh = self.upright_size
         pw, ph = self.page_size
         flips: dict[int, Callable[[float, float], tuple[float, float]]] = {
             1: lambda u, v: (u, v),
@@ -173,10 +187,11 @@ class PdfImage:
             8: lambda u, v: (v, w - u),
         }
         shown = flips[self.orientation]
+        upright = orientation.point_mapper(self.rotation, *self.shown_size, inverse=False)
 
         def on_page(s: float, t: float) -> tuple[float, float]:
-            # unit square (y up, row 0 at the top) -> stored pixel -> shown pixel -> points
-            x, y = shown(s * w, (1 - t) * h)
+            # unit square (y up, row 0 at the top) -> stored pixel -> shown pixel -> upright -> points
+            x, y = upright(shown(s * w, (1 - t) * h))
             return (x * pw / sw, ph - y * ph / sh)
 
         e, f = on_page(0, 0)
@@ -570,6 +585,10 @@ def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Is
                 issues.leave_out(PageIssue(src.rel, "corrupt", frame_no, str(exc)))
                 continue
             text_page = _text_page(src.rel, frame_no, frame.index, image, text_pages, reason, detail, issues)
+            if text_page is not None and text_page.rotation:
+                # shown as OCR read it; the JSON's boxes are the stored image's: turn them too
+                image = replace(image, rotation=text_page.rotation)
+                text_page = orientation.upright_page(text_page)
             title = f"{name} ({frame.index + 1}/{frame.count})" if multi else name
             yield _PageParts(image, _text_ops(image, text_page), title)
     except BadImage as exc:  # the file as a whole
