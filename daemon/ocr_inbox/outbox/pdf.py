@@ -62,13 +62,17 @@ from ocr_inbox.outbox.names import JSON_SUFFIX, is_temp_for, work_dir_for
 from ocr_inbox.outbox.pdfobj import new_stream
 
 __all__ = [
-    "DEFAULT_DPI", "PageIssue", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
+    "DEFAULT_DPI", "PageIssue", "assumed_dpi", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
     "build_folder_pdf", "build_pdf", "list_images", "pdf_image", "prepare", "work_dir_for",
 ]
 
 IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
-#: page size of an image whose file gives no (usable) resolution
+#: kept for importers; an image whose file gives no (usable) resolution gets ``assumed_dpi``
 DEFAULT_DPI = 300.0
+#: an image without a resolution is taken for a scanned sheet: its long side is A4's (297 mm)
+ASSUMED_LONG_SIDE_IN = 297 / 25.4
+#: ... unless that is coarser than a screen's: a small picture is not blown up to a sheet
+MIN_ASSUMED_DPI = 72.0
 #: PDF viewers limit a page side to 14,400 pt (200 inches)
 MAX_PAGE_PT = 14_400.0
 #: what a failed PDF write raises (MuPDF's errors are not OSErrors)
@@ -200,9 +204,16 @@ class PdfImage:
         return (ax - e, ay - f, cx - e, cy - f, e, f)
 
 
+def assumed_dpi(width: int, height: int) -> float:
+    """The resolution of an image whose file states none: the one at which its long side is
+    an A4 sheet's long side (a letter sheet is 0.7 inch shorter), but at least 72 dpi. A
+    754 x 1000 scan becomes a 8.8 x 11.7 inch page, a 2480 x 3508 one A4 at 300 dpi."""
+    return max(MIN_ASSUMED_DPI, max(width, height) / ASSUMED_LONG_SIDE_IN)
+
+
 def pdf_image(frame: images.Frame) -> PdfImage:
     """How the PDF stores a decoded frame: a JPEG's own bytes, else lossless pixels."""
-    dpi = frame.dpi or (DEFAULT_DPI, DEFAULT_DPI)
+    dpi = frame.dpi or (assumed_dpi(frame.width, frame.height),) * 2
     if frame.jpeg is not None:
         return _jpeg_page(frame, frame.jpeg, dpi)
     return _lossless_page(frame.image, frame.orientation, dpi)
