@@ -92,6 +92,8 @@ class Page:
     #: degrees clockwise the image was turned to read it upright (0, 90, 180, 270); the
     #: coordinates stay the image's as stored (``ocr/orientation.py``)
     rotation: int = 0
+    #: where the lines come from: "" OCR, "pdf_text" the PDF page's own text (kept, not OCR'd)
+    source: str = ""
 
     @property
     def text(self) -> str:

