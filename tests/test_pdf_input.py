@@ -170,14 +170,55 @@ def _check_digital_json(doc: dict) -> None:
     assert all(ln["score"] == 1.0 for ln in page["lines"])
 
 
+def _page_images(doc: pymupdf.Document, i: int) -> list[bytes]:
+    return [doc.xref_stream_raw(img[0]) for img in doc.get_page_images(i)]
+
+
+def _check_searchable_copy(original: bytes, copy: Path, doc_json: dict) -> None:
+    """The copy is the original bytes with the text layer appended: pictures untouched, the
+    OCR'd words on the right pages."""
+    data = copy.read_bytes()
+    assert data.startswith(original) and len(data) > len(original)  # an incremental update
+    with pymupdf.open(stream=original, filetype="pdf") as before, pymupdf.open(copy) as after:
+        assert after.page_count == before.page_count == len(SCANNED)
+        for i, (rel, _dpi) in enumerate(SCANNED):
+            assert _page_images(after, i) == _page_images(before, i) and _page_images(after, i)
+            assert after[i].rect == before[i].rect
+            assert before[i].get_text().strip() == ""
+            assert char_f1(ground_truth(rel), after[i].get_text()) >= 0.9, rel
+        # a search hit lands where OCR saw the word on the rendered page (px * 72 / dpi)
+        page = doc_json["pages"][0]
+        words = [w for ln in page["lines"] for w in ln.get("words", ()) if w["text"].startswith("quick")]
+        sx, sy = (72 / v for v in page["dpi"])
+        wants = sorted((w["box"][1] * sy, w["box"][0] * sx, w["box"][3] * sy) for w in words)
+        hits = sorted((h.y0, h.x0, h.y1) for h in after[0].search_for("quick"))
+        assert wants and len(hits) == len(wants)
+        for (hy0, hx0, hy1), (wy0, wx0, wy1) in zip(hits, wants, strict=True):
+            assert abs(hx0 - wx0) < 2 and abs(hy0 - wy0) < 3 and abs(hy1 - wy1) < 3, (hits, wants)
+
+
 @pytest.mark.slow
 @pytest.mark.corpus
 def test_the_ocr_command_reads_pdfs_and_refuses_hostile_ones_with_reasons(tmp_path: Path, models_dir: Path) -> None:
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     _inbox(inbox)
-    res = run_cli("ocr", inbox, outbox, "--no-progress", state_dir=tmp_path / "state", models=models_dir)
-    _check_scanned_json(json.loads((outbox / "mail" / "scans.pdf.json").read_text()))
+    res = run_cli("ocr", inbox, outbox, "--no-progress", "--pdf", state_dir=tmp_path / "state", models=models_dir)
+    scans = json.loads((outbox / "mail" / "scans.pdf.json").read_text())
+    _check_scanned_json(scans)
     _check_digital_json(json.loads((outbox / "mail" / "digital.pdf.json").read_text()))
     report = json.loads((outbox / ".ocr-inbox" / "failures.json").read_text())
     assert {f["path"]: f["reason"] for f in report["failures"]} == {f"bad/{n}": r for n, (_m, r) in HOSTILE.items()}, res.stderr
     assert report["done"] == 2 and not list((outbox / "bad").glob("*.json"))
+
+    # the searchable copy of the scanned PDF; the born-digital one keeps its own text only
+    _check_searchable_copy((inbox / "mail" / "scans.pdf").read_bytes(), outbox / "mail" / "scans.pdf", scans)
+    with pymupdf.open(outbox / "mail" / "digital.pdf") as doc:
+        assert doc[0].get_text().split("\n")[:2] == list(BORN_DIGITAL_TEXT)
+        assert not [f for f in doc.get_page_fonts(0) if "GlyphLess" in f[3]]
+    # the folder's PDF holds every page, in order, with the same text
+    with pymupdf.open(outbox / "mail" / "mail.pdf") as doc:
+        assert [t for _l, t, _p in doc.get_toc()] == ["digital.pdf", "scans.pdf (1/2)", "scans.pdf (2/2)"]
+        assert doc[0].get_text().split("\n")[:2] == list(BORN_DIGITAL_TEXT)
+        for i, (rel, _dpi) in enumerate(SCANNED, start=1):
+            assert char_f1(ground_truth(rel), doc[i].get_text()) >= 0.9, rel
+    assert not list((outbox / "bad").glob("*.pdf"))  # no copy of a refused PDF

@@ -623,15 +623,16 @@ def _has_javascript(doc: Any) -> bool:
     return False
 
 
-def open_pdf(data: bytes, limits: Limits) -> Any:
+def open_pdf(data: bytes, limits: Limits, path: str | None = None) -> Any:
     """The PDF in ``data`` opened by MuPDF and checked: not encrypted with a password, no
     JavaScript, within ``max_pages`` (counted from its page tree, nothing rendered).
     Raises :class:`BadImage` (``pdf_broken``, ``pdf_encrypted``, ``pdf_javascript``,
-    ``too_many_pages``)."""
+    ``too_many_pages``). ``path``: a file of ours holding these very bytes, opened instead
+    (so that changes can be saved to it as an incremental update)."""
     mu = _pymupdf()
     _mupdf_messages(mu)
     try:
-        doc = mu.open(stream=data, filetype="pdf")
+        doc = mu.open(path, filetype="pdf") if path is not None else mu.open(stream=data, filetype="pdf")
     except (RuntimeError, ValueError) as exc:  # pymupdf.FileDataError is a RuntimeError
         raise BadImage("pdf_broken", str(exc) or type(exc).__name__) from None
     try:
@@ -658,17 +659,32 @@ def render_dpi(width_pt: float, height_pt: float, limits: Limits) -> float:
 
 
 def _text_lines(page: Any, scale: float) -> tuple[Line, ...]:
-    """The page's own words grouped in its lines, boxes in pixels (``scale`` pixels a point)."""
-    grouped: dict[tuple[int, int], list[Word]] = {}
+    """The page's own words grouped in its lines, in pixels of the page as shown (``scale``
+    pixels a point). MuPDF gives text positions on the page *before* its /Rotate: each
+    corner is turned with the page, so a line's polygon keeps its reading direction."""
+    mu, turn = _pymupdf(), page.rotation_matrix
+
+    def shown(x: float, y: float) -> tuple[float, float]:
+        p = mu.Point(x, y) * turn
+        return (round(p.x * scale, 2), round(p.y * scale, 2))
+
+    def quad(x0: float, y0: float, x1: float, y1: float) -> tuple[tuple[float, float], ...]:
+        return (shown(x0, y0), shown(x1, y0), shown(x1, y1), shown(x0, y1))
+
+    grouped: dict[tuple[int, int], list[tuple[str, tuple[float, float, float, float]]]] = {}
     for x0, y0, x1, y1, text, block, line, _word in page.get_text("words", sort=True):
-        box = (round(x0 * scale, 2), round(y0 * scale, 2), round(x1 * scale, 2), round(y1 * scale, 2))
-        grouped.setdefault((block, line), []).append(Word(str(text), box))
+        grouped.setdefault((block, line), []).append((str(text), (x0, y0, x1, y1)))
     lines = []
     for words in grouped.values():
-        x0, y0 = min(w.box[0] for w in words), min(w.box[1] for w in words)
-        x1, y1 = max(w.box[2] for w in words), max(w.box[3] for w in words)
-        text = " ".join(w.text for w in words)
-        lines.append(Line(text, 1.0, ((x0, y0), (x1, y0), (x1, y1), (x0, y1)), tuple(words)))
+        out = []
+        for text, box in words:
+            q = quad(*box)
+            xs, ys = [pt[0] for pt in q], [pt[1] for pt in q]
+            out.append(Word(text, (min(xs), min(ys), max(xs), max(ys))))
+        x0, y0 = min(b[0] for _t, b in words), min(b[1] for _t, b in words)
+        x1, y1 = max(b[2] for _t, b in words), max(b[3] for _t, b in words)
+        poly = quad(x0, y0, x1, y1)
+        lines.append(Line(" ".join(t for t, _b in words), 1.0, (poly[0], poly[1], poly[2], poly[3]), tuple(out)))
     return tuple(lines)
 
 
