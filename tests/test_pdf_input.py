@@ -8,6 +8,7 @@ truncated, a JavaScript open action, 10,000 pages).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -222,3 +223,83 @@ def test_the_ocr_command_reads_pdfs_and_refuses_hostile_ones_with_reasons(tmp_pa
         for i, (rel, _dpi) in enumerate(SCANNED, start=1):
             assert char_f1(ground_truth(rel), doc[i].get_text()) >= 0.9, rel
     assert not list((outbox / "bad").glob("*.pdf"))  # no copy of a refused PDF
+
+
+# --- the text layer on a PDF's own pages: geometry, no OCR ------------------------------------
+
+
+def _turned_pdf(rotate: int) -> bytes:
+    """A scanner's page shown turned (/Rotate) and cropped: a grey picture, no text."""
+    with pymupdf.open() as doc:
+        page = doc.new_page(width=600, height=400)
+        buf = io.BytesIO()
+        Image.new("L", (600, 400), 200).save(buf, "PNG")
+        page.insert_image(page.rect, stream=buf.getvalue())
+        doc.xref_set_key(page.xref, "CropBox", "[50 20 550 370]")
+        doc.xref_set_key(page.xref, "Rotate", str(rotate))
+        return bytes(doc.tobytes())
+
+
+@pytest.mark.parametrize("rotate", (0, 90, 180, 270))
+def test_the_text_layer_lands_on_the_words_of_a_turned_and_cropped_pdf_page(tmp_path: Path, rotate: int) -> None:
+    from ocr_inbox.ocr.results import Line, Page, Word
+    from ocr_inbox.outbox import document, pdf
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    outbox.mkdir()
+    src = inbox / "turned.pdf"
+    data = _turned_pdf(rotate)
+    src.write_bytes(data)
+    (rendered,) = images.decode(data, images.Limits())
+    assert isinstance(rendered, images.PageImage) and rendered.dpi is not None
+    # what OCR would have read on the rendered page: two words, in its pixels
+    box = (0.2 * rendered.width, 0.3 * rendered.height, 0.6 * rendered.width, 0.3 * rendered.height + 60)
+    mid = (box[0] + box[2]) / 2
+    line = Line("hello world", 0.99, ((box[0], box[1]), (box[2], box[1]), (box[2], box[3]), (box[0], box[3])),
+                (Word("hello", (box[0], box[1], mid - 20, box[3])), Word("world", (mid + 20, box[1], box[2], box[3]))))
+    st = src.stat()
+    doc = document.Document(document.SourceInfo("turned.pdf", st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest()),
+                            {"profile": "test"}, (Page(0, rendered.width, rendered.height, (line,), rendered.dpi),), 0)
+    document.write(outbox / "turned.pdf.json", doc)
+    pdf.build_folder_pdf(inbox, outbox, outbox / "in.pdf")
+
+    sx, sy = 72 / rendered.dpi[0], 72 / rendered.dpi[1]
+    want = pymupdf.Rect(box[0] * sx, box[1] * sy, (mid - 20) * sx, box[3] * sy)
+    for path in (outbox / "turned.pdf", outbox / "in.pdf"):
+        with pymupdf.open(path) as out:
+            page = out[0]
+            assert (page.rotation, page.rect) == (rotate, pymupdf.Rect(0, 0, *((350, 500) if rotate % 180 else (500, 350))))
+            words = {w[4]: pymupdf.Rect(w[:4]) * page.rotation_matrix for w in page.get_text("words")}  # as shown
+            assert set(words) == {"hello", "world"}, path
+            got = words["hello"]
+            assert abs(got.x0 - want.x0) < 1 and abs(got.x1 - want.x1) < 1, (path, got, want)
+            assert abs(got.y0 - want.y0) < 3 and abs(got.y1 - want.y1) < 3, (path, got, want)
+            # and reads left to right as shown (MuPDF gives the direction on the page before /Rotate)
+            turn = page.rotation_matrix
+            turn.e = turn.f = 0
+            (text_line,) = [ln for b in page.get_text("dict")["blocks"] for ln in b.get("lines", ())]
+            shown_dir = pymupdf.Point(text_line["dir"]) * turn
+            assert (shown_dir.x, shown_dir.y) == pytest.approx((1, 0), abs=1e-3), path
+
+
+@pytest.mark.parametrize("rotate", (0, 90, 180, 270))
+def test_a_turned_born_digital_page_gives_its_words_where_the_rendered_page_shows_them(rotate: int) -> None:
+    with pymupdf.open(stream=born_digital_pdf(), filetype="pdf") as doc:
+        doc[0].set_rotation(rotate)
+        data = bytes(doc.tobytes())
+    (kept,) = images.decode(data, images.Limits())
+    (shown,) = images.decode(data, images.Limits(pdf_ocr_pages_with_text=True))
+    assert isinstance(kept, images.TextPage) and isinstance(shown, images.PageImage)
+    assert (kept.width, kept.height) == (shown.width, shown.height) and kept.dpi == shown.dpi
+    ink = shown.bgr.min(axis=2) < 128
+    inside = 0
+    for line in kept.lines:
+        for w in line.words:
+            x0, y0, x1, y1 = (round(v) for v in w.box)
+            assert ink[y0:y1, x0:x1].mean() > 0.05, (rotate, w)  # the word's glyphs are in its box
+            inside += int(ink[y0:y1, x0:x1].sum())
+    assert inside >= 0.95 * ink.sum()  # and no ink is elsewhere
+    # the line's polygon starts at the text's top-left as read: poly[0] -> poly[1] runs along it
+    (x0, y0), (x1, y1) = kept.lines[0].poly[:2]
+    assert {0: x1 > x0, 90: y1 > y0, 180: x1 < x0, 270: y1 < y0}[rotate]

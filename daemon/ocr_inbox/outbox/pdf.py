@@ -730,7 +730,7 @@ def _pdf_source_pages(
     page whose JSON page is its own text (``source`` pdf_text) gets no layer."""
     name = src.rel.rsplit("/", 1)[-1]
     text_pages, sha256, reason, detail = _json_pages(src.json, st)
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         text_pages, reason, detail = (), "json_stale", "the JSON records another SHA-256"
     copy = searchable_copy_path(src.json)
     write_copy = not reason and not _copy_in_the_way(root, src, copy)
