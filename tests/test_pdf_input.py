@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import pymupdf
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import CORPUS, char_f1, ground_truth, run_cli
+from daemon_harness import Daemon
 from ocr_inbox.errors import BadImage
 from ocr_inbox.ocr import images
 from ocr_inbox.reasons import ADVICE
@@ -223,6 +225,32 @@ def test_the_ocr_command_reads_pdfs_and_refuses_hostile_ones_with_reasons(tmp_pa
         for i, (rel, _dpi) in enumerate(SCANNED, start=1):
             assert char_f1(ground_truth(rel), doc[i].get_text()) >= 0.9, rel
     assert not list((outbox / "bad").glob("*.pdf"))  # no copy of a refused PDF
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_the_daemon_takes_pdfs_dropped_into_its_inbox(tmp_path: Path, models_dir: Path) -> None:
+    d = Daemon(tmp_path, models_dir, "[watch]\nsettle_seconds = 0.5\n[pdf]\nquiet_seconds = 1\n").start()
+    d.ready()
+    staging = tmp_path / "staging"
+    _inbox(staging)
+    for folder in ("mail", "bad"):  # dropped whole, as a scanner's share or a copy does
+        os.rename(staging / folder, d.inbox / folder)
+    copy, folder_pdf = d.outbox / "mail" / "scans.pdf", d.outbox / "mail" / "mail.pdf"
+    d.until(lambda: copy.exists() and folder_pdf.exists(), "the searchable copy and the folder's PDF")
+    failures = d.until(lambda: f if len(f := d.status()["failures"]) == len(HOSTILE) else None, "the refusals in status")
+    assert {f["rel"]: f["reason"] for f in failures} == {f"bad/{n}": r for n, (_m, r) in HOSTILE.items()}
+    assert all(f["advice"] == ADVICE[f["reason"]] and f["detail"] for f in failures)  # what to do about each
+    scans = json.loads((d.outbox / "mail" / "scans.pdf.json").read_text())
+    _check_scanned_json(scans)
+    _check_digital_json(json.loads((d.outbox / "mail" / "digital.pdf.json").read_text()))
+    _check_searchable_copy((d.inbox / "mail" / "scans.pdf").read_bytes(), copy, scans)
+    with pymupdf.open(folder_pdf) as doc:
+        assert doc.page_count == 3
+    # PDFs are opened in the workers and the PDF child only: MuPDF never loaded in the daemon itself
+    assert d.proc is not None
+    assert "mupdf" not in Path(f"/proc/{d.proc.pid}/maps").read_text().lower()
+    assert d.stop() == 0
 
 
 # --- the text layer on a PDF's own pages: geometry, no OCR ------------------------------------
