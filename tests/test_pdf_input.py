@@ -22,7 +22,7 @@ from conftest import CORPUS, char_f1, ground_truth, run_cli
 from daemon_harness import Daemon
 from ocr_inbox.errors import BadImage
 from ocr_inbox.ocr import images
-from ocr_inbox.reasons import ADVICE
+from ocr_inbox.reasons import ADVICE, advice
 
 #: pages of the scanned PDF, in order: (corpus page, its resolution)
 SCANNED = (("tesseract_test/phototest.tif", 200), ("funsd/82092117.png", 100))
@@ -240,7 +240,7 @@ def test_the_daemon_takes_pdfs_dropped_into_its_inbox(tmp_path: Path, models_dir
     d.until(lambda: copy.exists() and folder_pdf.exists(), "the searchable copy and the folder's PDF")
     failures = d.until(lambda: f if len(f := d.status()["failures"]) == len(HOSTILE) else None, "the refusals in status")
     assert {f["rel"]: f["reason"] for f in failures} == {f"bad/{n}": r for n, (_m, r) in HOSTILE.items()}
-    assert all(f["advice"] == ADVICE[f["reason"]] and f["detail"] for f in failures)  # what to do about each
+    assert all(f["advice"] == advice(f["reason"]) and f["detail"] for f in failures)  # what to do about each
     scans = json.loads((d.outbox / "mail" / "scans.pdf.json").read_text())
     _check_scanned_json(scans)
     _check_digital_json(json.loads((d.outbox / "mail" / "digital.pdf.json").read_text()))
