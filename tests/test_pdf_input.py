@@ -110,11 +110,21 @@ def test_a_born_digital_page_keeps_its_own_text_and_is_not_rendered() -> None:
     assert isinstance(redo, images.PageImage) and redo.bgr.shape[:2] == (page.height, page.width)
 
 
-def test_hostile_pdfs_are_refused_each_with_its_reason() -> None:
+def test_hostile_pdfs_are_refused_each_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    thick = many_pages_pdf()
+
+    def never(*_a: object, **_k: object) -> None:
+        raise AssertionError("a page was rendered or read")
+
+    with monkeypatch.context() as m:  # refused by its page count: no page is rendered or read
+        m.setattr(pymupdf.Page, "get_pixmap", never)
+        m.setattr(pymupdf.Page, "get_text", never)
+        assert _reason(thick, images.Limits(max_pages=2000)) == "too_many_pages"
+        assert _reason(encrypted_pdf()) == "pdf_encrypted"
+        assert _reason(javascript_pdf()) == "pdf_javascript"
     assert _reason(encrypted_pdf()) == "pdf_encrypted"
     assert _reason(javascript_pdf()) == "pdf_javascript"
     assert _reason(b"%PDF-1.7\n" + b"\x00garbage" * 100) == "pdf_broken"
-    assert _reason(many_pages_pdf(), images.Limits(max_pages=2000)) == "too_many_pages"
     # a page too large to read at 50 dpi within the pixel limit
     with pymupdf.open() as doc:
         doc.new_page(width=14_400, height=14_400)
