@@ -704,11 +704,6 @@ def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Is
         issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
 
 
-def searchable_copy_path(json_file: Path) -> Path:
-    """A PDF's searchable copy: ``OUTBOX/<dir>/<name>.pdf``, beside its ``<name>.pdf.json``."""
-    return json_file.with_name(json_file.name[: -len(JSON_SUFFIX)])
-
-
 def _copy_in_the_way(root: Path, src: PageSource, copy: Path) -> bool:
     """True when the copy's name is its folder's PDF (``mail/mail.pdf``): the folder's PDF
     wins (it holds the same pages, with their text), the copy is not written."""
@@ -732,7 +727,7 @@ def _pdf_source_pages(
     text_pages, sha256, reason, detail = _json_pages(src.json, st)
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         text_pages, reason, detail = (), "json_stale", "the JSON records another SHA-256"
-    copy = searchable_copy_path(src.json)
+    copy = names.searchable_copy_path(src.json)
     write_copy = not reason and not _copy_in_the_way(root, src, copy)
     tmp, full = names.temp_path_for(copy), names.temp_path_for(copy)
     try:
