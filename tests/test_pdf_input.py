@@ -341,3 +341,38 @@ def test_a_turned_born_digital_page_gives_its_words_where_the_rendered_page_show
     # the line's polygon starts at the text's top-left as read: poly[0] -> poly[1] runs along it
     (x0, y0), (x1, y1) = kept.lines[0].poly[:2]
     assert {0: x1 > x0, 90: y1 > y0, 180: x1 < x0, 270: y1 < y0}[rotate]
+
+
+def test_a_pdf_page_ocr_read_turned_shows_upright_with_its_words_on_them(tmp_path: Path) -> None:
+    from ocr_inbox.ocr import orientation
+    from ocr_inbox.ocr.results import Line, Page, Word
+    from ocr_inbox.outbox import document, pdf
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    outbox.mkdir()
+    data = _turned_pdf(0)  # a landscape page whose text runs down it: read turned 90 clockwise
+    (inbox / "side.pdf").write_bytes(data)
+    (rendered,) = images.decode(data, images.Limits())
+    assert isinstance(rendered, images.PageImage) and rendered.dpi is not None
+    w, h = rendered.width, rendered.height
+    # the line as OCR reads it upright, mapped back onto the page as rendered (the JSON's space)
+    up_w, up_h = h, w
+    upright = (0.2 * up_w, 0.3 * up_h, 0.6 * up_w, 0.3 * up_h + 60)
+    mid = (upright[0] + upright[2]) / 2
+    line = Line("hello world", 0.99, ((upright[0], upright[1]), (upright[2], upright[1]), (upright[2], upright[3]), (upright[0], upright[3])),
+                (Word("hello", (upright[0], upright[1], mid - 20, upright[3])), Word("world", (mid + 20, upright[1], upright[2], upright[3]))))
+    stored = orientation.to_stored([line], 90, w, h)[0]
+    st = (inbox / "side.pdf").stat()
+    doc = document.Document(document.SourceInfo("side.pdf", st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest()),
+                            {"profile": "test"}, (Page(0, w, h, (stored,), rendered.dpi, rotation=90),), 0)
+    document.write(outbox / "side.pdf.json", doc)
+    pdf.build_folder_pdf(inbox, outbox, outbox / "in.pdf")
+    sx, sy = 72 / rendered.dpi[1], 72 / rendered.dpi[0]  # (upright: the axes swap)
+    for path in (outbox / "side.pdf", outbox / "in.pdf"):
+        with pymupdf.open(path) as out:
+            page = out[0]
+            assert page.rotation == 90 and page.rect.width < page.rect.height  # shown upright
+            words = {wd[4]: pymupdf.Rect(wd[:4]) * page.rotation_matrix for wd in page.get_text("words")}
+            got = words["hello"]
+            assert abs(got.x0 - upright[0] * sx) < 1.5 and abs(got.y0 - upright[1] * sy) < 3, (path, got)

@@ -722,7 +722,8 @@ def _pdf_source_pages(
     are added to its pages and saved as an incremental update appended to those bytes
     (a full save, streams kept as they are, when MuPDF had to repair the file), so
     everything the PDF held (pictures, vector text, fonts, outline) stays as it was. A
-    page whose JSON page is its own text (``source`` pdf_text) gets no layer."""
+    page whose JSON page is its own text (``source`` pdf_text) gets no layer; a page OCR
+    read turned (``rotation``) gets its /Rotate turned too, so it shows upright."""
     name = src.rel.rsplit("/", 1)[-1]
     text_pages, sha256, reason, detail = _json_pages(src.json, st)
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
@@ -745,9 +746,14 @@ def _pdf_source_pages(
                 if text_page is None:
                     why = reason or "json_page_missing"
                     issues.without_text(PageIssue(src.rel, why, i, detail or f"the JSON has {len(text_pages)} page(s)"))
-                elif text_page.source != "pdf_text" and text_page.lines:
-                    font_xref = font_xref or font.add_font(doc)
-                    add_text_layer(doc, i, text_page, font_xref)
+                elif text_page.source != "pdf_text":
+                    if text_page.lines:
+                        font_xref = font_xref or font.add_font(doc)
+                        add_text_layer(doc, i, text_page, font_xref)
+                    if text_page.rotation:
+                        # OCR read it turned: shown upright from now on (/Rotate; content and
+                        # text layer, already in place, turn with it)
+                        doc[i].set_rotation((doc[i].rotation + text_page.rotation) % 360)
                 yield _PdfPageParts(doc, i, f"{name} ({i + 1}/{count})" if count > 1 else name)
             incremental = doc.can_save_incrementally()
             if write_copy:
