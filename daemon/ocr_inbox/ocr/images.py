@@ -30,6 +30,7 @@ import math
 import os
 import stat
 import struct
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -589,6 +590,8 @@ def load(root: str, rel: str, limits: Limits) -> LoadedImage:
 # is refused all the same (``pdf_javascript``): no scanner writes one, and its searchable
 # copy must not carry a script into the outbox.
 
+#: one thread in MuPDF at a time (:func:`pdf_pages`)
+_MUPDF = threading.RLock()
 #: the marker a PDF starts with (readers accept it within the first 1,024 bytes)
 PDF_MAGIC = b"%PDF-"
 #: pages without text are rendered at this resolution for OCR, less when a page would pass
@@ -695,49 +698,66 @@ def _pixmap_bgr(pix: Any) -> np.ndarray:
     return cv2.cvtColor(rgb.reshape(pix.height, pix.width, 3), cv2.COLOR_RGB2BGR)
 
 
+def _pdf_page(doc: Any, i: int, count: int, limits: Limits, repaired: bool) -> PageImage | TextPage:
+    """Page ``i`` rendered for OCR or with its own text (the caller holds :data:`_MUPDF`)."""
+    mu = _pymupdf()
+    try:
+        page = doc[i]
+        rect = page.rect
+        scale = render_dpi(rect.width, rect.height, limits) / 72.0
+        matrix = mu.Matrix(scale, scale)
+        # the pixels MuPDF renders (the page's edges rounded outwards), and the
+        # resolution they have: the JSON's coordinates and dpi, rendered or not
+        size = (rect * matrix).irect
+        shown = (size.width * 72.0 / rect.width, size.height * 72.0 / rect.height)
+        item: PageImage | TextPage
+        if not limits.pdf_ocr_pages_with_text and page.get_text("text").strip():
+            item = TextPage(i, size.width, size.height, shown, _text_lines(page, scale), count)
+        else:
+            pix = page.get_pixmap(matrix=matrix, colorspace=mu.csRGB, alpha=False)
+            item = PageImage(i, _pixmap_bgr(pix), shown, count)
+            del pix
+        del page
+    except (RuntimeError, ValueError) as exc:
+        raise BadImage("pdf_broken", f"page {i + 1}: {exc}") from None
+    problems = _mupdf_messages(mu)
+    if repaired and problems:
+        raise BadImage("pdf_broken", f"damaged (truncated?); page {i + 1}: {problems.splitlines()[-1]}")
+    return item
+
+
 def pdf_pages(data: bytes, limits: Limits) -> Iterator[PageImage | TextPage]:
     """A PDF's pages one at a time: a page without text of its own rendered (RGB, annotations
     shown, at :func:`render_dpi`) for OCR, a page with text as a :class:`TextPage` (unless
     ``limits.pdf_ocr_pages_with_text``). Coordinates are pixels of the page as shown (its
     /Rotate and crop box applied) at the stated resolution. A damaged file that MuPDF had to
-    repair is refused when a page then fails to load (``pdf_broken``: truncated, most often)."""
-    mu = _pymupdf()
-    doc = open_pdf(data, limits)
-    with doc:
-        count = doc.page_count
-        sizes = [doc[i].rect for i in range(count)]
-        total = 0
-        for r in sizes:
-            dpi = render_dpi(r.width, r.height, limits)
-            if dpi < PDF_MIN_DPI:
-                raise BadImage("too_many_pixels", f"a page of {r.width:.0f} x {r.height:.0f} pt cannot be read at "
-                               f"{PDF_MIN_DPI:.0f} dpi within {limits.max_pixels} pixels")
-            total += int(r.width * dpi / 72) * int(r.height * dpi / 72)
-        if total > limits.max_total_pixels:
-            raise BadImage("too_many_pixels", f"the {count} pages hold more than {limits.max_total_pixels} pixels together")
-        repaired = bool(doc.is_repaired)
-        _mupdf_messages(mu)
+    repair is refused when a page then fails to load (``pdf_broken``: truncated, most often).
+
+    A worker's decode thread opens the next file while the main thread may still render
+    this one's pages: every MuPDF call is made under :data:`_MUPDF` (MuPDF's context, and
+    its message buffer, are not for two threads at once); none is held across a yield."""
+    with _MUPDF:
+        doc = open_pdf(data, limits)
+    try:
+        with _MUPDF:
+            count = doc.page_count
+            total = 0
+            for i in range(count):
+                r = doc[i].rect
+                dpi = render_dpi(r.width, r.height, limits)
+                if dpi < PDF_MIN_DPI:
+                    raise BadImage("too_many_pixels", f"a page of {r.width:.0f} x {r.height:.0f} pt cannot be read at "
+                                   f"{PDF_MIN_DPI:.0f} dpi within {limits.max_pixels} pixels")
+                total += int(r.width * dpi / 72) * int(r.height * dpi / 72)
+            if total > limits.max_total_pixels:
+                raise BadImage("too_many_pixels", f"the {count} pages hold more than {limits.max_total_pixels} pixels together")
+            repaired = bool(doc.is_repaired)
+            _mupdf_messages(_pymupdf())
         for i in range(count):
-            try:
-                page = doc[i]
-                rect = page.rect
-                scale = render_dpi(rect.width, rect.height, limits) / 72.0
-                matrix = mu.Matrix(scale, scale)
-                # the pixels MuPDF renders (the page's edges rounded outwards), and the
-                # resolution they have: the JSON's coordinates and dpi, rendered or not
-                size = (rect * matrix).irect
-                shown = (size.width * 72.0 / rect.width, size.height * 72.0 / rect.height)
-                item: PageImage | TextPage
-                if not limits.pdf_ocr_pages_with_text and page.get_text("text").strip():
-                    item = TextPage(i, size.width, size.height, shown, _text_lines(page, scale), count)
-                else:
-                    pix = page.get_pixmap(matrix=matrix, colorspace=mu.csRGB, alpha=False)
-                    item = PageImage(i, _pixmap_bgr(pix), shown, count)
-                    del pix
-            except (RuntimeError, ValueError) as exc:
-                raise BadImage("pdf_broken", f"page {i + 1}: {exc}") from None
-            problems = _mupdf_messages(mu)
-            if repaired and problems:
-                raise BadImage("pdf_broken", f"damaged (truncated?); page {i + 1}: {problems.splitlines()[-1]}")
+            with _MUPDF:
+                item = _pdf_page(doc, i, count, limits, repaired)
             yield item
             del item
+    finally:
+        with _MUPDF:
+            doc.close()
