@@ -376,3 +376,13 @@ def test_a_pdf_page_ocr_read_turned_shows_upright_with_its_words_on_them(tmp_pat
             words = {wd[4]: pymupdf.Rect(wd[:4]) * page.rotation_matrix for wd in page.get_text("words")}
             got = words["hello"]
             assert abs(got.x0 - upright[0] * sx) < 1.5 and abs(got.y0 - upright[1] * sy) < 3, (path, got)
+
+
+def test_the_scan_takes_a_pdf_like_an_image(tmp_path: Path) -> None:
+    from ocr_inbox.inbox import scan
+
+    (tmp_path / "a.PDF").write_bytes(born_digital_pdf())
+    (tmp_path / "b.odt").write_bytes(b"PK")
+    assert isinstance(scan.classify(str(tmp_path), "a.PDF", ()), scan.Candidate)
+    assert isinstance(scan.classify(str(tmp_path), "b.odt", ()), scan.Skipped)
+    assert ".pdf" in scan.accepted_types().split()
