@@ -225,6 +225,7 @@ def test_the_ocr_command_reads_pdfs_and_refuses_hostile_ones_with_reasons(tmp_pa
 
     # the searchable copy of the scanned PDF; the born-digital one keeps its own text only
     _check_searchable_copy((inbox / "mail" / "scans.pdf").read_bytes(), outbox / "mail" / "scans.pdf", scans)
+    assert (outbox / "mail" / "digital.pdf").read_bytes().startswith((inbox / "mail" / "digital.pdf").read_bytes())
     with pymupdf.open(outbox / "mail" / "digital.pdf") as doc:
         assert doc[0].get_text().split("\n")[:2] == list(BORN_DIGITAL_TEXT)
         assert not [f for f in doc.get_page_fonts(0) if "GlyphLess" in f[3]]
