@@ -393,6 +393,26 @@ def test_multipage_tiff_gives_a_page_per_frame(folder):
         assert [p.rect.width for p in doc] == pytest.approx([120 * 0.72, 160 * 0.72, 200 * 0.72], abs=0.01)
 
 
+def test_an_image_without_a_dpi_becomes_a_sheet_sized_page(folder):
+    """A scan whose file states no resolution is taken for a sheet: its long side is A4's
+    (not 300 dpi, which made a 754 x 1000 letter scan a 2.5 x 3.3 inch page); a small
+    picture stays at 72 dpi instead of being blown up; a stated resolution is kept."""
+    images, jsons, out = folder
+    Image.new("L", (754, 1000), 255).save(images / "a_scan.png")  # no pHYs
+    Image.new("L", (3000, 2000), 255).save(images / "b_landscape.png")
+    Image.new("L", (300, 200), 255).save(images / "c_small.png")
+    Image.new("L", (754, 1000), 255).save(images / "d_stated.png", dpi=(100, 100))
+    build_folder_pdf(images, jsons, out)
+    a4_long = 297 / 25.4 * 72
+    with pymupdf.open(out) as doc:
+        sizes = [(p.rect.width, p.rect.height) for p in doc]
+    assert sizes[0] == pytest.approx((754 / 1000 * a4_long, a4_long), abs=0.01)  # 8.8 x 11.7 in
+    assert sizes[1] == pytest.approx((a4_long, 2000 / 3000 * a4_long), abs=0.01)
+    assert sizes[2] == pytest.approx((300, 200), abs=0.01)  # 72 dpi: 1 px = 1 pt
+    assert sizes[3] == pytest.approx((754 * 0.72, 1000 * 0.72), abs=0.01)
+    assert pdf.assumed_dpi(2480, 3508) == pytest.approx(300, abs=0.1)  # an A4 scan at 300 dpi
+
+
 @pytest.mark.parametrize("mode", ["1", "L", "RGB", "P", "RGBA", "LA", "I;16"])
 @pytest.mark.parametrize("fmt", ["png", "tiff"])
 def test_lossless_formats_render_pixel_exact(folder, mode, fmt):

@@ -209,19 +209,19 @@ def test_other_files_are_reported_once_and_counted(run) -> None:  # type: ignore
     (d.inbox / "docs").mkdir()
     (d.inbox / "docs" / "notes.txt").write_text("a note")
     (d.inbox / "docs" / "letter.docx").write_bytes(b"PK\x03\x04")
-    (d.inbox / "docs" / "scan.pdf").write_bytes(b"%PDF-1.4\n")
+    (d.inbox / "docs" / "sheet.ods").write_bytes(b"PK\x03\x04")
     d.until(lambda: len(d.events("file_skipped")) == 3, "three records")
     with open(d.inbox / "docs" / "notes.txt", "a") as fh:
         fh.write(" changed")  # seen again: not said again
     _page(d.inbox / "docs" / "page.png")
     d.until(lambda: "docs/page.png" in json_files(d.outbox), "the image beside them done")
     st = d.until(lambda: s if (s := d.status())["skipped"]["count"] == 3 else None, "counted in status")
-    assert st["skipped"]["by_type"] == {".docx": 1, ".pdf": 1, ".txt": 1}
+    assert st["skipped"]["by_type"] == {".docx": 1, ".ods": 1, ".txt": 1}
     assert st["totals"]["skipped"] == 3 and ".png" in st["skipped"]["accepted"]
     assert "other files (not taken, see the README): 3" in _status_text(d)
     d.stop()
     records = d.events("file_skipped")
-    assert sorted(_val(e, "path") for e in records) == ["docs/letter.docx", "docs/notes.txt", "docs/scan.pdf"]
+    assert sorted(_val(e, "path") for e in records) == ["docs/letter.docx", "docs/notes.txt", "docs/sheet.ods"]
     assert {e["level"] for e in records} == {"info"}
 
 

@@ -17,7 +17,9 @@ from ocr_inbox.ocr.results import Line, Page, Word
 JOB = m.Job(7, "f/a.png", attempt=2)
 PAGE = Page(0, 640, 480, (Line("naïve 姓名 \ud800", 0.93, ((1.0, 2.0), (3.5, 2.0), (3.5, 9.0), (1.0, 9.0)),
                                (Word("naïve", (1.0, 2.0, 2.0, 9.0)),), "rec-x", (("naive", "naïve"),)),), (300.0, 300.0))
-DONE = m.Done(3, JOB, 1234, 5678, "ab" * 32, {"profile": "fake", "models": {"det": "d"}}, (PAGE,), 42)
+#: a PDF page that kept its own text
+KEPT = Page(1, 2480, 3508, (), (300.0, 300.0), source="pdf_text")
+DONE = m.Done(3, JOB, 1234, 5678, "ab" * 32, {"profile": "fake", "models": {"det": "d"}}, (PAGE, KEPT), 42)
 
 
 @pytest.mark.parametrize("msg", [

@@ -161,21 +161,22 @@ def test_intake_counts_other_files_by_type_and_forgets_them_when_they_go(tmp_pat
     (inbox / "a" / "b").mkdir(parents=True)
     (inbox / "a" / "b" / "notes.txt").write_text("x")
     (inbox / "a" / "letter.docx").write_text("x")
-    (inbox / "scan.pdf").write_text("x")
+    (inbox / "scan.pdf").write_text("x")  # a PDF is taken (a source like an image)
+    (inbox / "sheet.ods").write_text("x")
     (inbox / "README").write_text("x")
     with Ledger.open(tmp_path / "state") as ledger, capture_logs() as logs:
         intake = Intake(inbox, tmp_path / "outbox", ledger, WatchSettings(), watch=False)
         intake.full_scan()
         intake.full_scan()  # seen again: said once
         said = sorted(e["path"] for e in logs if e["event"] == "file_skipped")
-        assert said == ["README", "a/b/notes.txt", "a/letter.docx", "scan.pdf"]
+        assert said == ["README", "a/b/notes.txt", "a/letter.docx", "sheet.ods"]
         got = intake.report()["skipped"]
-        assert got["count"] == 4 and got["by_type"] == {"(none)": 1, ".docx": 1, ".pdf": 1, ".txt": 1}  # type: ignore[index]
+        assert got["count"] == 4 and got["by_type"] == {"(none)": 1, ".docx": 1, ".ods": 1, ".txt": 1}  # type: ignore[index]
         for p in (inbox / "a" / "b" / "notes.txt", inbox / "a" / "letter.docx"):
             p.unlink()
         (inbox / "a" / "b").rmdir()
         intake.track("a/b")  # the folder's deletion, then one file's
         intake.track("a/letter.docx")
         got = intake.report()["skipped"]
-        assert got["count"] == 2 and got["by_type"] == {"(none)": 1, ".pdf": 1}  # type: ignore[index]
-        assert intake.skipped.keys() == {"README", "scan.pdf"}
+        assert got["count"] == 2 and got["by_type"] == {"(none)": 1, ".ods": 1}  # type: ignore[index]
+        assert intake.skipped.keys() == {"README", "sheet.ods"}

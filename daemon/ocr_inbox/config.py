@@ -138,7 +138,7 @@ class OcrSettings(_Section):
     max_image_pixels: int = Field(default=200_000_000, ge=1)
     #: files larger than this are refused before reading
     max_file_mb: int = Field(default=512, ge=1)
-    #: pages of a multi-page TIFF beyond this are refused
+    #: pages of a multi-page TIFF or a PDF beyond this are refused
     max_pages: int = Field(default=2000, ge=1)
     #: pixels of all pages of one file together (from the headers, before decoding): a small
     #: multi-page TIFF whose pages are each under max_image_pixels can still be a bomb
@@ -277,6 +277,8 @@ class PdfSettings(_Section):
     max_pages: int = Field(default=5000, ge=0)
     #: a build running longer is cancelled and the folder's PDF failed (reason timeout); 0 = no limit
     build_timeout_s: float = Field(default=3600.0, ge=0)
+    #: a PDF in the inbox: OCR its pages that have text of their own too (else they keep their text)
+    ocr_pages_with_text: bool = False
 
 
 class CacheSettings(_Section):

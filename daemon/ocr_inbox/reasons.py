@@ -20,6 +20,10 @@ ADVICE: dict[str, str] = {
     "file_too_large": "bigger than [ocr] max_file_mb: split it or raise the limit, " + _RETRY,
     "too_many_pixels": "bigger than [ocr] max_image_pixels: downscale it or raise the limit, " + _RETRY,
     "too_many_pages": "more pages than [ocr] max_pages / max_total_pixels allow: split it or raise the limit, " + _RETRY,
+    "pdf_encrypted": "the PDF needs a password to be opened: save it without one (or print it to PDF)",
+    "pdf_broken": "the PDF is damaged or truncated (detail): copy it again, or re-save it from a viewer",
+    "pdf_javascript": "the PDF carries JavaScript, which is never run or taken: print it to a new PDF "
+    "(or scan it again) and drop that",
     "too_much_memory": "decoding it passed [pool] worker_memory_mb: downscale it or raise the limit, " + _RETRY,
     "unreadable": "the service user may not read it (detail; the fix is in `status`' unreadable list and "
     "the journal's file_refused): give its group read (chgrp, chmod g+r; folders above g+x), check with "

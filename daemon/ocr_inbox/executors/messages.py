@@ -195,7 +195,7 @@ class NotPlain(ValueError):
 def _page_plain(p: Page) -> dict[str, Any]:
     return {
         "index": p.index, "width": p.width, "height": p.height, "dpi": list(p.dpi) if p.dpi else None,
-        "rotation": p.rotation,
+        "rotation": p.rotation, "source": p.source,
         "lines": [
             {"text": ln.text, "score": ln.score, "poly": [list(pt) for pt in ln.poly],
              "words": [[w.text, list(w.box)] for w in ln.words], "rec": ln.rec,
@@ -288,6 +288,7 @@ def _page(d: Any) -> Page:
         tuple(_line(ln) for ln in _get(d, "lines", list)),
         (_num(dpi[0], "dpi"), _num(dpi[1], "dpi")) if dpi is not None else None,
         rotation,
+        _get(d, "source", str) if "source" in d else "",
     )
 
 

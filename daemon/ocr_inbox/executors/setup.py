@@ -29,6 +29,7 @@ def limits_from(settings: Settings) -> images.Limits:
         max_file_bytes=o.max_file_mb << 20,
         max_pages=o.max_pages,
         max_total_pixels=o.max_total_pixels,
+        pdf_ocr_pages_with_text=settings.pdf.ocr_pages_with_text,
     )
 
 

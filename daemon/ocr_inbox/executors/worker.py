@@ -94,12 +94,15 @@ def limit_memory(mb: int) -> None:
 class _Prepared:
     """An image read and its first page decoded; the rest is decoded on demand, one page at a time."""
 
-    def __init__(self, file: images.ImageFile, first: images.PageImage | None, rest: Iterator[images.PageImage]) -> None:
+    def __init__(
+        self, file: images.ImageFile, first: images.PageImage | images.TextPage | None,
+        rest: Iterator[images.PageImage | images.TextPage],
+    ) -> None:
         self.file = file
         self.first = first
         self.rest = rest
 
-    def pages(self) -> Iterator[images.PageImage]:
+    def pages(self) -> Iterator[images.PageImage | images.TextPage]:
         """Each page once; the caller must drop a page before asking for the next."""
         page, self.first = self.first, None
         while page is not None:
@@ -144,6 +147,10 @@ def _ocr(
 ) -> m.Done:
     out: list[Page] = []
     for page in prep.pages():
+        if isinstance(page, images.TextPage):  # a PDF page with text of its own: kept as it is
+            out.append(Page(page.index, page.width, page.height, page.lines, page.dpi, source="pdf_text"))
+            send(m.Progress(cfg.slot, job.job_id, len(out), page.count))
+            continue
         lines = eng.recognise(page.bgr)
         # an engine that turned the page to read it says by how much (ocr/orientation.py)
         rotation = getattr(lines, "rotation", 0)

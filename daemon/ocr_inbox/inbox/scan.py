@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: the file types taken (by name, case-insensitive); README.md lists them. Any other file
-#: is skipped and reported once (``Skipped``): a .txt, a .docx, a PDF (not taken yet)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+#: is skipped and reported once (``Skipped``): a .txt, a .docx. A PDF is a source like a
+#: multi-page image (its pages without text are OCR'd: ``ocr/images.py``)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pdf"})
 #: errors that mean the service user may not list a folder (not that it vanished)
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
 #: the longest file name (bytes) Linux file systems take; an image's JSON is ``<name>.json``

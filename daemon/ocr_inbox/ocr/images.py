@@ -30,6 +30,7 @@ import math
 import os
 import stat
 import struct
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ocr_inbox.errors import BadImage
 from ocr_inbox.inbox.scan import inside
+from ocr_inbox.ocr.results import Line, Word
 
 #: formats PIL may identify; anything else is refused even if PIL could read it
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})
@@ -73,6 +75,8 @@ class Limits:
     max_pages: int = 2000
     #: all pages of one file together
     max_total_pixels: int = 1_000_000_000
+    #: a PDF page that has text of its own is OCR'd too (else kept: its own text goes in the JSON)
+    pdf_ocr_pages_with_text: bool = False
 
 
 # --- opening beneath a root ---------------------------------------------------------------
@@ -432,6 +436,20 @@ class PageImage:
 
 
 @dataclass(frozen=True)
+class TextPage:
+    """A PDF page that carries text of its own: not rendered and not OCR'd (``[pdf]
+    ocr_pages_with_text`` off), its words are the PDF's, in the pixels the page would have
+    if it were rendered at ``dpi`` (the coordinate space of the PDF's rendered pages)."""
+
+    index: int
+    width: int
+    height: int
+    dpi: tuple[float, float]
+    lines: tuple[Line, ...]
+    count: int = 1
+
+
+@dataclass(frozen=True)
 class ImageFile:
     """The bytes of an image file as read (what is hashed is what is decoded) and its version."""
 
@@ -449,7 +467,7 @@ class LoadedImage:
     data_size: int
     mtime_ns: int
     sha256: str
-    pages: list[PageImage]
+    pages: list[PageImage | TextPage]
 
 
 def upright_bgr(frame: Frame) -> np.ndarray:
@@ -521,13 +539,17 @@ def _page_bgr(frame: Frame) -> np.ndarray:
     return upright_bgr(frame)  # PIL loads the frame's pixels here
 
 
-def pages(data: bytes, limits: Limits) -> Iterator[PageImage]:
+def pages(data: bytes, limits: Limits) -> Iterator[PageImage | TextPage]:
     """The pages of an image file as upright BGR, decoded one at a time; a bad frame
-    raises :class:`BadImage` (OCR refuses the whole file).
+    raises :class:`BadImage` (OCR refuses the whole file). A PDF's pages are rendered
+    (:func:`pdf_pages`); those with text of their own come as :class:`TextPage`.
 
     Only the page last yielded is held here: drop it before asking for the next,
     and a 1,000-page file needs the memory of one page.
     """
+    if is_pdf(data):
+        yield from pdf_pages(data, limits)
+        return
     # a JPEG frame comes undecoded (its header checked against the limits): _page_bgr decodes it
     for frame in frames(data, limits, draft_jpeg=True, decoded_before=True):
         if isinstance(frame, BadFrame):
@@ -548,7 +570,7 @@ def read(root: str, rel: str, limits: Limits) -> ImageFile:
     return ImageFile(data, st.st_mtime_ns, hashlib.sha256(data).hexdigest())
 
 
-def decode(data: bytes, limits: Limits) -> list[PageImage]:
+def decode(data: bytes, limits: Limits) -> list[PageImage | TextPage]:
     """Every page of an image file as upright BGR, all held at once (small files, tests);
     the OCR worker iterates :func:`pages` instead."""
     return list(pages(data, limits))
@@ -558,3 +580,184 @@ def load(root: str, rel: str, limits: Limits) -> LoadedImage:
     """Read ``root/rel`` beneath ``root`` (the inbox) and decode all its pages (see :func:`decode`)."""
     f = read(root, rel, limits)
     return LoadedImage(f.size, f.mtime_ns, f.sha256, decode(f.data, limits))
+
+
+# --- PDFs ---------------------------------------------------------------------------------
+#
+# A PDF is hostile input like an image: it is opened here only, in a worker (or the PDF
+# builder's child), from the bytes read beneath the inbox, under the same limits. MuPDF
+# never runs a PDF's JavaScript (PyMuPDF has no call that would); a PDF that carries some
+# is refused all the same (``pdf_javascript``): no scanner writes one, and its searchable
+# copy must not carry a script into the outbox.
+
+#: one thread in MuPDF at a time (:func:`pdf_pages`)
+_MUPDF = threading.RLock()
+#: the marker a PDF starts with (readers accept it within the first 1,024 bytes)
+PDF_MAGIC = b"%PDF-"
+#: pages without text are rendered at this resolution for OCR, less when a page would pass
+#: ``max_pixels`` at it (a poster-sized page is read at what fits)
+PDF_RENDER_DPI = 300.0
+#: ... but never coarser than this: a page that needs less is refused (too_many_pixels)
+PDF_MIN_DPI = 50.0
+
+
+def is_pdf(data: bytes) -> bool:
+    return PDF_MAGIC in data[:1024]
+
+
+def _pymupdf() -> Any:
+    import pymupdf  # the PDF side's library: not loaded by the daemon's main process
+
+    # MuPDF's messages are collected (and read per page), not printed to stderr
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    return pymupdf
+
+
+def _mupdf_messages(mu: Any) -> str:
+    return str(mu.TOOLS.mupdf_warnings(reset=True) or "").strip()
+
+
+def _has_javascript(doc: Any) -> bool:
+    """Any object that is a JavaScript action (``/S /JavaScript``) or holds a script (``/JS``):
+    document open actions, page and field actions and the /Names JavaScript tree alike."""
+    for xref in range(1, doc.xref_length()):
+        if doc.xref_get_key(xref, "JS")[0] != "null" or doc.xref_get_key(xref, "S") == ("name", "/JavaScript"):
+            return True
+    return False
+
+
+def open_pdf(data: bytes, limits: Limits, path: str | None = None) -> Any:
+    """The PDF in ``data`` opened by MuPDF and checked: not encrypted with a password, no
+    JavaScript, within ``max_pages`` (counted from its page tree, nothing rendered).
+    Raises :class:`BadImage` (``pdf_broken``, ``pdf_encrypted``, ``pdf_javascript``,
+    ``too_many_pages``). ``path``: a file of ours holding these very bytes, opened instead
+    (so that changes can be saved to it as an incremental update)."""
+    mu = _pymupdf()
+    _mupdf_messages(mu)
+    try:
+        doc = mu.open(path, filetype="pdf") if path is not None else mu.open(stream=data, filetype="pdf")
+    except (RuntimeError, ValueError) as exc:  # pymupdf.FileDataError is a RuntimeError
+        raise BadImage("pdf_broken", str(exc) or type(exc).__name__) from None
+    try:
+        if doc.needs_pass:
+            raise BadImage("pdf_encrypted", "it needs a password to be opened")
+        count = doc.page_count
+        if count < 1:
+            raise BadImage("pdf_broken", "no pages " + (_mupdf_messages(mu) or ""))
+        if count > limits.max_pages:
+            raise BadImage("too_many_pages", f"{count} > {limits.max_pages}")
+        if _has_javascript(doc):
+            raise BadImage("pdf_javascript", "it carries JavaScript (not run, not taken)")
+    except BaseException:
+        doc.close()
+        raise
+    return doc
+
+
+def render_dpi(width_pt: float, height_pt: float, limits: Limits) -> float:
+    """The resolution a page of ``width_pt`` x ``height_pt`` is rendered at: 300 dpi, less
+    where that passes ``max_pixels``."""
+    area = max(width_pt, 1.0) * max(height_pt, 1.0) / 72.0**2
+    return min(PDF_RENDER_DPI, math.sqrt(limits.max_pixels / area) * 0.999)
+
+
+def _text_lines(page: Any, scale: float) -> tuple[Line, ...]:
+    """The page's own words grouped in its lines, in pixels of the page as shown (``scale``
+    pixels a point). MuPDF gives text positions on the page *before* its /Rotate: each
+    corner is turned with the page, so a line's polygon keeps its reading direction."""
+    mu, turn = _pymupdf(), page.rotation_matrix
+
+    def shown(x: float, y: float) -> tuple[float, float]:
+        p = mu.Point(x, y) * turn
+        return (round(p.x * scale, 2), round(p.y * scale, 2))
+
+    def quad(x0: float, y0: float, x1: float, y1: float) -> tuple[tuple[float, float], ...]:
+        return (shown(x0, y0), shown(x1, y0), shown(x1, y1), shown(x0, y1))
+
+    grouped: dict[tuple[int, int], list[tuple[str, tuple[float, float, float, float]]]] = {}
+    for x0, y0, x1, y1, text, block, line, _word in page.get_text("words", sort=True):
+        grouped.setdefault((block, line), []).append((str(text), (x0, y0, x1, y1)))
+    lines = []
+    for words in grouped.values():
+        out = []
+        for text, box in words:
+            q = quad(*box)
+            xs, ys = [pt[0] for pt in q], [pt[1] for pt in q]
+            out.append(Word(text, (min(xs), min(ys), max(xs), max(ys))))
+        x0, y0 = min(b[0] for _t, b in words), min(b[1] for _t, b in words)
+        x1, y1 = max(b[2] for _t, b in words), max(b[3] for _t, b in words)
+        poly = quad(x0, y0, x1, y1)
+        lines.append(Line(" ".join(t for t, _b in words), 1.0, (poly[0], poly[1], poly[2], poly[3]), tuple(out)))
+    return tuple(lines)
+
+
+def _pixmap_bgr(pix: Any) -> np.ndarray:
+    import cv2
+
+    rgb = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.stride)[:, : pix.width * 3]
+    return cv2.cvtColor(rgb.reshape(pix.height, pix.width, 3), cv2.COLOR_RGB2BGR)
+
+
+def _pdf_page(doc: Any, i: int, count: int, limits: Limits, repaired: bool) -> PageImage | TextPage:
+    """Page ``i`` rendered for OCR or with its own text (the caller holds :data:`_MUPDF`)."""
+    mu = _pymupdf()
+    try:
+        page = doc[i]
+        rect = page.rect
+        scale = render_dpi(rect.width, rect.height, limits) / 72.0
+        matrix = mu.Matrix(scale, scale)
+        # the pixels MuPDF renders (the page's edges rounded outwards), and the
+        # resolution they have: the JSON's coordinates and dpi, rendered or not
+        size = (rect * matrix).irect
+        shown = (size.width * 72.0 / rect.width, size.height * 72.0 / rect.height)
+        item: PageImage | TextPage
+        if not limits.pdf_ocr_pages_with_text and page.get_text("text").strip():
+            item = TextPage(i, size.width, size.height, shown, _text_lines(page, scale), count)
+        else:
+            pix = page.get_pixmap(matrix=matrix, colorspace=mu.csRGB, alpha=False)
+            item = PageImage(i, _pixmap_bgr(pix), shown, count)
+            del pix
+        del page
+    except (RuntimeError, ValueError) as exc:
+        raise BadImage("pdf_broken", f"page {i + 1}: {exc}") from None
+    problems = _mupdf_messages(mu)
+    if repaired and problems:
+        raise BadImage("pdf_broken", f"damaged (truncated?); page {i + 1}: {problems.splitlines()[-1]}")
+    return item
+
+
+def pdf_pages(data: bytes, limits: Limits) -> Iterator[PageImage | TextPage]:
+    """A PDF's pages one at a time: a page without text of its own rendered (RGB, annotations
+    shown, at :func:`render_dpi`) for OCR, a page with text as a :class:`TextPage` (unless
+    ``limits.pdf_ocr_pages_with_text``). Coordinates are pixels of the page as shown (its
+    /Rotate and crop box applied) at the stated resolution. A damaged file that MuPDF had to
+    repair is refused when a page then fails to load (``pdf_broken``: truncated, most often).
+
+    A worker's decode thread opens the next file while the main thread may still render
+    this one's pages: every MuPDF call is made under :data:`_MUPDF` (MuPDF's context, and
+    its message buffer, are not for two threads at once); none is held across a yield."""
+    with _MUPDF:
+        doc = open_pdf(data, limits)
+    try:
+        with _MUPDF:
+            count = doc.page_count
+            total = 0
+            for i in range(count):
+                r = doc[i].rect
+                dpi = render_dpi(r.width, r.height, limits)
+                if dpi < PDF_MIN_DPI:
+                    raise BadImage("too_many_pixels", f"a page of {r.width:.0f} x {r.height:.0f} pt cannot be read at "
+                                   f"{PDF_MIN_DPI:.0f} dpi within {limits.max_pixels} pixels")
+                total += int(r.width * dpi / 72) * int(r.height * dpi / 72)
+            if total > limits.max_total_pixels:
+                raise BadImage("too_many_pixels", f"the {count} pages hold more than {limits.max_total_pixels} pixels together")
+            repaired = bool(doc.is_repaired)
+            _mupdf_messages(_pymupdf())
+        for i in range(count):
+            with _MUPDF:
+                item = _pdf_page(doc, i, count, limits, repaired)
+            yield item
+            del item
+    finally:
+        with _MUPDF:
+            doc.close()

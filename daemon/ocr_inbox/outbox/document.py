@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox import atomic
-from ocr_inbox.ocr.results import Line, Page, Word
+from ocr_inbox.ocr.results import Line, Page, Word, word_poly
 
 #: 2: lines may carry ``rec`` (the cascade's recognizer), ``engine`` may carry ``refine``;
 #: 3: lines may carry ``respelled`` (the word lists' changes); 4: pages may carry
-#: ``rotation`` (turned to be read; the boxes stay the stored image's). Each only adds
+#: ``rotation`` (turned to be read; the boxes stay the stored image's), words ``poly`` (the
+#: word's stretch of its line's polygon, derived on writing). Each only adds
 #: optional fields, so a reader of an earlier schema reads the later ones (docs/JSON.md)
 SCHEMA_VERSION = 4
 
@@ -50,10 +51,14 @@ class Document:
         d = asdict(self)
         extra = d.pop("extra")
         d.update(extra)
-        for page in d["pages"]:
+        for page, pg in zip(d["pages"], self.pages, strict=True):
             if not page["rotation"]:
                 del page["rotation"]  # read as it lies
-            for line in page["lines"]:
+            if not page["source"]:
+                del page["source"]  # OCR'd
+            for line, ln in zip(page["lines"], pg.lines, strict=True):
+                for word, w in zip(line["words"], ln.words, strict=True):
+                    word["poly"] = [list(p) for p in word_poly(ln, w)]
                 if not line["rec"]:
                     del line["rec"]  # the profile's own recognizer: engine.models.rec says which
                 if not line["respelled"]:
@@ -89,6 +94,7 @@ def from_json(obj: dict[str, Any]) -> Document:
             lines=tuple(_line(ln) for ln in p.get("lines", ())),
             dpi=tuple(p["dpi"]) if p.get("dpi") else None,
             rotation=int(p.get("rotation", 0)),
+            source=str(p.get("source", "")),
         )
         for p in obj["pages"]
     )

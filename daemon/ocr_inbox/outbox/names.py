@@ -27,6 +27,12 @@ def json_path_for(outbox: Path, rel_image: str) -> Path:
     return outbox / (rel_image + JSON_SUFFIX)
 
 
+def searchable_copy_path(json_file: Path) -> Path:
+    """A PDF's searchable copy beside its JSON: ``OUTBOX/<dir>/<name>.pdf`` for ``<name>.pdf.json``
+    (the inbox's name, mirrored; :func:`json_path_for`'s name fits, so this one does)."""
+    return json_file.with_name(json_file.name[: -len(JSON_SUFFIX)])
+
+
 def pdf_path_for(outbox: Path, inbox: Path, folder: str) -> Path:
     """``OUTBOX/<dir>/<folder name>.pdf``; the inbox's own images give ``OUTBOX/<inbox name>.pdf``.
 

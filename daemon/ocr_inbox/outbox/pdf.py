@@ -58,17 +58,22 @@ from ocr_inbox.inbox import scan
 from ocr_inbox.ocr import images, orientation
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox import document, font, order, textlayer
+from ocr_inbox.outbox import names
 from ocr_inbox.outbox.names import JSON_SUFFIX, is_temp_for, work_dir_for
 from ocr_inbox.outbox.pdfobj import new_stream
 
 __all__ = [
-    "DEFAULT_DPI", "PageIssue", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
+    "DEFAULT_DPI", "PageIssue", "assumed_dpi", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
     "build_folder_pdf", "build_pdf", "list_images", "pdf_image", "prepare", "work_dir_for",
 ]
 
 IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
-#: page size of an image whose file gives no (usable) resolution
+#: kept for importers; an image whose file gives no (usable) resolution gets ``assumed_dpi``
 DEFAULT_DPI = 300.0
+#: an image without a resolution is taken for a scanned sheet: its long side is A4's (297 mm)
+ASSUMED_LONG_SIDE_IN = 297 / 25.4
+#: ... unless that is coarser than a screen's: a small picture is not blown up to a sheet
+MIN_ASSUMED_DPI = 72.0
 #: PDF viewers limit a page side to 14,400 pt (200 inches)
 MAX_PAGE_PT = 14_400.0
 #: what a failed PDF write raises (MuPDF's errors are not OSErrors)
@@ -200,9 +205,16 @@ class PdfImage:
         return (ax - e, ay - f, cx - e, cy - f, e, f)
 
 
+def assumed_dpi(width: int, height: int) -> float:
+    """The resolution of an image whose file states none: the one at which its long side is
+    an A4 sheet's long side (a letter sheet is 0.7 inch shorter), but at least 72 dpi. A
+    754 x 1000 scan becomes a 8.8 x 11.7 inch page, a 2480 x 3508 one A4 at 300 dpi."""
+    return max(MIN_ASSUMED_DPI, max(width, height) / ASSUMED_LONG_SIDE_IN)
+
+
 def pdf_image(frame: images.Frame) -> PdfImage:
     """How the PDF stores a decoded frame: a JPEG's own bytes, else lossless pixels."""
-    dpi = frame.dpi or (DEFAULT_DPI, DEFAULT_DPI)
+    dpi = frame.dpi or (assumed_dpi(frame.width, frame.height),) * 2
     if frame.jpeg is not None:
         return _jpeg_page(frame, frame.jpeg, dpi)
     return _lossless_page(frame.image, frame.orientation, dpi)
@@ -268,6 +280,91 @@ class _PageParts:
     title: str
 
 
+@dataclass(frozen=True)
+class _PdfPageParts:
+    """A page of a PDF from the inbox, added as it is (its text layer, if any, added to it
+    already: :func:`add_text_layer`); ``doc`` stays open while the page is added."""
+
+    doc: pymupdf.Document
+    index: int
+    title: str
+
+
+#: the text layer's font on a PDF page from the inbox: a name no producer uses
+SOURCE_FONT = "OcrInboxGlyphLess"
+
+
+def _shown_to_user(page: pymupdf.Page) -> pymupdf.Matrix:
+    """Points of the page as shown (y up, origin bottom-left: the text layer's space) to its
+    user space: its /Rotate undone and its crop box placed. (PyMuPDF's transformation_matrix
+    leaves the crop box out on a turned page.)"""
+    crop, media = page.cropbox, page.mediabox
+    m: pymupdf.Matrix = (
+        pymupdf.Matrix(1, 0, 0, -1, 0, page.rect.height)
+        * page.derotation_matrix
+        * pymupdf.Matrix(1, 0, 0, -1, crop.x0, media.y1 - crop.y0)
+    )
+    return m
+
+
+def _own_resources(doc: pymupdf.Document, page_xref: int) -> None:
+    """Give the page its own /Resources when it inherits them (a font added must not be
+    the only resource it has)."""
+    if doc.xref_get_key(page_xref, "Resources")[0] != "null":
+        return
+    node = page_xref
+    while True:
+        kind, parent = doc.xref_get_key(node, "Parent")
+        if kind != "xref":
+            doc.xref_set_key(page_xref, "Resources", "<<>>")
+            return
+        node = int(parent.split()[0])
+        kind, value = doc.xref_get_key(node, "Resources")
+        if kind != "null":
+            doc.xref_set_key(page_xref, "Resources", value)
+            return
+
+
+def _add_font(doc: pymupdf.Document, page_xref: int, font_xref: int) -> None:
+    """Put the font under :data:`SOURCE_FONT` into the page's /Resources /Font, each of which
+    may be a dictionary of its own or an indirect object shared with other pages."""
+    _own_resources(doc, page_xref)
+    holder, path = page_xref, "Resources"
+    kind, value = doc.xref_get_key(holder, path)
+    if kind == "xref":
+        holder, path = int(value.split()[0]), ""
+    font_key = f"{path}/Font" if path else "Font"
+    kind, value = doc.xref_get_key(holder, font_key)
+    if kind == "xref":
+        doc.xref_set_key(int(value.split()[0]), SOURCE_FONT, f"{font_xref} 0 R")
+    elif kind == "dict":
+        doc.xref_set_key(holder, f"{font_key}/{SOURCE_FONT}", f"{font_xref} 0 R")
+    else:
+        doc.xref_set_key(holder, font_key, f"<</{SOURCE_FONT} {font_xref} 0 R>>")
+
+
+def add_text_layer(doc: pymupdf.Document, index: int, text_page: Page, font_xref: int) -> None:
+    """Add ``text_page``'s lines as invisible text to page ``index`` of a PDF from the inbox.
+
+    Its content is kept byte for byte: the page's streams are bracketed by a new ``q`` and
+    ``Q`` (whatever state they leave does not reach the text) and one stream of text is
+    appended; the glyphless font goes into its resources under :data:`SOURCE_FONT`. The
+    JSON page's pixels are mapped onto the page as shown (its /Rotate and crop box)."""
+    page = doc[index]
+    rect = page.rect
+    tf = textlayer.PixelToPoint.fit(text_page.width, text_page.height, rect.width, rect.height)
+    ops = textlayer.text_layer(text_page, tf, SOURCE_FONT)
+    if not ops.strip():
+        return
+    m = _shown_to_user(page)
+    cm = " ".join(textlayer.num(v, 6) for v in (m.a, m.b, m.c, m.d, m.e, m.f))
+    _add_font(doc, page.xref, font_xref)
+    before = new_stream(doc, "<<>>", b"q\n")
+    after = new_stream(doc, "<<>>", b"\nQ\nq " + cm.encode() + b" cm\n" + ops + b"\nQ\n")
+    contents = [before, *page.get_contents(), after]
+    doc.xref_set_key(page.xref, "Contents", "[" + " ".join(f"{x} 0 R" for x in contents) + "]")
+
+
 def _text_ops(image: PdfImage, text_page: Page | None) -> bytes:
     if text_page is None:
         return b""
@@ -287,9 +384,16 @@ class _ChunkWriter:
         #: pages in all chunks, written or not
         self.pages = 0
 
-    def add(self, page: _PageParts) -> None:
+    def add(self, page: _PageParts | _PdfPageParts) -> None:
         if self.doc is None:
             self.doc, self.font_xref = pymupdf.open(), 0
+        if isinstance(page, _PdfPageParts):
+            # the page with its objects as they are (pictures, fonts, text), its text layer in
+            self.doc.insert_pdf(page.doc, from_page=page.index, to_page=page.index, links=False, annots=True)
+            self.pages += 1
+            if self.doc.page_count >= self.size:
+                self.flush()
+            return
         doc, image = self.doc, page.image
         width, height = image.page_size
         doc.new_page(width=width, height=height)
@@ -457,7 +561,7 @@ def build_pdf(
             for item in pages:
                 if isinstance(item, PreparedImage):
                     issues.replay(item.issues)
-                    parts: Iterable[_PageParts] = item.pages
+                    parts: Iterable[_PageParts | _PdfPageParts] = item.pages
                 else:
                     parts = _image_pages(root, item, limits, issues)
                 for page in parts:
@@ -547,16 +651,18 @@ def prepare(root: Path, src: PageSource, limits: images.Limits) -> PreparedImage
     while it waits for them. None for a file of several frames: those are done frame
     by frame in their turn, so memory stays at about a chunk.
     """
+    if src.rel.lower().endswith(".pdf"):
+        return None  # a PDF's pages are added from the open file, in their turn
     issues = _Issues(None)
     pages: list[_PageParts] = []
     for page in _image_pages(Path(root), src, limits, issues):
-        if pages:
+        if pages or isinstance(page, _PdfPageParts):
             return None
         pages.append(page)
     return PreparedImage(src, tuple(pages), issues)
 
 
-def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Issues) -> Iterator[_PageParts]:
+def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Issues) -> Iterator[_PageParts | _PdfPageParts]:
     """Every frame of one image file as a page made ready, one at a time; record what goes in
     without text or not at all."""
     name = src.rel.rsplit("/", 1)[-1]
@@ -569,6 +675,9 @@ def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Is
         src.mtime_ns is not None and st.st_mtime_ns != src.mtime_ns
     ):
         raise SourceChanged(src.rel, f"size {st.st_size}, mtime_ns {st.st_mtime_ns}; OCR'd {src.size}, {src.mtime_ns}")
+    if images.is_pdf(data):
+        yield from _pdf_source_pages(root, src, data, st, limits, issues)
+        return
     text_pages, sha256, reason, detail = _json_pages(src.json, st)
     # OCR decoded these very bytes: the check decode would only repeat it (80 % of a page's build)
     decoded = sha256 is not None and hashlib.sha256(data).hexdigest() == sha256
@@ -593,6 +702,74 @@ def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Is
             yield _PageParts(image, _text_ops(image, text_page), title)
     except BadImage as exc:  # the file as a whole
         issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
+
+
+def _copy_in_the_way(root: Path, src: PageSource, copy: Path) -> bool:
+    """True when the copy's name is its folder's PDF (``mail/mail.pdf``): the folder's PDF
+    wins (it holds the same pages, with their text), the copy is not written."""
+    outbox = Path(str(src.json)[: -len(src.rel + JSON_SUFFIX)] or ".")
+    folder = src.rel.rsplit("/", 1)[0] if "/" in src.rel else ""
+    return names.pdf_path_for(outbox, root, folder) == copy
+
+
+def _pdf_source_pages(
+    root: Path, src: PageSource, data: bytes, st: os.stat_result, limits: images.Limits, issues: _Issues
+) -> Iterator[_PdfPageParts]:
+    """The pages of a PDF from the inbox, each with the text layer of its OCR'd JSON page;
+    and, when its JSON is current, its searchable copy published beside the JSON.
+
+    The copy starts as the very bytes OCR read, in a temp file beside it; the text layers
+    are added to its pages and saved as an incremental update appended to those bytes
+    (a full save, streams kept as they are, when MuPDF had to repair the file), so
+    everything the PDF held (pictures, vector text, fonts, outline) stays as it was. A
+    page whose JSON page is its own text (``source`` pdf_text) gets no layer; a page OCR
+    read turned (``rotation``) gets its /Rotate turned too, so it shows upright."""
+    name = src.rel.rsplit("/", 1)[-1]
+    text_pages, sha256, reason, detail = _json_pages(src.json, st)
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        text_pages, reason, detail = (), "json_stale", "the JSON records another SHA-256"
+    copy = names.searchable_copy_path(src.json)
+    write_copy = not reason and not _copy_in_the_way(root, src, copy)
+    tmp, full = names.temp_path_for(copy), names.temp_path_for(copy)
+    try:
+        tmp.write_bytes(data)
+        try:
+            doc = images.open_pdf(data, limits, path=str(tmp))
+        except BadImage as exc:
+            issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
+            return
+        with doc:
+            font_xref = 0
+            count = doc.page_count
+            for i in range(count):
+                text_page = text_pages[i] if i < len(text_pages) else None
+                if text_page is None:
+                    why = reason or "json_page_missing"
+                    issues.without_text(PageIssue(src.rel, why, i, detail or f"the JSON has {len(text_pages)} page(s)"))
+                elif text_page.source != "pdf_text":
+                    if text_page.lines:
+                        font_xref = font_xref or font.add_font(doc)
+                        add_text_layer(doc, i, text_page, font_xref)
+                    if text_page.rotation:
+                        # OCR read it turned: shown upright from now on (/Rotate; content and
+                        # text layer, already in place, turn with it)
+                        doc[i].set_rotation((doc[i].rotation + text_page.rotation) % 360)
+                yield _PdfPageParts(doc, i, f"{name} ({i + 1}/{count})" if count > 1 else name)
+            incremental = doc.can_save_incrementally()
+            if write_copy:
+                if incremental:
+                    doc.saveIncr()
+                else:
+                    doc.save(full)
+        if write_copy:
+            if not incremental:
+                os.replace(full, tmp)
+            atomic.publish(tmp, copy)
+    except _WRITE_ERRORS as exc:
+        raise OutputError(f"cannot write the searchable copy {copy}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        full.unlink(missing_ok=True)
 
 
 def _text_page(
