@@ -83,8 +83,8 @@ def act_as_owner(state_dir: Path, command: str, *, reader: bool = False) -> None
         if reader:
             return
         raise StateError(
-            f"the state directory {state_dir} belongs to {name}, not to this user: run "
-            f"`sudo runuser -u {name} -- ocr-inbox {command} …` (or as root, which acts as {name})"
+            f"the state directory {state_dir} belongs to {name}, not to this user: run it as root "
+            f"(root acts as {name}), or as root `runuser -u {name} -- ocr-inbox {command} …`"
         )
     try:
         entry = pwd.getpwuid(uid)
