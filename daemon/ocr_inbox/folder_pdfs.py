@@ -320,7 +320,7 @@ class FolderPdfs:
         else:
             self.ledger.pdf_failed(res.folder, res.error, now)
             if res.changed:
-                log.info("pdf_waits_for_ocr", folder=res.folder, changed=res.changed)
+                log.info("pdf_waits_for_ocr", folder=res.folder, changed=res.changed, detail=res.error)
                 self.moved.append(res.changed)
             else:
                 log.error("pdf_failed", folder=res.folder, reason=res.reason, error=res.error, retry=res.transient)
