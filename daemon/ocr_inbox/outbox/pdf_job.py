@@ -10,7 +10,9 @@ child adds each as it comes, so the work left when the last one arrives is that
 page and the merge. Pages done before the pages ahead of them (another worker's
 batch) come as ``ahead``: the child makes them ready while it waits
 (``pdf.prepare``) and adds them in their turn. Nothing is published before the
-final pages arrived.
+final pages arrived, nor once a page it was asked for left the inbox or changed
+during the build (a folder deleted mid-build): a PDF short of a page is never
+published (``SourceChanged``: the folder is built again from what it holds).
 """
 
 from __future__ import annotations
