@@ -118,7 +118,7 @@ def test_a_file_that_leaves_while_a_worker_has_it_is_gone_not_failed(
 ) -> None:
     # an image "costs" long enough that the worker still has it when it is deleted; whether
     # it is read before the delete or not, it is the same: the file vanished
-    monkeypatch.setenv("FAKE_ENGINE_DELAY_S", "2")
+    monkeypatch.setenv("FAKE_ENGINE_DELAY_S", "5")
     d = Daemon(tmp_path, models_dir, config())
     _image(d, "a", "p1.png")
     d.start()
