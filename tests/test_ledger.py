@@ -542,3 +542,51 @@ def test_known_paths_iterates_everything_in_chunks(ledger: Ledger) -> None:
     assert seen[0] == ("a/00.jpg", 0, 0, "pending", False)
     assert ("a/fifo.jpg", -1, -1, "failed", False) in seen
     assert ledger.get("a/03.jpg").status == "gone"  # type: ignore[union-attr]
+
+
+def _done_folder(led: Ledger, names: list[str], now: float) -> None:
+    """Folder ``a``'s images done and its PDF published with them."""
+    for rel in names:
+        led.observe(rel, 10, 1, now)
+    assert sorted(r.rel for r in led.claim(100, now)) == names
+    for rel in names:
+        assert led.done(rel, 10, 1, "out", 5, now)
+    led.pdf_started("a")
+    assert led.pdf_done("a", len(names), now)
+
+
+def test_a_done_image_leaving_rearms_its_folders_pdf_and_an_emptied_folder_keeps_its_last_one(ledger: Ledger) -> None:
+    _done_folder(ledger, ["a/1.png", "a/2.png"], 100.0)
+    assert ledger.gone("a/1.png", 101.0)
+    assert ledger.folder("a").pdf_state == "needed"  # rebuilt without it once quiet
+    assert [r.rel for r in ledger.pages_of("a")] == ["a/2.png"]
+    ledger.pdf_started("a")
+    assert ledger.pdf_done("a", 1, 102.0)
+    assert ledger.gone("a/2.png", 103.0)
+    row = ledger.folder("a")
+    assert (row.pdf_state, row.pdf_pages) == ("done", 1)  # nothing left: the last PDF is kept
+    (summary,) = reports.folders(ledger)
+    assert summary.pdf_kept and summary.done == 0
+    assert ledger.quiet_folders(1000.0, 0.0) == [] and ledger.next_quiet_at(0.0) is None
+
+
+def test_a_folder_emptied_during_its_build_is_due_for_nothing(ledger: Ledger) -> None:
+    _done_folder(ledger, ["a/1.png", "a/2.png"], 100.0)
+    ledger.observe("a/3.png", 10, 1, 101.0)  # a new page: a build starts
+    claim_one(ledger, "a/3.png", 101.0)
+    assert ledger.done("a/3.png", 10, 1, "out", 5, 101.0)
+    ledger.pdf_started("a")
+    assert ledger.gone_tree("a", 102.0) == 3  # the folder deleted mid-build
+    assert ledger.folder("a").pdf_state == "done"
+    assert not ledger.pdf_failed("a", "a/1.png changed since it was OCR'd", 103.0)  # the build's end changes nothing
+    ledger.pdf_rearm("a")
+    assert ledger.folder("a").pdf_state == "done" and ledger.folder("a").pdf_pages == 2
+
+
+def test_a_pending_image_leaving_does_not_rearm_a_published_pdf(ledger: Ledger) -> None:
+    _done_folder(ledger, ["a/1.png"], 100.0)
+    ledger.observe("a/2.png", 10, 1, 101.0)
+    ledger.pdf_started("a")
+    ledger.pdf_done("a", 1, 101.5)  # (as if built before it came)
+    assert ledger.gone("a/2.png", 102.0)
+    assert ledger.folder("a").pdf_state == "done"

@@ -5,7 +5,9 @@ its images are finished (``Ledger.quiet_folders``). Its PDF is built from
 exactly the images the ledger holds as done, the versions that were OCR'd,
 in page order, by a child process (one build at a time), while OCR goes on.
 An image that changed since its OCR stops the build: the folder waits for
-the new JSON. With ``[inbox] delete_processed`` the sources go only after the
+the new JSON; one that left the inbox during the build stops it too (nothing
+is published), and the folder is built again without it (``Ledger.gone``
+re-arms a folder whose done image left). With ``[inbox] delete_processed`` the sources go only after the
 PDF that holds them is published.
 
 A folder whose last image finishes is looked at on the next step (``wake``),
@@ -320,7 +322,7 @@ class FolderPdfs:
         else:
             self.ledger.pdf_failed(res.folder, res.error, now)
             if res.changed:
-                log.info("pdf_waits_for_ocr", folder=res.folder, changed=res.changed)
+                log.info("pdf_waits_for_ocr", folder=res.folder, changed=res.changed, detail=res.error)
                 self.moved.append(res.changed)
             else:
                 log.error("pdf_failed", folder=res.folder, reason=res.reason, error=res.error, retry=res.transient)

@@ -77,6 +77,7 @@ def collect(settings: config.Settings, failures_limit: int = 50) -> dict[str, An
                 "running": st.running,
                 "done": st.done,
                 "failed": st.failed,
+                "gone": st.gone,
                 "images_per_s": round(st.rate, 3),
                 "folders_waiting_for_pdf": st.folders_waiting,
                 "skipped": int(skipped.get("count", 0)),
@@ -122,6 +123,8 @@ def show(settings: config.Settings, as_json: bool = False) -> int:
         ft.add_column(col, overflow="fold")
     for f in data["folders"]:
         state = f["pdf_state"] + (f": {f['pdf_error']}" if f["pdf_state"] == "failed" and f["pdf_error"] else "")
+        if f.get("pdf_kept"):
+            state = "kept: its images left the inbox"
         if f.get("pdf_due_in_s") is not None:
             state = f"PDF in {f['pdf_due_in_s']} s" if f["pdf_due_in_s"] else "PDF due now"
         ft.add_row(

@@ -197,7 +197,11 @@ def outcome(job: m.Job, cfg: WorkerConfig, work: Callable[[], m.Done]) -> m.Done
     try:
         return work()
     except BadImage as exc:
-        log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)
+        if exc.reason in _TRANSIENT:
+            # the file moved under the worker, no failure: intake looks again (gone, or a new version)
+            log.info("image_moved", path=job.rel, reason=exc.reason, detail=exc.detail)
+        else:
+            log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)
         return m.Failed(cfg.slot, job, exc.reason, exc.detail, transient=exc.reason in _TRANSIENT)
     except MemoryError:
         # past RLIMIT_DATA: this image alone fails; what it allocated is freed with the frames

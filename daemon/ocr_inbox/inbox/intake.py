@@ -174,8 +174,10 @@ class Intake:
                 # a file or a whole folder moved away / deleted (the ledger knows names by their printable form)
                 name = scan.printable_rel(rel)
                 self.tracker.forget(rel)
-                self.ledger.gone(name, time.time())
-                self.ledger.gone_tree(name, time.time())
+                if self.ledger.gone(name, time.time()):
+                    log.info("image_gone", path=name)
+                if n := self.ledger.gone_tree(name, time.time()):
+                    log.info("images_gone", folder=name, images=n)
                 self.blocked.forget_under(name)
                 self._forget_skipped(name)
             return

@@ -24,6 +24,9 @@ class FolderSummary:
     pdf_pages: int | None
     pdf_at: float | None
     pdf_error: str | None
+    #: the folder's last PDF, kept though none of its images is in the inbox any more
+    #: (they were moved or deleted by people: their pages are not deleted for them)
+    pdf_kept: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +136,8 @@ def folders(ledger: Ledger) -> list[FolderSummary]:
 
 def _summary(r: tuple[Any, ...]) -> FolderSummary:
     folder, done, pending, running, failed, last, state, pages, at, error = r
-    return FolderSummary(folder, done, pending, running, failed, last, PdfState(state), pages, at, error)
+    kept = state == PdfState.done and bool(pages) and not (done or pending or running)
+    return FolderSummary(folder, done, pending, running, failed, last, PdfState(state), pages, at, error, kept)
 
 
 def failures(ledger: Ledger, limit: int = 100) -> list[Failure]:

@@ -445,15 +445,17 @@ class Ledger:
         A done image goes too: a file that is not there is not searchable, and if
         it comes back unchanged, ``observe`` sees it return and its JSON is adopted
         again. Only a source deleted by ``delete_processed`` stays done: its page
-        lives on in the folder's PDF. The folder's PDF is not rebuilt for a file
-        that left. Returns whether anything changed.
+        lives on in the folder's PDF. A done image that leaves changes what its
+        folder's PDF holds: the PDF is rebuilt once the folder is quiet
+        (``_pages_changed``). Returns whether anything changed.
         """
         with self._tx() as c:
-            cur = c.execute(f"UPDATE images SET status = {_GONE}, updated = ? WHERE rel = ? AND {_LEAVES}", (now, rel))
-            if cur.rowcount == 0:
+            was = c.execute(f"SELECT status FROM images WHERE rel = ? AND {_LEAVES}", (rel,)).fetchone()
+            if was is None:
                 return False
+            c.execute(f"UPDATE images SET status = {_GONE}, updated = ? WHERE rel = ?", (now, rel))
             index.drop(c, [rel])
-            self._touch_folder(c, folder_of(rel), now, rearm=False)
+            self._pages_changed(c, folder_of(rel), now, lost_a_page=was[0] == ImageStatus.done)
             return True
 
     def gone_tree(self, rel_dir: str, now: float) -> int:
@@ -462,16 +464,39 @@ class Ledger:
         under = "substr(rel, 1, ?) = ?"
         with self._tx() as c:
             leaving = c.execute(
-                f"SELECT rel, folder FROM images WHERE {under} AND {_LEAVES}", (len(prefix), prefix)
+                f"SELECT rel, folder, status FROM images WHERE {under} AND {_LEAVES}", (len(prefix), prefix)
             ).fetchall()
             n = c.execute(
                 f"UPDATE images SET status = {_GONE}, updated = ? WHERE {under} AND {_LEAVES}",
                 (now, len(prefix), prefix),
             ).rowcount
-            index.drop(c, [rel for rel, _ in leaving])
-            for folder in {f for _, f in leaving}:
-                self._touch_folder(c, folder, now, rearm=False)
+            index.drop(c, [rel for rel, _, _ in leaving])
+            lost = {f for _, f, status in leaving if status == ImageStatus.done}
+            for folder in {f for _, f, _ in leaving}:
+                self._pages_changed(c, folder, now, lost_a_page=folder in lost)
         return n
+
+    @staticmethod
+    def _pages_changed(c: sqlite3.Connection, folder: str, now: float, *, lost_a_page: bool) -> None:
+        """An image left ``folder``. A folder's PDF holds its done images that still belong to
+        it (in the inbox, or deleted by ``delete_processed``): a done one leaving changes
+        that set, and the PDF is rebuilt once the folder is quiet. A folder left with no
+        such image keeps its last PDF as it is (people's pages are never deleted for them;
+        ``status`` says it holds images no longer in the inbox) until an image arrives."""
+        left = c.execute(
+            f"SELECT 1 FROM images WHERE folder = ? AND status = {_DONE} LIMIT 1", (folder,)
+        ).fetchone()
+        Ledger._touch_folder(c, folder, now, rearm=lost_a_page and left is not None)
+        if left is None:
+            # nothing left that could become a page: no build is due, nor a failure to retry
+            # (a build running now loses its pages and publishes nothing); the last PDF stays
+            c.execute(
+                f"UPDATE folders SET pdf_state = CASE WHEN pdf_pages IS NULL THEN 'none' ELSE 'done' END"
+                f" WHERE folder = ? AND pdf_state IN ({_PDF_NEEDED}, {_PDF_BUILDING}, {_PDF_FAILED})"
+                " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = folders.folder"
+                f"  AND i.status IN ({_PENDING}, {_RUNNING}))",
+                (folder,),
+            )
 
     # -- images: the work ----------------------------------------------------
 

@@ -10,7 +10,9 @@ child adds each as it comes, so the work left when the last one arrives is that
 page and the merge. Pages done before the pages ahead of them (another worker's
 batch) come as ``ahead``: the child makes them ready while it waits
 (``pdf.prepare``) and adds them in their turn. Nothing is published before the
-final pages arrived.
+final pages arrived, nor once a page it was asked for left the inbox or changed
+during the build (a folder deleted mid-build): a PDF short of a page is never
+published (``SourceChanged``: the folder is built again from what it holds).
 """
 
 from __future__ import annotations
@@ -127,8 +129,23 @@ def _build(conn: Connection, req: PdfRequest) -> None:
             more: MorePages = conn.recv()  # EOFError: the parent cancelled (or died)
             batch, ahead, final = more.pages, more.ahead, more.final
 
+    asked: list[PdfPage] = []
+
+    def checked(items: Iterator[pdf.PageSource | pdf.PreparedImage]) -> Iterator[pdf.PageSource | pdf.PreparedImage]:
+        """The pages, then the check that every one is still in the inbox as asked: a page
+        deleted or moved away during the build (read before or not at all) would leave a
+        PDF short of it, and nothing is published then (the raise ends the build first)."""
+        for item in items:
+            src = item.src if isinstance(item, pdf.PreparedImage) else item
+            asked.append(PdfPage(src.rel, src.size or 0, src.mtime_ns or 0))
+            yield item
+        for p in asked:
+            why = _left(req.inbox, p)
+            if why:
+                raise pdf.SourceChanged(p.rel, why)
+
     try:
-        pages = [source(p) for p in req.pages] if req.final else stream()
+        pages = checked(iter([source(p) for p in req.pages]) if req.final else stream())
         report = pdf.build_pdf(
             Path(req.inbox),
             pages,
@@ -148,6 +165,17 @@ def _build(conn: Connection, req: PdfRequest) -> None:
         conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}", transient=True, reason="output"))
     except Exception as exc:  # reported to the daemon, which records it in the ledger
         conn.send(PdfResult(req.folder, False, error=f"{type(exc).__name__}: {exc}"))
+
+
+def _left(inbox: str, page: PdfPage) -> str:
+    """Why ``page`` is no longer in the inbox as the build was asked for it; "" if it is."""
+    try:
+        st = os.stat(os.path.join(inbox, page.rel))
+    except OSError as exc:
+        return f"it left the inbox during the build ({exc.strerror})"
+    if (st.st_size, st.st_mtime_ns) != (page.size, page.mtime_ns):
+        return "it changed during the build"
+    return ""
 
 
 class PdfBuild:
