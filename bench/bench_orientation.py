@@ -13,6 +13,9 @@ Usage: python bench/bench_orientation.py [--reps N] [--skip-accuracy] [--skip-co
    order, ``--reps`` passes (a busy machine slows both engines of a pass alike), and
    the classifier alone per page. ``--cli N``: also N alternating runs of the real CLI
    on the upright pages, on then off (wall seconds, start-up included).
+``--textline``: the same for ``[ocr] textline_orientation`` (the 0/180 line classifier),
+with the page classifier on in both (turns 0 and 180 only; a 90° page is the page
+classifier's).
 Prints Markdown rows for docs/BENCHMARKS.md.
 """
 
@@ -34,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 from common import CORPUS, MODELS, SCORE, machine, ocr_cli  # noqa: E402
 
 TURNS = (0, 90, 180, 270)
+#: the setting compared on/off (``--textline``: the line classifier's)
+SETTING = "orientation"
 
 
 def pages() -> list[str]:
@@ -72,8 +77,8 @@ def sets() -> str:
 
 def accuracy(work: Path, orientation: bool) -> None:
     cfg = work / f"orient-{orientation}.toml"
-    cfg.write_text(f"[ocr]\norientation = {'true' if orientation else 'false'}\n")
-    for turn in TURNS:
+    cfg.write_text(f"[ocr]\n{SETTING} = {'true' if orientation else 'false'}\n")
+    for turn in TURNS if SETTING == "orientation" else (0, 180):
         inbox, outbox, pred = work / f"in{turn}", work / f"out{turn}-{orientation}", work / f"pred{turn}-{orientation}"
         if not inbox.is_dir():
             turned_inbox(inbox, turn)
@@ -96,16 +101,16 @@ def cost(reps: int) -> None:
     cache = Path(tempfile.mkdtemp(prefix="pdx"))
     base = dict(profile="ppocrv6-tiny", models_dir=MODELS, cache_dir=cache, threads=1,
                 refine_profile="ppocrv6-small", refine_below=0.93, lexicon=("en",))
-    engines = {"on": create(EngineSettings(**base, orientation=True)),  # type: ignore[arg-type]
-               "off": create(EngineSettings(**base, orientation=False))}  # type: ignore[arg-type]
+    engines = {"on": create(EngineSettings(**base, **{SETTING: True})),  # type: ignore[arg-type]
+               "off": create(EngineSettings(**base, **{SETTING: False}))}  # type: ignore[arg-type]
     lim = images.Limits()
     upright = [(rel, [p.bgr for p in images.decode((CORPUS / rel).read_bytes(), lim)]) for rel in pages()]
     totals, first = interleaved_passes(engines, upright, reps, seed=23)
     n = sum(len(b) for _, b in upright)
     same = sum(1 for rel, _ in upright if [ln.text for p in first["on"][rel] for ln in p] == [ln.text for p in first["off"][rel] for ln in p])
     clf = PageOrientation(models.orientation_model(MODELS), threads=1)
-    times = []
-    for _ in range(reps):
+    times = [0.0]
+    for _ in range(reps if SETTING == "orientation" else 0):
         for _, bgrs in upright:
             for b in bgrs:
                 t0 = time.perf_counter()
@@ -125,7 +130,7 @@ def cli_runs(n: int) -> None:
         for i in range(n):
             for on in (True, False) if i % 2 == 0 else (False, True):
                 cfg = work / f"{on}.toml"
-                cfg.write_text(f"[ocr]\norientation = {'true' if on else 'false'}\n")
+                cfg.write_text(f"[ocr]\n{SETTING} = {'true' if on else 'false'}\n")
                 walls[on].append(ocr_cli(work / "in", work / f"out{i}{on}", work / f"state{i}{on}", "--config", str(cfg)))
         print("# CLI wall s, upright pages, on: " + ", ".join(f"{w:.1f}" for w in walls[True])
               + "; off: " + ", ".join(f"{w:.1f}" for w in walls[False]))
@@ -138,10 +143,14 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--cli", type=int, default=0)
+    ap.add_argument("--textline", action="store_true", help="compare [ocr] textline_orientation on/off")
     a = ap.parse_args()
+    if a.textline:
+        global SETTING
+        SETTING = "textline_orientation"
     print(f"# {machine()}, models {MODELS}")
     if not a.skip_accuracy:
-        print("| orientation | turned (° clockwise) | pages | turned back right | char-F1 | word-F1 | wall s |")
+        print(f"| {SETTING} | turned (° clockwise) | pages | turned back right | char-F1 | word-F1 | wall s |")
         print("|---|---|---|---|---|---|---|")
         with tempfile.TemporaryDirectory(prefix="bench-orient") as work:
             for on in (True, False):

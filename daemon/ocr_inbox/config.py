@@ -160,6 +160,10 @@ class OcrSettings(_Section):
     #: classify each page 0/90/180/270 degrees and read it upright (pages fed sideways or
     #: upside down); ~1 % of an upright page's time (docs/BENCHMARKS.md, "Page orientation")
     orientation: bool = True
+    #: classify each text line 0/180 degrees and turn upside-down ones before recognition
+    #: (single lines the page classifier cannot class); off: ~36 % more time on upright
+    #: pages, ~11 % of their lines turned wrongly (docs/BENCHMARKS.md, "Text-line orientation")
+    textline_orientation: bool = False
 
     @field_validator("lexicon")
     @classmethod
@@ -189,9 +193,14 @@ class OcrSettings(_Section):
 
     def models_needed(self) -> list[tuple[str, tuple[str, ...]]]:
         """(profile, its models the workers load): the profile's detector and recognizer,
-        the page-orientation classifier when it is on, and the cascade's recognizer when it is on."""
+        the page- and text-line orientation classifiers when they are on, and the cascade's
+        recognizer when it is on."""
         refine = self.refine_in_use()
-        main: tuple[str, ...] = ("det", "rec", "orient") if self.orientation else ("det", "rec")
+        main: tuple[str, ...] = (
+            ("det", "rec")
+            + (("orient",) if self.orientation else ())
+            + (("lineori",) if self.textline_orientation else ())
+        )
         return [(self.profile, main)] + ([(refine, ("rec",))] if refine else [])
 
     @field_validator("devices")

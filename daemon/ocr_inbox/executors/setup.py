@@ -81,6 +81,7 @@ def worker_config_factory(settings: Settings, inbox: Path) -> Callable[[WorkerSl
             refine_below=o.refine_below,
             lexicon=tuple(o.lexicon),
             orientation=o.orientation,
+            textline_orientation=o.textline_orientation,
         )
         return WorkerConfig(
             slot=slot.slot,

