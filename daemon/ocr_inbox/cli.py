@@ -348,10 +348,13 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
         return ExitCode.ok
     if mdir.resolve().is_relative_to(s.paths.state_dir.resolve()):  # the daemon's: written as its owner
         statedir.act_as_owner(s.paths.state_dir, "models install")
-    configured = [name for name, _ in s.ocr.models_needed()]
+    needed = s.ocr.models_needed()
+    configured = [name for name, _ in needed]
     names = [n for n, p in profiles.PROFILES.items() if not p.from_hub] if args.all else (args.profiles or configured)
+    # the orientation classifiers the configuration uses (all of them with --all)
+    classifiers = ("orient", "lineori") if args.all else {r for _, roles in needed for r in roles}
     for name in names:
-        models.install(mdir, profiles.get(name), args.wheels)
+        models.install(mdir, profiles.get(name), args.wheels, classifiers)
     return ExitCode.ok
 
 

@@ -197,8 +197,8 @@ def outcome(job: m.Job, cfg: WorkerConfig, work: Callable[[], m.Done]) -> m.Done
     try:
         return work()
     except BadImage as exc:
-        if exc.reason in _TRANSIENT:
-            # the file moved under the worker, no failure: intake looks again (gone, or a new version)
+        if exc.reason == "vanished":
+            # the file left under the worker, no failure: intake marks it gone (or finds it moved)
             log.info("image_moved", path=job.rel, reason=exc.reason, detail=exc.detail)
         else:
             log.warning("image_failed", path=job.rel, reason=exc.reason, detail=exc.detail)

