@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 from common import machine  # noqa: E402
 
-from ocr_inbox import metrics  # noqa: E402
 from ocr_inbox.executors.base import WorkerView  # noqa: E402
 from ocr_inbox.ledger import Ledger, reports  # noqa: E402
+from ocr_inbox.service import metrics  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:

@@ -27,8 +27,9 @@ def seed_style(inbox: Path, outbox: Path, profile: str, cache: Path) -> float:
     t0 = time.perf_counter()
     os.environ["PADDLE_PDX_CACHE_HOME"] = str(cache)
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-    from ocr_inbox.ocr import profiles
     from paddlex import create_pipeline
+
+    from ocr_inbox.ocr import profiles
 
     p = profiles.get(profile)
     cfg = {

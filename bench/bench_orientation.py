@@ -94,6 +94,7 @@ def accuracy(work: Path, orientation: bool) -> None:
 
 def cost(reps: int) -> None:
     from common import interleaved_passes
+
     from ocr_inbox.ocr import images, models
     from ocr_inbox.ocr.engine import EngineSettings, create
     from ocr_inbox.ocr.orientation import PageOrientation

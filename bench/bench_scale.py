@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 from daemon_run import DaemonRun, clean_up  # noqa: E402

@@ -46,10 +46,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CORPUS, copy_corpus, machine, ocr_cli  # noqa: E402
 
-from ocr_inbox.ledger import Ledger  # noqa: E402
+from ocr_inbox.ledger import (
+    Ledger,  # noqa: E402
+    index,  # noqa: E402
+)
 from ocr_inbox.ocr.results import Line, Page  # noqa: E402
 from ocr_inbox.outbox import document, names  # noqa: E402
-from ocr_inbox.search import index, query, rebuild  # noqa: E402
+from ocr_inbox.search import query, rebuild
 from ocr_inbox.search.scope import Scope  # noqa: E402
 
 CJK = re.compile(f"[{index.CJK_CLASS}]")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from common import MODELS, REPO
 
 sys.path.insert(0, str(REPO / "tests"))

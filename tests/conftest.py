@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from daemon_harness import cli_env
+
 from ocr_inbox import config
 
 REPO = Path(__file__).resolve().parents[1]

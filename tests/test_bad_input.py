@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import imagemaker as im
 import pytest
 import structlog
-
-import imagemaker as im
 from conftest import CORPUS
 from daemon_harness import Daemon, json_files, temp_files
-from ocr_inbox import reasons
-from ocr_inbox.logs import _escape
+
 from ocr_inbox.outbox.names import pdf_path_for
+from ocr_inbox.support import reasons
+from ocr_inbox.support.logs import _escape
 
 pytestmark = [pytest.mark.slow, pytest.mark.corpus]
 
@@ -534,8 +534,8 @@ def test_symlink_inside_the_inbox_is_processed_like_its_target(battery: Battery)
 
 
 def test_images_load_reads_a_link_only_inside_root(tmp_path: Path) -> None:
-    from ocr_inbox.errors import BadImage
     from ocr_inbox.ocr import images
+    from ocr_inbox.support.errors import BadImage
 
     inbox, outside = tmp_path / "inbox", tmp_path / "outside"
     im.save(im.text_crop(CORPUS, "quick"), inbox / "a" / "page.png")

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from ocr_inbox import cache
+from ocr_inbox.support import cache
 
 
 def test_purge_removes_only_old_temp_entries(tmp_path: Path) -> None:

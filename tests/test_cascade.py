@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import CORPUS, char_f1, copy_pages, ground_truth, run_cli
 from conftest import load_config as _load
 from daemon_harness import toml_config
-from ocr_inbox.errors import EngineUnavailable
+
 from ocr_inbox.executors.setup import preflight
 from ocr_inbox.ocr import engine, models, profiles
 from ocr_inbox.ocr.refine import Refinement
 from ocr_inbox.ocr.results import Line, Page
 from ocr_inbox.outbox import document
+from ocr_inbox.support.errors import EngineUnavailable
 
 UNSURE_PAGES = ("funsd/82092117.png", "tesseract_test/8071_093.3B.tif")
 SMALL_REC = "PP-OCRv6_small_rec"

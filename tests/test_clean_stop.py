@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from daemon_harness import Daemon, session_processes, toml_config
 from imagemaker import plain
 

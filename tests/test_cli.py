@@ -13,9 +13,9 @@ from pathlib import Path
 import pymupdf
 import pytest
 import structlog
-
 from conftest import CORPUS, run_cli
-from ocr_inbox import logs
+
+from ocr_inbox.support import logs
 
 pytestmark = [pytest.mark.corpus]
 

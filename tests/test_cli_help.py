@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
 from daemon_harness import cli_env
+
 from ocr_inbox import cli
-from ocr_inbox.errors import ExitCode
+from ocr_inbox.support.errors import ExitCode
 
 COMMANDS = [["run"], ["ocr"], ["pdf"], ["status"], ["retry"], ["models"], ["models", "install"], ["models", "list"], ["doctor"]]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import load_config as _load
 from conftest import run_cli
+
 from ocr_inbox import config
-from ocr_inbox.errors import ConfigError, ExitCode
 from ocr_inbox.ocr.devices import parse_device, plan_slots
+from ocr_inbox.support.errors import ConfigError, ExitCode
 
 
 @pytest.mark.parametrize(

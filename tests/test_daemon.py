@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import shutil
 import signal
@@ -11,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pymupdf
-
+import pytest
 from conftest import CORPUS, run_cli
 from daemon_harness import Daemon, alive, json_files, slow_copy, temp_files
 

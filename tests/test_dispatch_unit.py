@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from ocr_inbox.config import PoolSettings
-from ocr_inbox.dispatch import Dispatch
+from ocr_inbox.core.dispatch import Dispatch
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor, WorkerView
 from ocr_inbox.ledger import ImageStatus, Ledger, reports

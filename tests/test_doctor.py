@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from daemon_harness import cli_env
-from ocr_inbox import access, config, doctor
-from ocr_inbox.access import R, W, X, Identity
-from ocr_inbox.doctor import Check, Host, Level
+
+from ocr_inbox import config
+from ocr_inbox.commands import doctor
+from ocr_inbox.commands.doctor import Check, Host, Level
+from ocr_inbox.service import access
+from ocr_inbox.service.access import Identity, R, W, X
 
 ME = Identity.current()
 #: someone else, in none of the test files' groups
@@ -93,7 +95,7 @@ def test_config_errors_are_reported_as_everywhere(tmp_path: Path, models_dir: Pa
 def test_an_onnx_profile_never_imports_paddle(tmp_path: Path) -> None:
     inbox, outbox, state = _layout(tmp_path)
     code = (
-        "import sys; from ocr_inbox import access, config, doctor; "
+        "import sys; from ocr_inbox import config; from ocr_inbox.commands import doctor; from ocr_inbox.service import access; "
         f"s = config.resolve(None, {{'paths': {{'inbox': {str(inbox)!r}, 'outbox': {str(outbox)!r}, 'state_dir': {str(state)!r}}}}}); "
         "doctor.run_checks(s, access.Identity.current(), {}); print('paddle' in sys.modules)"
     )

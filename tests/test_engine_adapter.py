@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import engine, models, profiles
+from ocr_inbox.support.errors import EngineUnavailable
 
 
 def test_convert_result_keeps_lines_words_and_drops_blanks() -> None:
@@ -100,9 +100,8 @@ def test_v4_yml_is_written_with_the_full_dictionary(tmp_path: Path, models_dir: 
 def test_every_offline_profile_reads_real_pages(profile: str, models_dir: Path, tmp_path: Path) -> None:
     import importlib.util
 
-    from PIL import Image
-
     from conftest import CORPUS
+    from PIL import Image
 
     prof = profiles.get(profile)
     if prof.engine == "paddle" and importlib.util.find_spec("paddle") is None:

@@ -15,13 +15,13 @@ from pathlib import Path
 import psutil
 import pymupdf
 import pytest
-from PIL import Image
-
 from conftest import CORPUS, run_cli
 from daemon_harness import Daemon, json_files, temp_files, toml_config
 from imagemaker import POISON_EXIT, POISON_SEGV, POISON_SIGKILL, plain
-from ocr_inbox.atomic import TMP_PREFIX
+from PIL import Image
+
 from ocr_inbox.ledger import DB_NAME, Ledger
+from ocr_inbox.support.atomic import TMP_PREFIX
 
 pytestmark = [pytest.mark.slow, pytest.mark.corpus]
 

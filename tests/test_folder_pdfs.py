@@ -11,11 +11,11 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 import pymupdf
+from imagemaker import plain
 from structlog.testing import capture_logs
 
-from imagemaker import plain
 from ocr_inbox import config
-from ocr_inbox.folder_pdfs import FolderPdfs
+from ocr_inbox.core.folder_pdfs import FolderPdfs
 from ocr_inbox.inbox.cleanup import delete_source
 from ocr_inbox.ledger import Ledger, PdfState
 from ocr_inbox.ocr.results import Line, Page

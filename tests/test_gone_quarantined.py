@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from daemon_harness import Daemon, toml_config
 from imagemaker import plain, truncate
+from PIL import Image
+
 from ocr_inbox.ledger import ImageStatus, Ledger
 
 pytestmark = [pytest.mark.slow]

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from daemon_harness import Daemon, cli_env, json_files, toml_config
 from imagemaker import plain
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pymupdf
 import pytest
-
 from daemon_harness import Daemon, json_files, toml_config
-from imagemaker import plain
-from ocr_inbox import atomic
 from deeptree import nested, remove_tree
+from imagemaker import plain
+
+from ocr_inbox.support import atomic
 
 pytestmark = [pytest.mark.slow]
 

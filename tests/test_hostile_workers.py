@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from daemon_harness import FAKES, Daemon, cli_env, json_files, toml_config
 from imagemaker import POISON_DECODE_SEGV, POISON_HANG, POISON_WHILE_FLAG, plain
+from PIL import Image
+
 from ocr_inbox import config
-from ocr_inbox.errors import BadImage
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors import worker
 from ocr_inbox.executors.local import LocalExecutor, respawn_delay
@@ -28,6 +27,7 @@ from ocr_inbox.ledger import Ledger
 from ocr_inbox.ocr import images
 from ocr_inbox.ocr.engine import EngineSettings
 from ocr_inbox.ocr.results import Line
+from ocr_inbox.support.errors import BadImage
 
 
 def tiff(path: Path, pages: int, size: tuple[int, int] = (100, 80)) -> Path:

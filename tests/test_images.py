@@ -8,18 +8,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import imagemaker
+import numpy as np
 import pymupdf
 import pytest
 from PIL import Image
 
-from ocr_inbox.errors import BadImage
 from ocr_inbox.ocr import images
 from ocr_inbox.ocr.results import Line, Page
 from ocr_inbox.outbox import document, names, pdf
 from ocr_inbox.outbox.document import Document, SourceInfo
 from ocr_inbox.outbox.pdf import PageSource, SourceChanged, build_pdf
+from ocr_inbox.support import atomic
+from ocr_inbox.support.errors import BadImage
 
 LIMITS = images.Limits()
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
@@ -307,13 +308,13 @@ def test_keep_previous_reports_an_unreadable_earlier_pdf(tree):
 
 def test_temp_names_belong_to_one_output(tmp_path):
     out = tmp_path / "scans.pdf"
-    assert names.is_temp_for(out, names.temp_path_for(out).name)
-    assert not names.is_temp_for(out, names.temp_path_for(tmp_path / "other-scans.pdf").name)
-    assert not names.is_temp_for(out, ".ocr-inbox-tmp-1-x-scans.pdf.part")
-    assert not names.is_temp_for(out, "scans.pdf")
+    assert atomic.is_temp_for(out, atomic.temp_path_for(out).name)
+    assert not atomic.is_temp_for(out, atomic.temp_path_for(tmp_path / "other-scans.pdf").name)
+    assert not atomic.is_temp_for(out, ".ocr-inbox-tmp-1-x-scans.pdf.part")
+    assert not atomic.is_temp_for(out, "scans.pdf")
     long_a, long_b = tmp_path / ("L" * 200 + "-a.pdf"), tmp_path / ("L" * 200 + "-b.pdf")
-    assert names.is_temp_for(long_a, names.temp_path_for(long_a).name)
-    assert not names.is_temp_for(long_a, names.temp_path_for(long_b).name)
+    assert atomic.is_temp_for(long_a, atomic.temp_path_for(long_a).name)
+    assert not atomic.is_temp_for(long_a, atomic.temp_path_for(long_b).name)
     assert pdf.work_dir_for is names.work_dir_for
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from imagemaker import plain
+
 from ocr_inbox.config import WatchSettings
 from ocr_inbox.inbox.intake import Intake
 from ocr_inbox.ledger import ImageStatus, Known, Ledger, reports

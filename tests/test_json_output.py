@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import structlog
 
-from ocr_inbox import access, config, doctor, jsonout, live, status
+from ocr_inbox import config
+from ocr_inbox.commands import doctor, status
 from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.ledger import Ledger
 from ocr_inbox.ocr.results import Line, Page
 from ocr_inbox.search import show
+from ocr_inbox.service import access, live
+from ocr_inbox.support import jsonout
 
 HOSTILE = "a\u009b31m\u202eevil\u2066gpj.png"
 RAW = ("\u009b", "\u202e", "\u2066")

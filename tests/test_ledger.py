@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ocr_inbox.errors import ExitCode, StateError
 from ocr_inbox.ledger import DB_NAME, LOCK_NAME, Ledger, Observation, natural_key, reports
+from ocr_inbox.support.errors import ExitCode, StateError
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-
 from conftest import CORPUS, char_f1, ground_truth
+
 from ocr_inbox import config
 from ocr_inbox.ocr import engine, images, models, profiles
 from ocr_inbox.ocr.lexicon import Letter, Lexicon, LexiconDecode, Respelt, languages, respell_line

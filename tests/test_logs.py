@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import structlog
-
 from daemon_harness import cli_env
-from ocr_inbox import logs
+
+from ocr_inbox.support import logs
 
 INFO = {
     "profile": "ppocrv6-tiny",
@@ -152,7 +152,7 @@ def test_a_process_writes_nothing_raw(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(
         "import sys, warnings, logging\n"
-        "from ocr_inbox import logs\n"
+        "from ocr_inbox.support import logs\n"
         "logs.configure('info', 'journal')\n"
         "warnings.warn('DecompressionBombWarning-like', UserWarning)\n"
         "sys.stdout = logs.LineLogger('worker.stdout')\n"

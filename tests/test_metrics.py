@@ -16,14 +16,15 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
 from conftest import copy_pages
 from daemon_harness import Daemon, Samples, by_label, metric, parse_metrics, scrape, toml_config
 from imagemaker import POISON_RAISE, POISON_SIGKILL, plain, truncate
-from ocr_inbox import config, metrics
-from ocr_inbox.errors import BadArguments, ConfigError
+
+from ocr_inbox import config
 from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.ledger.reports import Stats
+from ocr_inbox.service import metrics
+from ocr_inbox.support.errors import BadArguments, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "configs" / "prometheus"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ocr_inbox.notify import Notifier
+from ocr_inbox.service.notify import Notifier
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_module_functions_share_one_notifier(systemd: socket.socket) -> None:
-    from ocr_inbox import notify
+    from ocr_inbox.service import notify
 
     notify.default.cache_clear()
     try:

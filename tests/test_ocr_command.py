@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
+import pytest
 from conftest import CORPUS, PAGES, char_f1, copy_pages, ground_truth, run_cli
 from imagemaker import png_with_declared_size
+from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.corpus]
 

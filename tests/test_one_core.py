@@ -17,7 +17,6 @@ from typing import Any
 
 import pymupdf
 import pytest
-
 from conftest import CORPUS, run_cli
 from daemon_harness import Daemon, cli_env, json_files
 from imagemaker import plain

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pymupdf
 import pytest
+from conftest import CORPUS, char_f1, ground_truth, run_cli
 from PIL import Image
 
-from conftest import CORPUS, char_f1, ground_truth, run_cli
 from ocr_inbox import config
-from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, orientation, profiles
 from ocr_inbox.ocr.results import Line, Page, Word
 from ocr_inbox.outbox import document
+from ocr_inbox.support.errors import EngineUnavailable
 
 ROTATIONS = (0, 90, 180, 270)
 #: a portrait page without a DPI and a landscape one with 200 dpi

@@ -23,17 +23,18 @@ from PIL import Image, ImageOps, JpegImagePlugin
 from structlog.testing import capture_logs
 
 import ocr_inbox
-from ocr_inbox import atomic
+from ocr_inbox.commands import pdf as pdf_command
 from ocr_inbox.config import DEFAULT_IGNORE
-from ocr_inbox.errors import BadArguments, OutputError
 from ocr_inbox.ocr.images import Limits as image_limits
 from ocr_inbox.ocr.results import Line, Page, Word
 from ocr_inbox.outbox import document, names, pdf
 from ocr_inbox.outbox.document import Document, SourceInfo
 from ocr_inbox.outbox.textlayer import reading_order
+from ocr_inbox.support import atomic
+from ocr_inbox.support.errors import BadArguments, OutputError
 
 #: the folder command as the CLI runs it: with the configured (here: default) ignore patterns
-build_folder_pdf = functools.partial(pdf.build_folder_pdf, ignore=DEFAULT_IGNORE)
+build_folder_pdf = functools.partial(pdf_command.build_folder_pdf, ignore=DEFAULT_IGNORE)
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 PAGES = ("tesseract_test/phototest.tif", "xfund_zh/zh_val_0.jpg", "funsd/82092117.png")

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pymupdf
 import pytest
-from PIL import Image
-
 from conftest import CORPUS, char_f1, ground_truth, run_cli
 from daemon_harness import Daemon
-from ocr_inbox.errors import BadImage
+from PIL import Image
+
 from ocr_inbox.ocr import images
-from ocr_inbox.reasons import ADVICE, advice
+from ocr_inbox.support.errors import BadImage
+from ocr_inbox.support.reasons import ADVICE, advice
 
 #: pages of the scanned PDF, in order: (corpus page, its resolution)
 SCANNED = (("tesseract_test/phototest.tif", 200), ("funsd/82092117.png", 100))
@@ -281,8 +281,9 @@ def _turned_pdf(rotate: int) -> bytes:
 
 @pytest.mark.parametrize("rotate", (0, 90, 180, 270))
 def test_the_text_layer_lands_on_the_words_of_a_turned_and_cropped_pdf_page(tmp_path: Path, rotate: int) -> None:
+    from ocr_inbox.commands import pdf as pdf_command
     from ocr_inbox.ocr.results import Line, Page, Word
-    from ocr_inbox.outbox import document, pdf
+    from ocr_inbox.outbox import document
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
@@ -301,7 +302,7 @@ def test_the_text_layer_lands_on_the_words_of_a_turned_and_cropped_pdf_page(tmp_
     doc = document.Document(document.SourceInfo("turned.pdf", st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest()),
                             {"profile": "test"}, (Page(0, rendered.width, rendered.height, (line,), rendered.dpi),), 0)
     document.write(outbox / "turned.pdf.json", doc)
-    pdf.build_folder_pdf(inbox, outbox, outbox / "in.pdf")
+    pdf_command.build_folder_pdf(inbox, outbox, outbox / "in.pdf")
 
     sx, sy = 72 / rendered.dpi[0], 72 / rendered.dpi[1]
     want = pymupdf.Rect(box[0] * sx, box[1] * sy, (mid - 20) * sx, box[3] * sy)
@@ -345,9 +346,10 @@ def test_a_turned_born_digital_page_gives_its_words_where_the_rendered_page_show
 
 
 def test_a_pdf_page_ocr_read_turned_shows_upright_with_its_words_on_them(tmp_path: Path) -> None:
+    from ocr_inbox.commands import pdf as pdf_command
     from ocr_inbox.ocr import orientation
     from ocr_inbox.ocr.results import Line, Page, Word
-    from ocr_inbox.outbox import document, pdf
+    from ocr_inbox.outbox import document
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
@@ -368,7 +370,7 @@ def test_a_pdf_page_ocr_read_turned_shows_upright_with_its_words_on_them(tmp_pat
     doc = document.Document(document.SourceInfo("side.pdf", st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest()),
                             {"profile": "test"}, (Page(0, w, h, (stored,), rendered.dpi, rotation=90),), 0)
     document.write(outbox / "side.pdf.json", doc)
-    pdf.build_folder_pdf(inbox, outbox, outbox / "in.pdf")
+    pdf_command.build_folder_pdf(inbox, outbox, outbox / "in.pdf")
     sx, sy = 72 / rendered.dpi[1], 72 / rendered.dpi[0]  # (upright: the axes swap)
     for path in (outbox / "side.pdf", outbox / "in.pdf"):
         with pymupdf.open(path) as out:
@@ -381,9 +383,10 @@ def test_a_pdf_page_ocr_read_turned_shows_upright_with_its_words_on_them(tmp_pat
 
 def test_the_scan_takes_a_pdf_like_an_image(tmp_path: Path) -> None:
     from ocr_inbox.inbox import scan
+    from ocr_inbox.support import paths
 
     (tmp_path / "a.PDF").write_bytes(born_digital_pdf())
     (tmp_path / "b.odt").write_bytes(b"PK")
     assert isinstance(scan.classify(str(tmp_path), "a.PDF", ()), scan.Candidate)
     assert isinstance(scan.classify(str(tmp_path), "b.odt", ()), scan.Skipped)
-    assert ".pdf" in scan.accepted_types().split()
+    assert ".pdf" in paths.accepted_types().split()

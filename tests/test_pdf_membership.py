@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pymupdf
 import pytest
-
 from daemon_harness import Daemon, toml_config
 from imagemaker import plain
 

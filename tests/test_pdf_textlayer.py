@@ -10,8 +10,8 @@ import pymupdf
 import pytest
 from fontTools.ttLib import TTFont
 
-from ocr_inbox.outbox import font
 from ocr_inbox.ocr.results import Line, Page, Word
+from ocr_inbox.outbox import font
 from ocr_inbox.outbox.order import page_order
 from ocr_inbox.outbox.textlayer import PixelToPoint, line_frame, reading_order, text_layer, word_runs
 

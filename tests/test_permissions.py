@@ -21,9 +21,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import imagemaker as im
+import pytest
 from conftest import CORPUS
 from daemon_harness import OTHER_UID, Daemon, cli_env, json_files, service_user_prefix, toml_config
 

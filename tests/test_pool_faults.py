@@ -5,11 +5,10 @@ Uses the fake engine plug-in (fast, deterministic); the pool, workers and CLI ar
 
 from __future__ import annotations
 
-import pytest
-
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 from imagemaker import POISON_EXIT, POISON_RAISE, POISON_SEGV, POISON_SIGKILL, plain
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import CORPUS, PAGES, copy_pages, run_cli
 from daemon_harness import Daemon, by_label, cli_env, json_files, metric, scrape
 from imagemaker import POISON_SIGKILL, plain
@@ -445,8 +444,8 @@ def test_ray_runs_in_a_loopback_only_namespace(netns: None) -> None:
 def test_settings_and_placement_plan(tmp_path: Path) -> None:
     """No address, no Ray (never a private cluster by surprise); actors per node from its resources."""
     from ocr_inbox import config
-    from ocr_inbox.errors import ConfigError
     from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config, placement_problem
+    from ocr_inbox.support.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         config.from_mapping({"executor": {"kind": "ray"}})

@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ocr_inbox import config, doctor, sandbox
-from ocr_inbox.doctor import Host, Level
-from ocr_inbox.sandbox import HIDDEN, RO, RW
+from ocr_inbox import config
+from ocr_inbox.commands import doctor
+from ocr_inbox.commands.doctor import Host, Level
+from ocr_inbox.service import sandbox
+from ocr_inbox.service.sandbox import HIDDEN, RO, RW
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "systemd" / "ocr-inbox.service"

@@ -6,10 +6,12 @@ import os
 import socket
 from pathlib import Path
 
+from deeptree import nested, remove_tree
 from imagemaker import plain
+
 from ocr_inbox.config import DEFAULT_IGNORE
 from ocr_inbox.inbox import scan
-from deeptree import nested, remove_tree
+from ocr_inbox.support import paths
 
 
 def _walk(inbox: Path) -> tuple[set[str], dict[str, str]]:
@@ -58,11 +60,11 @@ def test_images_junk_links_and_special_files(tmp_path: Path) -> None:
 def test_layout_checks(tmp_path: Path) -> None:
     inbox = tmp_path / "in"
     inbox.mkdir()
-    assert scan.check_layout(inbox, ("outbox", inbox / "out"))
-    assert scan.check_layout(inbox / "sub", ("outbox", inbox))
-    assert scan.check_layout(inbox, ("outbox", inbox))
-    assert scan.check_layout(inbox, ("outbox", tmp_path / "out")) is None
-    assert scan.folder_of("a/b/c.png") == "a/b" and scan.folder_of("c.png") == ""
+    assert paths.check_layout(inbox, ("outbox", inbox / "out"))
+    assert paths.check_layout(inbox / "sub", ("outbox", inbox))
+    assert paths.check_layout(inbox, ("outbox", inbox))
+    assert paths.check_layout(inbox, ("outbox", tmp_path / "out")) is None
+    assert paths.folder_of("a/b/c.png") == "a/b" and paths.folder_of("c.png") == ""
 
 
 def test_names_the_outbox_cannot_hold_are_refused(tmp_path: Path) -> None:

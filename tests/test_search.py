@@ -18,17 +18,16 @@ from typing import Any
 import pymupdf
 import pytest
 import structlog
-
 from conftest import CORPUS, run_cli
 from daemon_harness import Daemon, cli_env
+
 from ocr_inbox import config
-from ocr_inbox.errors import BadArguments, StateError
-from ocr_inbox.ledger import DB_NAME, Ledger, Observation
-from ocr_inbox.ledger import store
+from ocr_inbox.ledger import DB_NAME, Ledger, Observation, index, store
 from ocr_inbox.ocr.results import Line, Page
 from ocr_inbox.outbox import document, names
-from ocr_inbox.search import index, query, rebuild, show
+from ocr_inbox.search import query, rebuild, show
 from ocr_inbox.search.scope import Scope
+from ocr_inbox.support.errors import BadArguments, StateError
 
 # -- helpers ------------------------------------------------------------------------
 

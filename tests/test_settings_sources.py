@@ -12,9 +12,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from conftest import CORPUS, REPO
 from daemon_harness import cli_env
+
 from ocr_inbox import config
 
 PAGE = "tesseract_test/phototest.tif"

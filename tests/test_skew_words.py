@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS, run_cli
 from PIL import Image
 from shapely.geometry import Polygon
 
-from conftest import CORPUS, run_cli
 from ocr_inbox.ocr import orientation
 from ocr_inbox.ocr.results import Line, Word, word_poly
 from ocr_inbox.outbox import document

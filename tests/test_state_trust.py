@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 import structlog
-
 from daemon_harness import cli_env
+
 from ocr_inbox import config
 from ocr_inbox.ledger import Ledger, store
 
@@ -39,7 +39,8 @@ READER = 64124  # a member of the service's group
 STAND_IN = textwrap.dedent("""
     import os, sys, time
     os.umask(0o027)  # the unit's UMask=
-    from ocr_inbox import dispatch, logs
+    from ocr_inbox.core import dispatch
+    from ocr_inbox.support import logs
     logs.configure("info", "logfmt")  # to stderr: stdout is this stand-in's answer
     from ocr_inbox.config import PoolSettings
     from ocr_inbox.ledger import Ledger
@@ -199,7 +200,7 @@ def test_retry_of_thousands_of_paths(tmp_path: Path) -> None:
 
 
 def test_a_failing_request_is_set_aside_and_the_loop_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ocr_inbox import dispatch
+    from ocr_inbox.core import dispatch
 
     with Ledger.open(tmp_path) as ledger:
         prepare = getattr(dispatch, "prepare_requests", None)

@@ -168,7 +168,7 @@ def test_security_exposure_is_documented(tmp_path: Path) -> None:
 
 
 def test_exit_code_that_prevents_restart_is_bad_config() -> None:
-    from ocr_inbox.errors import ExitCode
+    from ocr_inbox.support.errors import ExitCode
 
     assert service_settings()["RestartPreventExitStatus"] == [str(int(ExitCode.bad_config))]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import CORPUS, char_f1, ground_truth, load_config, run_cli
 from daemon_harness import cli_env
-from ocr_inbox.errors import EngineUnavailable
+
 from ocr_inbox.ocr import engine, models, profiles
+from ocr_inbox.support.errors import EngineUnavailable
 
 #: single-line and multi-line corpus images (CJK lines, what the model is trained on; on
 #: the white-on-black and black-on-white English ones it calls some upright lines upside down)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-
 from daemon_harness import OTHER_UID, cli_env, service_user_prefix
+
 from ocr_inbox.inbox.unreadable import FIRST_RETRY_S, Blocked, Problem, _problem
 
 P = Problem("missing", "fix")

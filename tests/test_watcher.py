@@ -11,13 +11,13 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 import pytest
+from deeptree import nested, remove_tree
 from structlog.testing import capture_logs
 from watchdog.observers.polling import PollingObserver
 
 from ocr_inbox.config import WatchSettings
 from ocr_inbox.inbox import watcher as watcher_mod
 from ocr_inbox.inbox.watcher import InboxWatcher
-from deeptree import nested, remove_tree
 
 TIMEOUT_S = 30.0  # only reached when something is broken
 

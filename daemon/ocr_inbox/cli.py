@@ -27,9 +27,10 @@ from typing import Any
 
 import structlog
 
-from ocr_inbox import __version__, config, errors, logs, statedir
-from ocr_inbox.errors import BadArguments, ConfigError, ExitCode, OcrInboxError, StateError
-from ocr_inbox.reasons import ADVICE
+from ocr_inbox import __version__, config
+from ocr_inbox.support import errors, logs, statedir
+from ocr_inbox.support.errors import BadArguments, ConfigError, ExitCode, OcrInboxError, StateError
+from ocr_inbox.support.reasons import ADVICE
 
 log = structlog.get_logger("ocr_inbox")
 
@@ -293,10 +294,10 @@ def _refuse_others(s: config.Settings, command: str) -> None:
 
 
 def _cmd_ocr(args: argparse.Namespace, s: config.Settings) -> int:
-    from ocr_inbox import oneshot
+    from ocr_inbox.commands import ocr
 
     _refuse_others(s, "ocr")
-    summary = oneshot.run(
+    summary = ocr.run(
         s, args.inbox, args.outbox, pdfs=args.pdf, retry_failed=args.retry_failed,
         progress=False if args.no_progress else None,
     )
@@ -304,8 +305,8 @@ def _cmd_ocr(args: argparse.Namespace, s: config.Settings) -> int:
 
 
 def _cmd_pdf(args: argparse.Namespace, s: config.Settings) -> int:
+    from ocr_inbox.commands import pdf
     from ocr_inbox.executors.setup import limits_from
-    from ocr_inbox.outbox import pdf
 
     if len(args.paths) == 2:
         json_dir, out = args.paths
@@ -359,22 +360,22 @@ def _cmd_models(args: argparse.Namespace, s: config.Settings) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, s: config.Settings) -> int:
-    from ocr_inbox import daemon
+    from ocr_inbox.commands import run
 
     _refuse_others(s, "run")
-    return daemon.run(s, reload=lambda: load_settings(args))
+    return run.run(s, reload=lambda: load_settings(args))
 
 
 def _cmd_status(args: argparse.Namespace, s: config.Settings) -> int:
-    from ocr_inbox import status
+    from ocr_inbox.commands import status
 
     statedir.act_as_owner(s.paths.state_dir, "status", reader=True)
     return status.show(s, as_json=args.json)
 
 
 def _cmd_doctor(args: argparse.Namespace, s: config.Settings) -> int:
-    from ocr_inbox import doctor
-    from ocr_inbox.access import Identity
+    from ocr_inbox.commands import doctor
+    from ocr_inbox.service.access import Identity
 
     who = Identity.named(args.user) if args.user else Identity.current()
     checks = doctor.run_checks(s, who, config.path_sources(args.config, _flags(args)))
@@ -385,7 +386,7 @@ def _cmd_doctor(args: argparse.Namespace, s: config.Settings) -> int:
 def _cmd_retry(args: argparse.Namespace, s: config.Settings) -> int:
     import os.path
 
-    from ocr_inbox.dispatch import retry_failed
+    from ocr_inbox.core.dispatch import retry_failed
 
     inbox = os.path.realpath(args.inbox or s.paths.inbox)
     rels = []

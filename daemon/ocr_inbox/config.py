@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ocr_inbox.errors import ConfigError
+from ocr_inbox.support.errors import ConfigError
 
 DEFAULT_IGNORE = (
     ".*",  # hidden files and dirs: .DS_Store, ._AppleDouble, .Trash, .partial writes

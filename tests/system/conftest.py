@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from conftest import CORPUS, MODELS, REPO
 
 from .nspawn import Journal, Machine, missing_prerequisites, wait_for

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import pymupdf
 import pytest
-
 from conftest import PAGES, char_f1, ground_truth
 
 from .conftest import Service

@@ -10,7 +10,6 @@ import re
 import stat
 
 import pytest
-
 from conftest import PAGES
 
 from .conftest import CONFIG, Service

@@ -23,14 +23,14 @@ from typing import Any
 
 import structlog
 
-from ocr_inbox import logs
 from ocr_inbox.config import PoolSettings
-from ocr_inbox.errors import EngineUnavailable, WorkerBootError
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import WorkerView, recycle_reason
 from ocr_inbox.executors.worker import STACK_DUMP_SIGNAL, WorkerConfig
 from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
+from ocr_inbox.support import logs
+from ocr_inbox.support.errors import EngineUnavailable, WorkerBootError
 
 log = structlog.get_logger(__name__)
 

@@ -53,15 +53,15 @@ from typing import Any
 
 import structlog
 
-from ocr_inbox import logs
 from ocr_inbox.config import ExecutorSettings, PoolSettings, Settings
-from ocr_inbox.errors import BadImage, EngineUnavailable
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import WorkerView, recycle_reason
 from ocr_inbox.executors.worker import WorkerConfig, check_unchanged, limit_memory, ocr_one, rss_bytes
-from ocr_inbox.signals import die_with_parent
 from ocr_inbox.ocr import engine as engine_mod
 from ocr_inbox.ocr import images
+from ocr_inbox.support import logs
+from ocr_inbox.support.errors import BadImage, EngineUnavailable
+from ocr_inbox.support.signals import die_with_parent
 
 log = structlog.get_logger(__name__)
 

@@ -11,14 +11,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ocr_inbox import logs
-from ocr_inbox.cache import paddlex_cache_dir
 from ocr_inbox.config import Settings
-from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.executors.worker import WorkerConfig
 from ocr_inbox.ocr import images, models, profiles
 from ocr_inbox.ocr.devices import WorkerSlot, plan_slots
 from ocr_inbox.ocr.engine import EngineSettings
+from ocr_inbox.support import logs
+from ocr_inbox.support.cache import paddlex_cache_dir
+from ocr_inbox.support.errors import EngineUnavailable
 
 
 def limits_from(settings: Settings) -> images.Limits:

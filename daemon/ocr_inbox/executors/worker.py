@@ -39,13 +39,13 @@ from typing import Any
 
 import structlog
 
-from ocr_inbox import logs
-from ocr_inbox.signals import die_with_parent
-from ocr_inbox.errors import BadImage, EngineUnavailable
 from ocr_inbox.executors import messages as m
 from ocr_inbox.ocr import engine as engine_mod
 from ocr_inbox.ocr import images
 from ocr_inbox.ocr.results import Page
+from ocr_inbox.support import logs
+from ocr_inbox.support.errors import BadImage, EngineUnavailable
+from ocr_inbox.support.signals import die_with_parent
 
 #: reasons that say the file moved under us, not that it is bad: dispatch looks again
 _TRANSIENT = frozenset({"vanished", "changed_while_reading"})

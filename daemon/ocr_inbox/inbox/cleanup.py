@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ocr_inbox.inbox.scan import inside
+from ocr_inbox.support.paths import inside
 
 
 def delete_source(root: str, rel: str, size: int, mtime_ns: int) -> str | None:

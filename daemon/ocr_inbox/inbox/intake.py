@@ -33,8 +33,9 @@ from ocr_inbox.inbox.stability import StabilityTracker
 from ocr_inbox.inbox.unreadable import Blocked, Problem, diagnose
 from ocr_inbox.inbox.watcher import InboxWatcher
 from ocr_inbox.ledger import ImageStatus, Ledger
-from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import document, names
+from ocr_inbox.support import paths
+from ocr_inbox.support.recorder import Recorder
 
 log = structlog.get_logger(__name__)
 
@@ -172,7 +173,7 @@ class Intake:
         if item is None:
             if not os.path.lexists(os.path.join(self.root, rel)):
                 # a file or a whole folder moved away / deleted (the ledger knows names by their printable form)
-                name = scan.printable_rel(rel)
+                name = paths.printable_rel(rel)
                 self.tracker.forget(rel)
                 if self.ledger.gone(name, time.time()):
                     log.info("image_gone", path=name)
@@ -281,7 +282,7 @@ class Intake:
         self.skipped[item.rel] = item.suffix
         self._skipped_by_type[item.suffix or "(none)"] += 1
         self._skipped_under.update(_folders_above(item.rel))
-        log.info("file_skipped", path=item.rel, type=item.suffix or "(none)", accepted=scan.accepted_types())
+        log.info("file_skipped", path=item.rel, type=item.suffix or "(none)", accepted=paths.accepted_types())
 
     def _unskip(self, rel: str) -> None:
         suffix = self.skipped.pop(rel, None)
@@ -335,7 +336,7 @@ class Intake:
                 "count": len(self.skipped),
                 "by_type": dict(sorted(self._skipped_by_type.items())),
                 "examples": list(itertools.islice(self.skipped, REPORT_LIMIT)),
-                "accepted": scan.accepted_types(),
+                "accepted": paths.accepted_types(),
             },
         }
 
@@ -354,7 +355,7 @@ class Intake:
                 st = os.stat(os.path.join(self.root, rel))
             except OSError:
                 self.tracker.forget(rel)
-                self.ledger.gone(scan.printable_rel(rel), time.time())
+                self.ledger.gone(paths.printable_rel(rel), time.time())
                 continue
             self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m)
         ready: list[tuple[str, int, int]] = []

@@ -56,14 +56,28 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.api import DEFAULT_EMITTER_TIMEOUT, DEFAULT_OBSERVER_TIMEOUT, BaseObserver, EventQueue, ObservedWatch
+from watchdog.observers.api import (
+    DEFAULT_EMITTER_TIMEOUT,
+    DEFAULT_OBSERVER_TIMEOUT,
+    BaseObserver,
+    EventQueue,
+    ObservedWatch,
+)
 from watchdog.observers.inotify import _INVALID_WD, InotifyEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask, Watch, WatchDescriptor, inotify_add_watch
+from watchdog.observers.inotify_c import (
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    Watch,
+    WatchDescriptor,
+    inotify_add_watch,
+)
 from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
 from watchdog.observers.polling import PollingObserverVFS
 
 from ocr_inbox.config import WatchSettings
-from ocr_inbox.inbox.scan import is_ignored
+from ocr_inbox.support.paths import is_ignored
 
 log = structlog.get_logger(__name__)
 

@@ -36,12 +36,12 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from ocr_inbox import statedir
-from ocr_inbox.errors import StateError
-from ocr_inbox.inbox.scan import folder_of
+from ocr_inbox.ledger import index
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox.order import natural_key
-from ocr_inbox.search import index
+from ocr_inbox.support import statedir
+from ocr_inbox.support.errors import StateError
+from ocr_inbox.support.paths import folder_of
 
 log = structlog.get_logger(__name__)
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ocr_inbox import logs
-from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr import models, profiles
 from ocr_inbox.ocr.devices import gpu_support_problem
 from ocr_inbox.ocr.results import Line, Lines, Word
+from ocr_inbox.support import logs
+from ocr_inbox.support.errors import EngineUnavailable
 
 if TYPE_CHECKING:
     from ocr_inbox.ocr.lexicon import LexiconDecode

@@ -16,7 +16,7 @@ and both are held to the same safety rules:
 The OCR side turns frames into upright 8-bit BGR pages one at a time
 (:func:`pages`; a worker drops a page before it decodes the next); the PDF
 side stores each frame as it is (``outbox/pdf.py``). Refusals are
-:class:`~ocr_inbox.errors.BadImage` with short stable reasons.
+:class:`~ocr_inbox.support.errors.BadImage` with short stable reasons.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ocr_inbox.errors import BadImage
-from ocr_inbox.inbox.scan import inside
 from ocr_inbox.ocr.results import Line, Word
+from ocr_inbox.support.errors import BadImage
+from ocr_inbox.support.paths import inside
 
 #: formats PIL may identify; anything else is refused even if PIL could read it
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})

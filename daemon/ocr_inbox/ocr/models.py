@@ -21,9 +21,9 @@ from pathlib import Path
 import structlog
 import yaml
 
-from ocr_inbox import atomic
-from ocr_inbox.errors import EngineUnavailable
 from ocr_inbox.ocr.profiles import ORIENTATION, TEXTLINE_ORIENTATION, ModelSource, Profile, WheelFile
+from ocr_inbox.support import atomic
+from ocr_inbox.support.errors import EngineUnavailable
 
 log = structlog.get_logger(__name__)
 

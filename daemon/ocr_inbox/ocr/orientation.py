@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
 import numpy as np
 
 from ocr_inbox.ocr.results import Line, Page, Point, Word

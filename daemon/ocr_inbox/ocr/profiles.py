@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ocr_inbox.errors import EngineUnavailable
+from ocr_inbox.support.errors import EngineUnavailable
 
 Role = Literal["det", "rec", "orient", "lineori"]
 

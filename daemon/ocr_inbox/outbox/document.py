@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import atomic
 from ocr_inbox.ocr.results import Line, Page, Word, word_poly
+from ocr_inbox.support import atomic
 
 #: 2: lines may carry ``rec`` (the cascade's recognizer), ``engine`` may carry ``refine``;
 #: 3: lines may carry ``respelled`` (the word lists' changes); 4: pages may carry

@@ -1,6 +1,6 @@
 """Searchable PDF of a list of images: each image as it is, the OCR text invisible on top.
 
-Recipe (:func:`build_pdf`; :func:`build_folder_pdf` lists a folder first):
+Recipe (:func:`build_pdf`; the ``pdf`` command, ``commands/pdf.py``, lists a folder first):
 
 1. the caller gives the pages in order (:class:`PageSource`: image path beneath
    the root, its JSON, the version that was OCR'd), all at once or as a stream
@@ -52,22 +52,23 @@ import pymupdf
 import structlog
 from PIL import Image
 
-from ocr_inbox import __version__, atomic
-from ocr_inbox.errors import BadArguments, BadImage, OutputError
-from ocr_inbox.inbox import scan
+from ocr_inbox import __version__
 from ocr_inbox.ocr import images, orientation
 from ocr_inbox.ocr.results import Page
-from ocr_inbox.outbox import document, font, order, textlayer
-from ocr_inbox.outbox import names
-from ocr_inbox.outbox.names import JSON_SUFFIX, is_temp_for, work_dir_for
+from ocr_inbox.outbox import document, font, names, textlayer
+from ocr_inbox.outbox.names import work_dir_for
 from ocr_inbox.outbox.pdfobj import new_stream
+from ocr_inbox.support import atomic, paths
+from ocr_inbox.support.atomic import is_temp_for
+from ocr_inbox.support.errors import BadArguments, BadImage, OutputError
+from ocr_inbox.support.paths import JSON_SUFFIX
 
 __all__ = [
     "DEFAULT_DPI", "PageIssue", "assumed_dpi", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
-    "build_folder_pdf", "build_pdf", "list_images", "pdf_image", "prepare", "work_dir_for",
+    "build_pdf", "pdf_image", "prepare", "work_dir_for",
 ]
 
-IMAGE_SUFFIXES = scan.IMAGE_SUFFIXES
+IMAGE_SUFFIXES = paths.IMAGE_SUFFIXES
 #: kept for importers; an image whose file gives no (usable) resolution gets ``assumed_dpi``
 DEFAULT_DPI = 300.0
 #: an image without a resolution is taken for a scanned sheet: its long side is A4's (297 mm)
@@ -730,7 +731,7 @@ def _pdf_source_pages(
         text_pages, reason, detail = (), "json_stale", "the JSON records another SHA-256"
     copy = names.searchable_copy_path(src.json)
     write_copy = not reason and not _copy_in_the_way(root, src, copy)
-    tmp, full = names.temp_path_for(copy), names.temp_path_for(copy)
+    tmp, full = atomic.temp_path_for(copy), atomic.temp_path_for(copy)
     try:
         tmp.write_bytes(data)
         try:
@@ -810,86 +811,3 @@ def _json_pages(json_file: Path, st: os.stat_result) -> tuple[tuple[Page, ...], 
             f"the file has {st.st_size}, {st.st_mtime_ns}"
         )
     return doc.pages, doc.source.sha256, "", ""
-
-
-# --- a folder -----------------------------------------------------------------
-
-
-def _folder_root(image_dir: Path, root: Path | None) -> tuple[str, str]:
-    """The real root and ``image_dir``'s path beneath it (``""`` or ``"a/b/"``).
-
-    A folder outside ``root`` is its own root.
-    """
-    real_dir = os.path.realpath(image_dir)
-    real_root = os.path.realpath(root or image_dir)
-    if not scan.inside(real_root, real_dir):
-        real_root = real_dir
-    rel_dir = os.path.relpath(real_dir, real_root)
-    return real_root, "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-
-
-def list_images(
-    image_dir: Path, first_prefixes: Sequence[str] = (), root: Path | None = None, ignore: Sequence[str] = ()
-) -> list[str]:
-    """Image file names directly in ``image_dir`` in page order.
-
-    A file becomes a page only if the inbox scanner would accept it (same
-    rules: ``ignore`` patterns — the caller passes the configured ones —, no
-    symlink leading outside ``root`` — default ``image_dir``, the daemon passes
-    the inbox —, no fifo, no loop, no name the outbox can't mirror), so the PDF
-    holds exactly the images that were OCR'd.
-    """
-    real_root, prefix = _folder_root(image_dir, root)
-    names = sorted(
-        name
-        for name in os.listdir(image_dir)
-        if isinstance(scan.classify(real_root, prefix + name, ignore), scan.Candidate)
-    )
-    return order.page_order(names, first_prefixes)
-
-
-def build_folder_pdf(
-    image_dir: Path,
-    json_dir: Path,
-    out_pdf: Path,
-    *,
-    chunk_pages: int = 50,
-    first_prefixes: Sequence[str] = (),
-    work_dir: Path | None = None,
-    limits: images.Limits = images.Limits(),
-    root: Path | None = None,
-    ignore: Sequence[str] = (),
-    log: Any = None,
-) -> PdfReport:
-    """Build one searchable PDF of the images directly in ``image_dir``, as they are now.
-
-    ``json_dir`` holds ``<image file name>.json`` per image (docs/JSON.md).
-    Images are listed by :func:`list_images` (``ignore``: the scanner's ignore
-    patterns; none by default) and opened beneath ``root`` (default
-    ``image_dir``) under the same ``limits`` as OCR. The rest as :func:`build_pdf`.
-
-    Raises ``BadArguments`` for missing directories, a folder without
-    (decodable) images or a bad ``chunk_pages``; ``OutputError`` when the
-    output cannot be written.
-    """
-    image_dir, json_dir, out_pdf = Path(image_dir), Path(json_dir), Path(out_pdf)
-    if not image_dir.is_dir():
-        raise BadArguments(f"image folder not found: {image_dir}")
-    if not json_dir.is_dir():
-        raise BadArguments(f"JSON folder not found: {json_dir}")
-    if out_pdf.is_dir():
-        raise BadArguments(f"output is a directory: {out_pdf}")
-    if chunk_pages < 1:
-        raise BadArguments(f"chunk_pages must be at least 1, not {chunk_pages}")
-    try:
-        names = list_images(image_dir, first_prefixes, root, ignore)
-    except OSError as exc:
-        raise BadArguments(f"cannot list {image_dir}: {exc}") from exc
-    if not names:
-        raise BadArguments(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {image_dir}")
-    real_root, prefix = _folder_root(image_dir, root)
-    pages = [PageSource(prefix + name, json_dir / (name + JSON_SUFFIX), None, None) for name in names]
-    return build_pdf(
-        Path(real_root), pages, out_pdf, title=image_dir.resolve().name,
-        limits=limits, chunk_pages=chunk_pages, work_dir=work_dir, log=log,
-    )

@@ -28,10 +28,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import logs
-from ocr_inbox.signals import die_with_parent
-from ocr_inbox.errors import OutputError
 from ocr_inbox.ocr import images
+from ocr_inbox.support import logs
+from ocr_inbox.support.errors import OutputError
+from ocr_inbox.support.signals import die_with_parent
 
 _CTX = multiprocessing.get_context("spawn")
 

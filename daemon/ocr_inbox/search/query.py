@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox.errors import BadArguments
-from ocr_inbox.inbox.scan import folder_of
+from ocr_inbox.ledger.index import LIVE, SPLIT, fold, segment
 from ocr_inbox.outbox import names, order
-from ocr_inbox.search.index import LIVE, SPLIT, fold, segment
+from ocr_inbox.support.errors import BadArguments
+from ocr_inbox.support.paths import folder_of
 
 #: a quoted phrase (closed or not, maybe a prefix) or a bare word (up to the next space or quote),
 #: either one maybe excluded by a leading ``-``

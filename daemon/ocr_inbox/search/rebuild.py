@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocr_inbox.errors import BadArguments, StateError
 from ocr_inbox.ledger import Indexable, Ledger, in_use
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox import document, names
-from ocr_inbox.progress import Progress
 from ocr_inbox.search.scope import Scope
+from ocr_inbox.support.errors import BadArguments, StateError
+from ocr_inbox.support.progress import Progress
 
 log = structlog.get_logger(__name__)
 

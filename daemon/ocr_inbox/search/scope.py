@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocr_inbox import runs
 from ocr_inbox.config import Settings
-from ocr_inbox.errors import BadArguments
+from ocr_inbox.service import runs
+from ocr_inbox.support.errors import BadArguments
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import structlog
 from rich.console import Console
 from rich.text import Text
 
-from ocr_inbox import jsonout
 from ocr_inbox.config import Settings
-from ocr_inbox.errors import BadArguments, ExitCode, StateError
-from ocr_inbox.ledger import Ledger
-from ocr_inbox.logs import printable
-from ocr_inbox.search import index, query
+from ocr_inbox.ledger import Ledger, index
+from ocr_inbox.search import query
 from ocr_inbox.search.scope import Scope, resolve
+from ocr_inbox.support import jsonout
+from ocr_inbox.support.errors import BadArguments, ExitCode, StateError
+from ocr_inbox.support.logs import printable
 
 log = structlog.get_logger(__name__)
 

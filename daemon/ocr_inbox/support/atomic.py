@@ -3,7 +3,7 @@
 A reader (or a crash) sees either the old file or the complete new one, never
 a half-written one. Temp names (files, and the PDF builder's work directories)
 start with ``.ocr-inbox-tmp-`` so leftovers from a crash can be recognised and swept.
-The names themselves are made in ``outbox/names.py``; this module only writes.
+The temp names are made here too (:func:`temp_path_for`, :func:`fit_name`).
 
 Outputs get the mode a plain ``open()`` would give them, ``0o666`` less the
 process umask (``UMask=0027`` in the unit: ``0640``, group-readable), although
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -24,12 +25,47 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ocr_inbox.outbox.names import TMP_PREFIX, fit_name, temp_path_for, temp_stem
+TMP_PREFIX = ".ocr-inbox-tmp-"
+_TMP_SUFFIX = ".part"
 
 __all__ = [
     "TMP_PREFIX", "atomic_open", "fit_name", "fsync_dir", "output_mode", "process_umask", "publish", "sweep_temp_files",
-    "temp_path_for", "temp_stem", "write_bytes", "write_json",
+    "is_temp_for", "temp_path_for", "temp_stem", "write_bytes", "write_json",
 ]
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A unique temp path next to ``dest`` for writers that need a path (PDF save):
+    ``<TMP_PREFIX><pid>-<ns>-<temp_stem(dest)>.part``.
+
+    A long ``dest`` name is shortened (``fit_name``) so it cannot push the temp
+    name past the file system's 255-byte limit, and still names this output only.
+    """
+    return dest.with_name(f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{temp_stem(dest)}{_TMP_SUFFIX}")
+
+
+def is_temp_for(dest: Path, name: str) -> bool:
+    """True when ``name`` is one of :func:`temp_path_for`'s names for ``dest`` (and no other output's)."""
+    tail = f"-{temp_stem(dest)}{_TMP_SUFFIX}"
+    if not (name.startswith(TMP_PREFIX) and name.endswith(tail)):
+        return False
+    pid, sep, ns = name[len(TMP_PREFIX) : len(name) - len(tail)].partition("-")
+    return bool(sep) and pid.isdigit() and ns.isdigit()
+
+
+def temp_stem(dest: Path) -> str:
+    """The part of ``temp_path_for``'s names that says which output they are for."""
+    return fit_name(dest.name, 64)
+
+
+def fit_name(name: str, max_bytes: int) -> str:
+    """``name`` if it fits in ``max_bytes`` (UTF-8); else a prefix plus a hash of the
+    whole name, so distinct long names stay distinct."""
+    raw = os.fsencode(name)
+    if len(raw) <= max_bytes:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[: max_bytes - len(digest) - 1].decode("utf-8", "ignore") + "-" + digest
 
 
 def fsync_dir(path: Path) -> None:

@@ -18,13 +18,14 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
-from ocr_inbox import jsonout, sandbox
-from ocr_inbox.access import R, W, X, Identity, blocked, verb
 from ocr_inbox.config import Settings
-from ocr_inbox.errors import EngineUnavailable, ExitCode
 from ocr_inbox.inbox import scan
 from ocr_inbox.ocr import models, profiles
 from ocr_inbox.ocr.devices import WorkerSlot, gpu_support_problem, parse_device
+from ocr_inbox.service import sandbox
+from ocr_inbox.service.access import Identity, R, W, X, blocked, verb
+from ocr_inbox.support import jsonout, paths
+from ocr_inbox.support.errors import EngineUnavailable, ExitCode
 
 #: below this much free space a file system FAILs: a few folder PDFs more and dispatch
 #: pauses on ENOSPC (``output_paused reason=disk_full``)
@@ -77,7 +78,7 @@ class Host:
 def check_permissions(s: Settings, who: Identity) -> list[Check]:
     p = s.paths
     out: list[Check] = []
-    layout = scan.check_layout(p.inbox, ("outbox", p.outbox), ("state dir", p.state_dir))
+    layout = paths.check_layout(p.inbox, ("outbox", p.outbox), ("state dir", p.state_dir))
     if layout:
         out.append(Check("layout", Level.FAIL, layout, "set paths.inbox, paths.outbox and paths.state_dir apart"))
     if not p.inbox.is_dir():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+
 import sdnotify
 import structlog
 

@@ -21,13 +21,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import config, jsonout, live, runs
-from ocr_inbox.errors import ExitCode
-from ocr_inbox.inbox import scan
+from ocr_inbox import config
 from ocr_inbox.ledger import Ledger, reports
-from ocr_inbox.logs import printable
 from ocr_inbox.outbox.names import pdf_path_for
-from ocr_inbox.reasons import advice
+from ocr_inbox.service import live, runs
+from ocr_inbox.support import jsonout, paths
+from ocr_inbox.support.errors import ExitCode
+from ocr_inbox.support.logs import printable
+from ocr_inbox.support.reasons import advice
 
 
 def _when(ts: float | None) -> str:
@@ -92,7 +93,7 @@ def collect(settings: config.Settings, failures_limit: int = 50) -> dict[str, An
                 "count": int(skipped.get("count", 0)),
                 "by_type": dict(skipped.get("by_type") or {}),
                 "examples": list(skipped.get("examples") or []),
-                "accepted": str(skipped.get("accepted") or scan.accepted_types()),
+                "accepted": str(skipped.get("accepted") or paths.accepted_types()),
             },
         }
 

@@ -25,17 +25,25 @@ from multiprocessing import resource_tracker
 
 import structlog
 
-from ocr_inbox import atomic, cache, config, executors, live, logs, metrics, notify, runs, statedir
-from ocr_inbox.dispatch import Dispatch, prepare_requests
-from ocr_inbox.errors import BadArguments, ConfigError, EngineUnavailable, ExitCode, OcrInboxError, WorkerBootError
+from ocr_inbox import config, executors
+from ocr_inbox.core.dispatch import Dispatch, prepare_requests
+from ocr_inbox.core.folder_pdfs import FolderPdfs
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.executors.setup import preflight
-from ocr_inbox.folder_pdfs import FolderPdfs
-from ocr_inbox.inbox import scan
 from ocr_inbox.inbox.cleanup import delete_source
 from ocr_inbox.inbox.intake import Intake
 from ocr_inbox.ledger import Ledger, reports
-from ocr_inbox.signals import SignalQueue
+from ocr_inbox.service import live, metrics, notify, runs
+from ocr_inbox.support import atomic, cache, logs, paths, statedir
+from ocr_inbox.support.errors import (
+    BadArguments,
+    ConfigError,
+    EngineUnavailable,
+    ExitCode,
+    OcrInboxError,
+    WorkerBootError,
+)
+from ocr_inbox.support.signals import SignalQueue
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +120,7 @@ class Daemon:
     def _check_paths(self) -> None:
         if not self.inbox.is_dir():
             raise BadArguments(f"the inbox {self.inbox} is not a directory")
-        problem = scan.check_layout(self.inbox, ("outbox", self.outbox), ("state dir", self.s.paths.state_dir))
+        problem = paths.check_layout(self.inbox, ("outbox", self.outbox), ("state dir", self.s.paths.state_dir))
         if problem:
             raise BadArguments(problem)
         self.outbox.mkdir(parents=True, exist_ok=True)

@@ -42,15 +42,15 @@ from typing import Any
 
 import structlog
 
-from ocr_inbox import logs
 from ocr_inbox.config import Settings
 from ocr_inbox.executors.setup import limits_from
 from ocr_inbox.inbox.cleanup import delete_source
-from ocr_inbox.inbox.scan import folder_of
 from ocr_inbox.ledger import ImageRow, ImageStatus, Ledger, reports
-from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import names, order
 from ocr_inbox.outbox.pdf_job import PdfBuild, PdfPage, PdfRequest, PdfResult
+from ocr_inbox.support import logs
+from ocr_inbox.support.paths import folder_of
+from ocr_inbox.support.recorder import Recorder
 
 log = structlog.get_logger(__name__)
 

@@ -31,20 +31,20 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-
-import structlog
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 
-from ocr_inbox import reasons
 from ocr_inbox.config import parse_listen
-from ocr_inbox.errors import BadArguments
 from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.executors.messages import WORKER_EXIT_REASONS
 from ocr_inbox.ledger.reports import Stats
+from ocr_inbox.support import reasons
+from ocr_inbox.support.errors import BadArguments
+from ocr_inbox.support.recorder import Recorder
 
 log = structlog.get_logger(__name__)
 
@@ -58,37 +58,6 @@ OCR_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300
 QUEUE_BUCKETS = (0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 #: one folder's PDF: a page or two up to the default build_timeout_s (3600 s)
 PDF_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
-
-
-class Recorder:
-    """What the stages report as it happens. This base records nothing."""
-
-    def image_done(self, ocr_seconds: float) -> None:
-        """An image OCR'd and recorded done (its JSON written); ``ocr_seconds``: the worker's time on it."""
-
-    def image_failed(self, reason: str) -> None:
-        """An image failed for good (quarantined by dispatch, or refused by intake)."""
-
-    def image_adopted(self) -> None:
-        """An image recorded done from a JSON already in the outbox, without OCR."""
-
-    def queue_wait(self, seconds: float) -> None:
-        """An image handed to a worker ``seconds`` after it was queued in the ledger."""
-
-    def worker_exit(self, reason: str) -> None:
-        """A worker ended without being stopped (``messages.WORKER_EXIT_REASONS``); it is replaced."""
-
-    def worker_rss(self, slot: int, rss_bytes: int) -> None:
-        """A worker's resident memory, reported after each batch."""
-
-    def paused(self, reason: str) -> None:
-        """Dispatch stopped handing out work (``PAUSE_REASONS``)."""
-
-    def pdf_done(self, seconds: float, pages: int) -> None:
-        """A folder's PDF was published after a build of ``seconds``."""
-
-    def pdf_failed(self, reason: str) -> None:
-        """A folder's PDF failed (``PDF_FAILURE_REASONS``)."""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ocr_inbox import statedir
 from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.ledger import in_use
+from ocr_inbox.support import statedir
 
 LIVE_NAME = "live.json"
 

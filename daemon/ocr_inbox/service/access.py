@@ -16,7 +16,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocr_inbox.errors import BadArguments
+from ocr_inbox.support.errors import BadArguments
+
 
 @dataclass(frozen=True)
 class Identity:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import structlog
 
-from ocr_inbox.errors import StateError
+from ocr_inbox.support.errors import StateError
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from ocr_inbox import statedir
-from ocr_inbox.errors import BadArguments, StateError
+from ocr_inbox.support import statedir
+from ocr_inbox.support.errors import BadArguments, StateError
 
 RUNS_DIR = "runs"
 RUN_INFO = "run.json"

@@ -20,18 +20,19 @@ from pathlib import Path
 
 import structlog
 
-from ocr_inbox import atomic, cache, executors, runs
+from ocr_inbox import executors
 from ocr_inbox.config import Settings
-from ocr_inbox.dispatch import Dispatch
-from ocr_inbox.errors import BadArguments, EngineUnavailable, ExitCode, OutputError
+from ocr_inbox.core.dispatch import Dispatch
+from ocr_inbox.core.folder_pdfs import FolderPdfs
 from ocr_inbox.executors.setup import preflight
-from ocr_inbox.folder_pdfs import FolderPdfs
-from ocr_inbox.inbox import scan
 from ocr_inbox.inbox.intake import Intake
 from ocr_inbox.ledger import Ledger, reports
 from ocr_inbox.outbox import names
-from ocr_inbox.progress import Progress
-from ocr_inbox.runs import state_dir_for
+from ocr_inbox.service import runs
+from ocr_inbox.service.runs import state_dir_for
+from ocr_inbox.support import atomic, cache, paths
+from ocr_inbox.support.errors import BadArguments, EngineUnavailable, ExitCode, OutputError
+from ocr_inbox.support.progress import Progress
 
 __all__ = ["Failure", "RunSummary", "run", "state_dir_for", "validate_paths"]
 
@@ -62,7 +63,7 @@ class RunSummary:
 def validate_paths(inbox: Path, outbox: Path, state_dir: Path) -> None:
     if not inbox.is_dir():
         raise BadArguments(f"the inbox {inbox} is not a directory")
-    problem = scan.check_layout(inbox, ("outbox", outbox), ("state dir", state_dir))
+    problem = paths.check_layout(inbox, ("outbox", outbox), ("state dir", state_dir))
     if problem:
         raise BadArguments(problem)
 

@@ -40,15 +40,15 @@ from pathlib import Path
 
 import structlog
 
-from ocr_inbox import statedir
 from ocr_inbox.config import PoolSettings
-from ocr_inbox.errors import StateError
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.ledger import Ledger, in_use
 from ocr_inbox.ledger.store import DB_NAME
-from ocr_inbox.metrics import Recorder
 from ocr_inbox.outbox import document, names
+from ocr_inbox.support import statedir
+from ocr_inbox.support.errors import StateError
+from ocr_inbox.support.recorder import Recorder
 
 log = structlog.get_logger(__name__)
 
