@@ -22,7 +22,7 @@ from conftest import CORPUS, run_cli
 from daemon_harness import Daemon, cli_env
 
 from ocr_inbox import config
-from ocr_inbox.ledger import DB_NAME, Ledger, Observation, index, store
+from ocr_inbox.ledger import DB_NAME, Ledger, Observation, db, index, schema
 from ocr_inbox.ocr.results import Line, Page
 from ocr_inbox.outbox import document, names
 from ocr_inbox.search import query, rebuild, show
@@ -255,7 +255,7 @@ def test_a_v2_ledger_upgrades_in_place_and_a_rebuild_fills_the_index(tmp_path: P
     state.mkdir()
     conn = sqlite3.connect(state / DB_NAME, isolation_level=None)
     for version in (0, 1):
-        for stmt in store._statements(store._MIGRATIONS[version]):
+        for stmt in db._statements(schema._MIGRATIONS[version]):
             conn.execute(stmt)
     conn.execute("PRAGMA user_version = 2")
     conn.execute("INSERT INTO folders (folder, first_seen, last_activity) VALUES ('a', 1, 1)")
@@ -288,7 +288,7 @@ def test_a_rebuild_into_the_wrong_outbox_keeps_the_index(led: Ledger, tmp_path: 
 
 
 def test_a_sqlite_without_fts5_is_named_not_called_damage() -> None:
-    err = store._state_error(Path("/s/ledger.sqlite3"), sqlite3.OperationalError("no such module: fts5"))
+    err = db._state_error(Path("/s/ledger.sqlite3"), sqlite3.OperationalError("no such module: fts5"))
     assert "lacks FTS5" in str(err) and "damaged" not in str(err)
 
 
