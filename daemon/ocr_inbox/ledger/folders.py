@@ -12,8 +12,10 @@ from ocr_inbox.ledger.schema import (
     _GONE,
     _IMAGE_COLUMNS,
     _PDF_BUILDING,
+    _PDF_DONE,
     _PDF_FAILED,
     _PDF_NEEDED,
+    _PDF_NONE,
     _PENDING,
     _RUNNING,
     FolderRow,
@@ -50,7 +52,7 @@ def pages_changed(c: sqlite3.Connection, folder: str, now: float, *, lost_a_page
         # nothing left that could become a page: no build is due, nor a failure to retry
         # (a build running now loses its pages and publishes nothing); the last PDF stays
         c.execute(
-            f"UPDATE folders SET pdf_state = CASE WHEN pdf_pages IS NULL THEN 'none' ELSE 'done' END"
+            f"UPDATE folders SET pdf_state = CASE WHEN pdf_pages IS NULL THEN {_PDF_NONE} ELSE {_PDF_DONE} END"
             f" WHERE folder = ? AND pdf_state IN ({_PDF_NEEDED}, {_PDF_BUILDING}, {_PDF_FAILED})"
             " AND NOT EXISTS (SELECT 1 FROM images i WHERE i.folder = folders.folder"
             f"  AND i.status IN ({_PENDING}, {_RUNNING}))",

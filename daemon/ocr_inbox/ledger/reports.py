@@ -1,6 +1,6 @@
 """What the ledger says, for people: totals, folders, failures (read-only queries).
 
-The state machine and every write are in ``store.py``; nothing here changes the database.
+The state machine and every write are in ``images.py`` and ``folders.py``; nothing here changes the database.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ocr_inbox.ledger.schema import _DONE, _FAILED, _GONE, _PDF_BUILDING, _PDF_NEEDED, _PENDING, _RUNNING
 from ocr_inbox.ledger.store import Ledger, PdfState
 
 
@@ -43,8 +44,8 @@ def pdf_due_at(ledger: Ledger, folder: str, quiet_seconds: float) -> float | Non
     """``FolderSummary.pdf_due_at`` for one folder (when its last image is done)."""
     row = ledger.connection.execute(
         "SELECT f.last_activity, f.pdf_state,"
-        " EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done'),"
-        " EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status IN ('pending', 'running'))"
+        f" EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = {_DONE}),"
+        f" EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status IN ({_PENDING}, {_RUNNING}))"
         " FROM folders f WHERE f.folder = ?",
         (folder,),
     ).fetchone()
@@ -92,10 +93,10 @@ def stats(ledger: Ledger, now: float, window_s: float = 60.0) -> Stats:
     # on every STATUS update (2 s). One statement: one consistent snapshot.
     total, pending, running, failed, gone = ledger.connection.execute(
         "SELECT (SELECT count(*) FROM images),"
-        " (SELECT count(*) FROM images WHERE status = 'pending'),"
-        " (SELECT count(*) FROM images WHERE status = 'running'),"
-        " (SELECT count(*) FROM images WHERE status = 'failed'),"
-        " (SELECT count(*) FROM images WHERE status = 'gone')"
+        f" (SELECT count(*) FROM images WHERE status = {_PENDING}),"
+        f" (SELECT count(*) FROM images WHERE status = {_RUNNING}),"
+        f" (SELECT count(*) FROM images WHERE status = {_FAILED}),"
+        f" (SELECT count(*) FROM images WHERE status = {_GONE})"
     ).fetchone()
     counts = {
         "pending": pending, "running": running, "failed": failed, "gone": gone,
@@ -105,8 +106,8 @@ def stats(ledger: Ledger, now: float, window_s: float = 60.0) -> Stats:
         "SELECT count(*) FROM images WHERE done_at > ?", (now - window_s,)
     ).fetchone()[0]
     waiting = ledger.connection.execute(
-        "SELECT count(*) FROM folders f WHERE pdf_state IN ('needed', 'building')"
-        " AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = 'done')"
+        f"SELECT count(*) FROM folders f WHERE pdf_state IN ({_PDF_NEEDED}, {_PDF_BUILDING})"
+        f" AND EXISTS (SELECT 1 FROM images i WHERE i.folder = f.folder AND i.status = {_DONE})"
     ).fetchone()[0]
     return Stats(
         queued=counts.get("pending", 0),
@@ -123,10 +124,10 @@ def folders(ledger: Ledger) -> list[FolderSummary]:
     """Every folder with its image counts and PDF state, oldest first."""
     rows = ledger.connection.execute(
         "SELECT f.folder,"
-        " count(CASE WHEN i.status = 'done' THEN 1 END),"
-        " count(CASE WHEN i.status = 'pending' THEN 1 END),"
-        " count(CASE WHEN i.status = 'running' THEN 1 END),"
-        " count(CASE WHEN i.status = 'failed' THEN 1 END),"
+        f" count(CASE WHEN i.status = {_DONE} THEN 1 END),"
+        f" count(CASE WHEN i.status = {_PENDING} THEN 1 END),"
+        f" count(CASE WHEN i.status = {_RUNNING} THEN 1 END),"
+        f" count(CASE WHEN i.status = {_FAILED} THEN 1 END),"
         " f.last_activity, f.pdf_state, f.pdf_pages, f.pdf_at, f.pdf_error"
         " FROM folders f LEFT JOIN images i ON i.folder = f.folder"
         " GROUP BY f.folder ORDER BY f.first_seen, f.folder"
@@ -144,7 +145,7 @@ def failures(ledger: Ledger, limit: int = 100) -> list[Failure]:
     """Quarantined images, most recent first."""
     rows = ledger.connection.execute(
         "SELECT rel, coalesce(error_reason, ''), coalesce(error_detail, ''), attempts, updated"
-        " FROM images WHERE status = 'failed' ORDER BY updated DESC, rel LIMIT ?",
+        f" FROM images WHERE status = {_FAILED} ORDER BY updated DESC, rel LIMIT ?",
         (limit,),
     ).fetchall()
     return [Failure(*r) for r in rows]
@@ -153,7 +154,7 @@ def failures(ledger: Ledger, limit: int = 100) -> list[Failure]:
 def failed_by_reason(ledger: Ledger) -> list[tuple[str, int]]:
     """Failed images per reason (a short range of images_by_status: cheap on a big ledger)."""
     rows = ledger.connection.execute(
-        "SELECT coalesce(error_reason, ''), count(*) FROM images WHERE status = 'failed' GROUP BY 1 ORDER BY 1"
+        f"SELECT coalesce(error_reason, ''), count(*) FROM images WHERE status = {_FAILED} GROUP BY 1 ORDER BY 1"
     ).fetchall()
     return [(str(reason), int(n)) for reason, n in rows]
 

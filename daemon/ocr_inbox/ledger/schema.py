@@ -56,6 +56,7 @@ def _sql(*values: enum.StrEnum) -> str:
 _PENDING, _RUNNING, _DONE = _sql(ImageStatus.pending), _sql(ImageStatus.running), _sql(ImageStatus.done)
 _FAILED, _GONE = _sql(ImageStatus.failed), _sql(ImageStatus.gone)
 _PDF_NEEDED, _PDF_BUILDING, _PDF_FAILED = _sql(PdfState.needed), _sql(PdfState.building), _sql(PdfState.failed)
+_PDF_NONE, _PDF_DONE = _sql(PdfState.none), _sql(PdfState.done)
 
 _SCHEMA = """
 CREATE TABLE folders (

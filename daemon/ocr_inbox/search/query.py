@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox.ledger.index import LIVE, SPLIT, fold, segment
+from ocr_inbox.ledger.schema import ImageStatus
 from ocr_inbox.outbox import names, order
 from ocr_inbox.support.errors import BadArguments
 from ocr_inbox.support.paths import folder_of
@@ -237,8 +238,8 @@ def first_pdf_pages(conn: sqlite3.Connection, folder: str, first_prefixes: Seque
     """
     rows = conn.execute(
         f"SELECT i.rel, i.source_deleted, count(*) FROM images i JOIN {LIVE.pages} p ON p.rel = i.rel"
-        " WHERE i.folder = ? AND i.status = 'done' GROUP BY i.rel",
-        (folder,),
+        " WHERE i.folder = ? AND i.status = ? GROUP BY i.rel",
+        (folder, ImageStatus.done),
     ).fetchall()
     by_name = {rel.rsplit("/", 1)[-1]: (rel, bool(deleted), int(n)) for rel, deleted, n in rows}
     kept = order.page_order([k for k, v in by_name.items() if v[1]], first_prefixes)
