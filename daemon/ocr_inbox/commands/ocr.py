@@ -2,9 +2,10 @@
 
 The daemon's ``Pipeline`` (intake -> ledger -> dispatch -> executor -> JSON,
 and folder PDFs with ``--pdf``) in its one-shot mode: no watcher, no settle
-time, stepped until nothing is queued. PDFs are built while OCR goes on: a folder's build starts with its first pages
-done and gets the rest as they are done (``FolderPdfs(stream=True)``), so when
-the last image is done only its page and the merge are left.
+time, stepped until nothing is queued. PDFs are built while OCR goes on: a
+folder's build starts with its first pages done and gets the rest as they are
+done (``FolderPdfs(stream=True)``), so when the last image is done only its
+page and the merge are left.
 Its ledger lives in ``STATE_DIR/runs/<tree id>``: a second run skips what is
 current, an interrupted run (even ``kill -9``) resumes where it stopped, and
 a JSON already in the outbox for exactly this version of an image is adopted.
@@ -115,14 +116,13 @@ def _ocr(settings: Settings, p: Pipeline, todo: int, show: bool | None) -> int:
     bar = Progress(todo, show)
     done = 0
 
-    def count(events: list[Event], *, shown: bool = True) -> None:
+    def count(events: list[Event]) -> None:
         nonlocal done
         for ev in events:
             if isinstance(ev, ImageDone | ImageFailed):
                 ok = isinstance(ev, ImageDone)
                 done += ok
-                if shown:
-                    bar.advance(ok)
+                bar.advance(ok)
 
     def go_on() -> bool:
         if p.dispatch.paused:  # a one-shot run does not wait for space: rerun to resume
@@ -143,6 +143,6 @@ def _ocr(settings: Settings, p: Pipeline, todo: int, show: bool | None) -> int:
             count(p.step(1.0, (), go_on))
     finally:
         bar.close()
-        count(p.drain(DRAIN_S), shown=False)
+        count(p.drain(DRAIN_S))
         cache.purge_temp(cache.paddlex_cache_dir(settings.paths.resolved_cache_dir()), 0)
     return done
