@@ -22,16 +22,16 @@ import structlog
 
 from ocr_inbox.config import Settings
 from ocr_inbox.core.events import Event, ImageDone, ImageFailed
-from ocr_inbox.core.pipeline import Pipeline
+from ocr_inbox.core.pipeline import Pipeline, check_paths
 from ocr_inbox.executors.setup import preflight
 from ocr_inbox.ledger import Ledger, reports
 from ocr_inbox.outbox import names
 from ocr_inbox.service.runs import state_dir_for
-from ocr_inbox.support import atomic, cache, paths
-from ocr_inbox.support.errors import BadArguments, EngineUnavailable, ExitCode, OutputError
+from ocr_inbox.support import atomic, cache
+from ocr_inbox.support.errors import EngineUnavailable, ExitCode, OutputError
 from ocr_inbox.support.progress import Progress
 
-__all__ = ["Failure", "RunSummary", "run", "state_dir_for", "validate_paths"]
+__all__ = ["Failure", "RunSummary", "run", "state_dir_for"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,14 +57,6 @@ class RunSummary:
         return ExitCode.some_failed if self.failed else ExitCode.ok
 
 
-def validate_paths(inbox: Path, outbox: Path, state_dir: Path) -> None:
-    if not inbox.is_dir():
-        raise BadArguments(f"the inbox {inbox} is not a directory")
-    problem = paths.check_layout(inbox, ("outbox", outbox), ("state dir", state_dir))
-    if problem:
-        raise BadArguments(problem)
-
-
 def run(
     settings: Settings,
     inbox: Path,
@@ -74,7 +66,7 @@ def run(
     retry_failed: bool = False,
     progress: bool | None = None,
 ) -> RunSummary:
-    validate_paths(inbox, outbox, settings.paths.state_dir)
+    check_paths(inbox, outbox, settings.paths.state_dir)
     preflight(settings)
     t0 = time.monotonic()
     outbox.mkdir(parents=True, exist_ok=True)

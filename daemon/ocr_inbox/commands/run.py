@@ -23,13 +23,13 @@ from multiprocessing import resource_tracker
 import structlog
 
 from ocr_inbox import config
-from ocr_inbox.core.pipeline import Pipeline
+from ocr_inbox.core.pipeline import Pipeline, check_paths
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.executors.setup import preflight
 from ocr_inbox.ledger import Ledger, reports
 from ocr_inbox.service import live, metrics, notify
-from ocr_inbox.support import cache, logs, paths, statedir
-from ocr_inbox.support.errors import BadArguments, ConfigError, ExitCode, OcrInboxError
+from ocr_inbox.support import cache, logs, statedir
+from ocr_inbox.support.errors import ConfigError, ExitCode, OcrInboxError
 from ocr_inbox.support.signals import SignalQueue
 
 log = structlog.get_logger(__name__)
@@ -93,11 +93,7 @@ class Daemon:
         return int(ExitCode.ok)
 
     def _check_paths(self) -> None:
-        if not self.inbox.is_dir():
-            raise BadArguments(f"the inbox {self.inbox} is not a directory")
-        problem = paths.check_layout(self.inbox, ("outbox", self.outbox), ("state dir", self.s.paths.state_dir))
-        if problem:
-            raise BadArguments(problem)
+        check_paths(self.inbox, self.outbox, self.s.paths.state_dir)
         self.outbox.mkdir(parents=True, exist_ok=True)
         self.s.paths.state_dir.mkdir(mode=statedir.DIR_MODE, parents=True, exist_ok=True)
 

@@ -47,8 +47,8 @@ from ocr_inbox.inbox.intake import Intake
 from ocr_inbox.ledger import ImageStatus, Ledger
 from ocr_inbox.outbox.pdf_job import PdfPage
 from ocr_inbox.service import notify, runs
-from ocr_inbox.support import atomic
-from ocr_inbox.support.errors import EngineUnavailable, OcrInboxError, WorkerBootError
+from ocr_inbox.support import atomic, paths
+from ocr_inbox.support.errors import BadArguments, EngineUnavailable, OcrInboxError, WorkerBootError
 from ocr_inbox.support.recorder import Recorder
 
 log = structlog.get_logger(__name__)
@@ -70,6 +70,16 @@ MakeExecutor = Callable[[config.Settings, Path, "int | None"], Executor]
 
 def _go_on(executor: Executor) -> bool:
     return True
+
+
+def check_paths(inbox: Path, outbox: Path, state_dir: Path) -> None:
+    """Both commands, before anything is opened: the inbox is a directory, and the outbox and
+    the state dir are neither inside it nor above it."""
+    if not inbox.is_dir():
+        raise BadArguments(f"the inbox {inbox} is not a directory")
+    problem = paths.check_layout(inbox, ("outbox", outbox), ("state dir", state_dir))
+    if problem:
+        raise BadArguments(problem)
 
 
 class Pipeline:
