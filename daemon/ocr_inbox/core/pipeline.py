@@ -65,7 +65,7 @@ ONESHOT_SWEEP_AGE_S = 60.0
 #: stop was asked
 Tend = Callable[[Executor], bool]
 #: makes an executor for the settings (``executors.create``; a test gives a fake)
-MakeExecutor = Callable[[config.Settings, Path, "int | None"], Executor]
+MakeExecutor = Callable[[config.Settings, Path, int | None], Executor]
 
 
 def _go_on(executor: Executor) -> bool:
