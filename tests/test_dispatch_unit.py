@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.core.dispatch import Dispatch
+from ocr_inbox.core.events import Event, ImageDone, ImageFailed, ImageMoved
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor, WorkerView
 from ocr_inbox.ledger import ImageStatus, Ledger, reports
@@ -106,7 +107,7 @@ def _typed(ex: FakeExecutor) -> Executor:
 
 
 class Rig:
-    """A ``Dispatch`` over a ledger in a temp dir, the fake executor and what the callbacks saw."""
+    """A ``Dispatch`` over a ledger in a temp dir, the fake executor and the events it returned."""
 
     def __init__(self, tmp: Path, workers: int = 1, **pool: Any) -> None:
         self.outbox = tmp / "outbox"
@@ -115,12 +116,17 @@ class Rig:
         self.moved: list[str] = []
         self.results: list[tuple[str, bool]] = []
         self.done: list[tuple[str, int, int]] = []
-        self.d = Dispatch(
-            self.ledger, _typed(self.ex), self.outbox, PoolSettings(**pool),
-            on_moved=self.moved.append,
-            on_done=lambda rel, size, mtime_ns: self.done.append((rel, size, mtime_ns)),
-            on_result=lambda rel, ok: self.results.append((rel, ok)),
-        )
+        self.d = Dispatch(self.ledger, self.outbox, PoolSettings(**pool))
+
+    def _saw(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, ImageMoved):
+                self.moved.append(ev.rel)
+            elif isinstance(ev, ImageDone):
+                self.results.append((ev.rel, True))
+                self.done.append((ev.rel, ev.size, ev.mtime_ns))
+            elif isinstance(ev, ImageFailed):
+                self.results.append((ev.rel, False))
 
     def queue(self, *rels: str) -> None:
         for rel in rels:
@@ -128,12 +134,12 @@ class Rig:
 
     def fill(self) -> list[m.Batch]:
         before = len(self.ex.batches)
-        self.d.fill()
+        self.d.fill(_typed(self.ex))
         return self.ex.batches[before:]
 
     def record(self, *events: m.Event) -> None:
         self.ex.emit(*events)
-        self.d.record(self.ex.poll(0))
+        self._saw(self.d.record(self.ex.poll(0)))
 
     def lost(self, batch: m.Batch, in_flight: str | None, decoding: str | None = None, reason: str = "worker_crashed") -> None:
         """The worker holding ``batch`` died while OCR'ing ``in_flight``."""
@@ -355,14 +361,3 @@ def test_a_crash_breaker_of_zero_never_pauses(tmp_path: Path) -> None:
         r.lost(held[rel], in_flight=rel)
     assert not r.d.storm and len(reports.failures(r.ledger)) == 4
     r.ledger.close()
-
-
-# -- the end --------------------------------------------------------------------------
-
-
-def test_drain_returns_unfinished_work_to_the_queue_and_stops_the_workers(rig: Rig) -> None:
-    rig.queue("a.png", "b.png")
-    rig.fill()
-    rig.d.drain(0.0)
-    assert rig.ex.stopped
-    assert [(rig.status(r), rig.attempts(r)) for r in ("a.png", "b.png")] == [(ImageStatus.pending, 0)] * 2

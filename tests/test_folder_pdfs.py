@@ -15,6 +15,7 @@ from imagemaker import plain
 from structlog.testing import capture_logs
 
 from ocr_inbox import config
+from ocr_inbox.core.events import Event, ImageMoved
 from ocr_inbox.core.folder_pdfs import FolderPdfs
 from ocr_inbox.inbox.cleanup import delete_source
 from ocr_inbox.ledger import Ledger, PdfState
@@ -34,12 +35,13 @@ def _ocr_done(ledger: Ledger, inbox: Path, outbox: Path, rel: str) -> None:
     assert ledger.done(rel, st.st_size, st.st_mtime_ns, "", 1, time.time())
 
 
-def _build(pdfs: FolderPdfs) -> None:
-    pdfs.step(may_start=True, quiet_seconds=0.0)
+def _build(pdfs: FolderPdfs) -> list[Event]:
+    events = pdfs.step(may_start=True, quiet_seconds=0.0)
     assert pdfs.busy
     wait(pdfs.waitables)
-    pdfs.step(may_start=False)
+    events += pdfs.step(may_start=False)
     assert not pdfs.busy
+    return events
 
 
 def _setup(tmp_path: Path) -> tuple[Ledger, FolderPdfs, Path, Path]:
@@ -67,9 +69,9 @@ def test_pages_are_the_done_rows_in_page_order(tmp_path: Path) -> None:
 def test_an_image_changed_since_its_ocr_stops_the_build(tmp_path: Path) -> None:
     ledger, pdfs, inbox, outbox = _setup(tmp_path)
     plain(inbox / "book" / "b.png", size=(80, 60))  # rewritten after its OCR
-    _build(pdfs)
+    events = _build(pdfs)
     assert not (outbox / "book" / "book.pdf").exists()  # no PDF with an old text layer
-    assert pdfs.moved == ["book/b.png"]  # intake is asked to look at it again
+    assert [e.rel for e in events if isinstance(e, ImageMoved)] == ["book/b.png"]  # intake is asked to look at it again
     folder = ledger.folder("book")
     assert folder is not None and folder.pdf_state == PdfState.failed
     ledger.close()

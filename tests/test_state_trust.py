@@ -54,7 +54,7 @@ STAND_IN = textwrap.dedent("""
     prepare = getattr(dispatch, "prepare_requests", None)
     if prepare is not None:
         prepare(Path(state))
-    d = dispatch.Dispatch(ledger, None, Path(state), PoolSettings(), on_moved=lambda rel: None)
+    d = dispatch.Dispatch(ledger, Path(state), PoolSettings())
     print("ready", flush=True)
     if sys.argv[2:] == ["once"]:
         sys.exit(0)
@@ -206,7 +206,7 @@ def test_a_failing_request_is_set_aside_and_the_loop_goes_on(tmp_path: Path, mon
         prepare = getattr(dispatch, "prepare_requests", None)
         if prepare is not None:
             prepare(tmp_path)
-        d = dispatch.Dispatch(ledger, None, tmp_path, config.PoolSettings(), on_moved=lambda rel: None)  # type: ignore[arg-type]
+        d = dispatch.Dispatch(ledger, tmp_path, config.PoolSettings())
         dispatch.request_retry(tmp_path, [], ["a"])
 
         def too_large(*args: object) -> int:

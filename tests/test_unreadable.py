@@ -89,8 +89,8 @@ seen, attrib = set(), set()
 end = time.monotonic() + 60
 while "early/new.png" not in seen and time.monotonic() < end:
     if wait([w.waitable], timeout=1):
-        seen |= w.drain()
-        got = w.drain_attrib()
+        seen |= w.take_touched()
+        got = w.take_attrib()
         attrib |= got
         if "--missed" in sys.argv and "early" in got:
             w.watch_again("early")

@@ -27,7 +27,7 @@ def settings(observer: str, **kw: object) -> WatchSettings:
 
 
 def wait_for(w: InboxWatcher, pred: Callable[[set[str]], bool], seen: set[str] | None = None) -> set[str]:
-    """Drain on every wake-up until ``pred(all drained)`` holds; fail after TIMEOUT_S."""
+    """Take the touched paths on every wake-up until ``pred(all taken)`` holds; fail after TIMEOUT_S."""
     seen = set() if seen is None else seen
     deadline = time.monotonic() + TIMEOUT_S
     while not pred(seen):
@@ -35,7 +35,7 @@ def wait_for(w: InboxWatcher, pred: Callable[[set[str]], bool], seen: set[str] |
         if left <= 0:
             pytest.fail(f"watcher never reported what was expected; got {sorted(seen)}")
         if wait([w.waitable], timeout=left):
-            seen |= w.drain()
+            seen |= w.take_touched()
     return seen
 
 
@@ -127,7 +127,7 @@ def test_inbox_removed_and_back(watched: InboxWatcher, inbox: Path) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while watched.healthy:  # a wake-up comes with the loss
         assert wait([watched.waitable], timeout=max(0.0, deadline - time.monotonic())), "no wake-up"
-        watched.drain()
+        watched.take_touched()
     inbox.mkdir()
     assert watched.restart()
     assert watched.healthy

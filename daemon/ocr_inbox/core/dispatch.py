@@ -1,6 +1,7 @@
 """Dispatch: the ledger's queue -> batches -> an executor -> results recorded.
 
-One implementation for the daemon and for ``ocr-inbox ocr``: claiming
+One implementation for the daemon and for ``ocr-inbox ocr`` (``Pipeline`` owns
+it and the executor it fills): claiming
 batches, attempts and retries, quarantine of an image that kills workers,
 pauses while the outbox or the state disk refuses writes. Dispatch is the one
 writer of results: it writes each image's JSON (atomically) and then records
@@ -23,6 +24,9 @@ Which failure is whose:
   which settles it and queues the new version;
 - the outbox's or state disk's (full, read-only, unwritable): nobody's; the
   image goes back to the queue and dispatch pauses for ``pool.output_retry_s``.
+
+What the other stages need to know comes back from ``record`` as events
+(``core/events.py``): an image done, one quarantined, a file that moved.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
 
 from ocr_inbox.config import PoolSettings
+from ocr_inbox.core.events import Event, ImageDone, ImageFailed, ImageMoved
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import Executor
 from ocr_inbox.ledger import Ledger, in_use
@@ -64,28 +69,12 @@ MAX_STORM_FACTOR = 16
 
 
 class Dispatch:
-    def __init__(
-        self,
-        ledger: Ledger,
-        executor: Executor,
-        outbox: Path,
-        settings: PoolSettings,
-        *,
-        on_moved: Callable[[str], None],
-        on_done: Callable[[str, int, int], None] = lambda rel, size, mtime_ns: None,
-        on_result: Callable[[str, bool], None] = lambda rel, ok: None,
-        recorder: Recorder = Recorder(),
-    ) -> None:
+    def __init__(self, ledger: Ledger, outbox: Path, settings: PoolSettings, *, recorder: Recorder = Recorder()) -> None:
         self.ledger = ledger
-        self.executor = executor
         self.outbox = outbox
         self.settings = settings
-        #: a file changed or vanished under a worker: intake looks at it again
-        self.on_moved = on_moved
-        #: an image's result was recorded (size and mtime of the version OCR'd)
-        self.on_done = on_done
-        #: an image finished for good: done (True) or quarantined (False)
-        self.on_result = on_result
+        #: what the events recorded so far mean for the other stages (``record`` returns them)
+        self._out: list[Event] = []
         #: the metrics (the base records nothing)
         self.recorder = recorder
         self.paused_until = 0.0
@@ -128,14 +117,14 @@ class Dispatch:
 
     # -- out ------------------------------------------------------------------
 
-    def fill(self) -> None:
-        """Give every idle worker a batch from the queue (smaller batches when it runs short)."""
+    def fill(self, executor: Executor) -> None:
+        """Give every idle worker of ``executor`` a batch from the queue (smaller batches when it runs short)."""
         if self.paused or self.storm:
             return
-        while self.executor.capacity() > 0:
+        while executor.capacity() > 0:
             per = self.settings.batch_size
-            queued = self.ledger.pending_count(per * self.executor.size)
-            size = max(1, min(per, math.ceil(queued / self.executor.size)))
+            queued = self.ledger.pending_count(per * executor.size)
+            size = max(1, min(per, math.ceil(queued / executor.size)))
             now = time.time()
             rows = self.ledger.claim(size, now)
             if not rows:
@@ -143,20 +132,23 @@ class Dispatch:
             for r in rows:
                 self.recorder.queue_wait(now - r.queued_at)
             jobs = tuple(m.Job(next(self._job_ids), r.rel, attempt=r.attempts + 1) for r in rows)
-            self.executor.submit(m.Batch(next(self._batch_ids), jobs))
+            executor.submit(m.Batch(next(self._batch_ids), jobs))
 
     # -- back -----------------------------------------------------------------
 
-    def record(self, events: Iterable[m.Event]) -> None:
-        """Record results; what the ledger can't take now is kept and tried again on the next call."""
+    def record(self, events: Iterable[m.Event]) -> list[Event]:
+        """Record an executor's results; returns what they mean for the other stages.
+        What the ledger can't take now is kept and tried again on the next call."""
         self._backlog.extend(events)
         while self._backlog:
             try:
                 self._record(self._backlog[0])
             except sqlite3.OperationalError as exc:
                 self.state_write_failed(exc)
-                return
+                break
             self._backlog.pop(0)
+        out, self._out = self._out, []
+        return out
 
     def state_write_failed(self, exc: Exception) -> None:
         self.pause("ledger_write_failed", error=str(exc), state_dir=str(self.ledger.path.parent))
@@ -195,7 +187,7 @@ class Dispatch:
                 if self.ledger.failed(rel, "output_name", detail, now, retry=False):
                     self.recorder.image_failed("output_name")
                 log.warning("image_failed", path=rel, reason="output_name", detail=detail)
-                self.on_result(rel, False)
+                self._out.append(ImageFailed(rel, "output_name"))
                 return
             self.ledger.release([rel], now)
             reason = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "output_error"
@@ -208,19 +200,18 @@ class Dispatch:
         if self._storms:
             log.info("crash_storm_over", path=rel)
             self._storms, self.storm_until = 0, 0.0
-        self.on_result(rel, True)
-        self.on_done(rel, ev.size, ev.mtime_ns)
+        self._out.append(ImageDone(rel, ev.size, ev.mtime_ns))
 
     def _failed(self, ev: m.Failed) -> None:
         rel, now = ev.job.rel, time.time()
         if ev.transient:
             # it moved under the worker: not its fault; intake settles and queues what is there now
             self.ledger.release([rel], now)
-            self.on_moved(rel)
+            self._out.append(ImageMoved(rel))
             return
         if self.ledger.failed(rel, ev.reason, ev.detail, now, retry=False):
             self.recorder.image_failed(ev.reason)
-        self.on_result(rel, False)
+        self._out.append(ImageFailed(rel, ev.reason))
 
     def _lost(self, ev: m.WorkerLost) -> None:
         now = time.time()
@@ -252,7 +243,7 @@ class Dispatch:
             log.error("image_quarantined", path=j.rel, reason=ev.reason, cause=ev.cause)
             if recorded:
                 self.recorder.image_failed(ev.reason)
-            self.on_result(j.rel, False)
+            self._out.append(ImageFailed(j.rel, ev.reason))
         else:
             log.warning("image_retry", path=j.rel, attempt=j.attempt + 1, reason=ev.reason, cause=ev.cause)
 
@@ -340,21 +331,6 @@ class Dispatch:
         with contextlib.suppress(OSError):
             os.unlink(applying, dir_fd=d)
         return n
-
-    # -- the end ----------------------------------------------------------------
-
-    def drain(self, deadline_s: float) -> None:
-        """Let in-flight batches finish (recording their results), then stop the workers;
-        what did not finish goes back to the queue."""
-        end = time.monotonic() + deadline_s
-        while self.executor.busy() and time.monotonic() < end:
-            self.record(self.executor.poll(0.5))
-        unfinished = self.executor.in_flight()
-        self.executor.stop()
-        self.record(())
-        if unfinished:
-            self.ledger.release([j.rel for j in unfinished], time.time())
-            log.info("returned_to_queue", images=len(unfinished))
 
 
 # -- `ocr-inbox retry` --------------------------------------------------------------

@@ -7,8 +7,9 @@ in page order, by a child process (one build at a time), while OCR goes on.
 An image that changed since its OCR stops the build: the folder waits for
 the new JSON; one that left the inbox during the build stops it too (nothing
 is published), and the folder is built again without it (``Ledger.gone``
-re-arms a folder whose done image left). With ``[inbox] delete_processed`` the sources go only after the
-PDF that holds them is published.
+re-arms a folder whose done image left). ``step`` returns what the others need
+to know (``core/events.py``): a PDF published (with ``[inbox] delete_processed``
+its sources go then, not before), an image changed since its OCR.
 
 A folder whose last image finishes is looked at on the next step (``wake``),
 and the journal says when its PDF is due (``pdf_due``: ``quiet_seconds`` after
@@ -43,8 +44,8 @@ from typing import Any
 import structlog
 
 from ocr_inbox.config import Settings
+from ocr_inbox.core.events import Event, ImageMoved, PdfPublished
 from ocr_inbox.executors.setup import limits_from
-from ocr_inbox.inbox.cleanup import delete_source
 from ocr_inbox.ledger import ImageRow, ImageStatus, Ledger, reports
 from ocr_inbox.outbox import names, order
 from ocr_inbox.outbox.pdf_job import PdfBuild, PdfPage, PdfRequest, PdfResult
@@ -99,8 +100,8 @@ class FolderPdfs:
         self._sent: tuple[PdfPage, ...] = ()
         #: pages it was given to make ready before their turn
         self._ahead: dict[PdfPage, None] = {}
-        #: images that changed under a build: intake should look at them again
-        self.moved: list[str] = []
+        #: what the next ``step`` returns (a build can end in ``cancel``'s timeout check too)
+        self._events: list[Event] = []
         #: PDFs published since start
         self.published = 0
 
@@ -127,9 +128,14 @@ class FolderPdfs:
             return None
         return max(0.0, self._due_at - time.time())
 
-    def step(self, *, may_start: bool, quiet_seconds: float | None = None) -> None:
+    def step(self, *, may_start: bool, quiet_seconds: float | None = None) -> list[Event]:
         """Collect a finished build (or cancel one past its time); give an open build its next
-        pages; start the next due folder when ``may_start``."""
+        pages; start the next due folder when ``may_start``. Returns the builds' events."""
+        self._pass(may_start, quiet_seconds)
+        events, self._events = self._events, []
+        return events
+
+    def _pass(self, may_start: bool, quiet_seconds: float | None) -> None:
         self._collect()
         self._enforce_timeout()
         self._say_due(self.settings.pdf.quiet_seconds if quiet_seconds is None else quiet_seconds)
@@ -317,13 +323,12 @@ class FolderPdfs:
             self.published += 1
             self.recorder.pdf_done(self.build.elapsed_s(), res.pages)
             log.info("pdf_done", folder=res.folder, pages=res.pages, problems=res.problems)
-            if self.settings.inbox.delete_processed:
-                self._delete_sources(self.build.req)
+            self._events.append(PdfPublished(res.folder, self.build.req.pages))
         else:
             self.ledger.pdf_failed(res.folder, res.error, now)
             if res.changed:
                 log.info("pdf_waits_for_ocr", folder=res.folder, changed=res.changed, detail=res.error)
-                self.moved.append(res.changed)
+                self._events.append(ImageMoved(res.changed))
             else:
                 log.error("pdf_failed", folder=res.folder, reason=res.reason, error=res.error, retry=res.transient)
                 self.recorder.pdf_failed(res.reason)
@@ -332,19 +337,6 @@ class FolderPdfs:
         self.build = self._result = None
         self._sent, self._ahead = (), {}
         self._next_check = 0.0  # the next quiet folder may be waiting already
-
-    def _delete_sources(self, req: PdfRequest) -> None:
-        """Delete the sources the published PDF holds, each only if still the version OCR'd."""
-        for page in req.pages:
-            row = self.ledger.get(page.rel)
-            if row is None or row.status != ImageStatus.done or (row.size, row.mtime_ns) != (page.size, page.mtime_ns):
-                continue  # a newer version arrived meanwhile: keep it
-            why = delete_source(req.inbox, page.rel, page.size, page.mtime_ns)
-            if why is None:
-                self.ledger.source_deleted(page.rel, page.size, page.mtime_ns, time.time())
-                log.info("source_deleted", path=page.rel)
-            else:
-                log.warning("source_kept", path=page.rel, reason=why)
 
 
 def _leading_done(rows: list[ImageRow]) -> list[ImageRow]:

@@ -189,14 +189,14 @@ class Intake:
     def step(self) -> None:
         """One pass: the watcher's events, then the files whose settle time ran out; a due rescan."""
         if self.watcher is not None:
-            for rel in self.watcher.drain():
+            for rel in self.watcher.take_touched():
                 path = os.path.join(self.root, rel)
                 if os.path.isdir(path) and not os.path.islink(path):
                     self._walk(rel)
                 else:
                     self.track(rel)
             # permissions changed: what could not be read at or below there may be readable now
-            for rel in self.watcher.drain_attrib():
+            for rel in self.watcher.take_attrib():
                 self._look_again(self.blocked.at_or_under(rel))
         self._look_again(self.blocked.due(time.monotonic()))
         self._report_blocked()

@@ -1,13 +1,13 @@
 """Watch the inbox tree; only note which paths were touched and wake the main loop.
 
 The handler runs in watchdog's thread and does nothing else: the supervisor
-drains the touched paths, stats them, and decides (settle, scan, mark gone).
+takes the touched paths, stats them, and decides (settle, scan, mark gone).
 Directories are reported too (created, moved in or out, deleted), so the
 supervisor can walk a folder moved into the inbox (``scan.walk``) or mark
 everything under a vanished one gone (``Ledger.gone_tree``).
 
 Wake-up: a byte on a ``socketpair``; pass ``watcher.waitable`` (the read end)
-to ``multiprocessing.connection.wait`` next to the pool's pipes, then ``drain()``.
+to ``multiprocessing.connection.wait`` next to the pool's pipes, then ``take_touched()``.
 
 Bounded by ``[watch] max_depth``, like the scan: watchdog's own tree walks
 (``os.walk`` when inotify watches are added, a recursive ``DirectorySnapshot``
@@ -22,7 +22,7 @@ reported (created, moved in) so intake can refuse it.
 Permissions: a folder the service user may not read gets no inotify watch
 (``inotify_add_watch`` fails with EACCES; watchdog would keep a bogus watch
 ``wd=-1`` and warn about it). Attribute changes (chmod, chgrp, ACLs) are reported
-apart (``drain_attrib``) so intake can look again at what it could not read, and a
+apart (``take_attrib``) so intake can look again at what it could not read, and a
 folder that becomes readable gets its watches then, before intake walks it.
 """
 
@@ -94,7 +94,7 @@ _EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent,
     DirMovedEvent,
     DirDeletedEvent,
-    # permissions changed: intake looks again at what it could not read (``drain_attrib``)
+    # permissions changed: intake looks again at what it could not read (``take_attrib``)
     FileAttribEvent,
     DirAttribEvent,
 ]
@@ -271,7 +271,7 @@ class InboxWatcher:
     # -- the supervisor's side -----------------------------------------------
 
     def fileno(self) -> int:
-        """Readable when paths were touched since the last ``drain``."""
+        """Readable when paths were touched since the last ``take_touched``."""
         return self._rsock.fileno()
 
     @property
@@ -279,7 +279,7 @@ class InboxWatcher:
         """The wake socket itself, for ``multiprocessing.connection.wait`` (typed for it)."""
         return self._rsock
 
-    def drain(self) -> set[str]:
+    def take_touched(self) -> set[str]:
         """The touched paths (files and directories, relative, '/'-separated), cleared.
 
         Also where a native watcher that lost coverage (a new folder over the
@@ -294,9 +294,9 @@ class InboxWatcher:
             touched, self._touched = self._touched, set()
         return touched
 
-    def drain_attrib(self) -> set[str]:
+    def take_attrib(self) -> set[str]:
         """The paths whose permissions (or other attributes) changed since the last call, cleared
-        ('' is the inbox itself). Call after ``drain``: its wake-up byte covers these too."""
+        ('' is the inbox itself). Call after ``take_touched``: its wake-up byte covers these too."""
         with self._lock:
             attrib, self._attrib = self._attrib, set()
         return attrib
