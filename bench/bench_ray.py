@@ -71,7 +71,8 @@ def overhead(root: Path) -> list[tuple[str, int, float, float, float]]:
 
     from ocr_inbox import config
     from ocr_inbox.executors import messages as m
-    from ocr_inbox.executors.ray import OcrActor, bridge_config
+    from ocr_inbox.executors.ray.actor import OcrActor
+    from ocr_inbox.executors.ray.plan import bridge_config
     from ocr_inbox.executors.worker import ocr_one
     from ocr_inbox.ocr import engine as engine_mod
     from ocr_inbox.ocr import images

@@ -444,7 +444,8 @@ def test_ray_runs_in_a_loopback_only_namespace(netns: None) -> None:
 def test_settings_and_placement_plan(tmp_path: Path) -> None:
     """No address, no Ray (never a private cluster by surprise); actors per node from its resources."""
     from ocr_inbox import config
-    from ocr_inbox.executors.ray import actor_options, actors_for, bridge_config, placement_problem
+    from ocr_inbox.executors.ray.bridge import actor_options
+    from ocr_inbox.executors.ray.plan import actors_for, bridge_config, placement_problem
     from ocr_inbox.support.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:

@@ -27,7 +27,7 @@ import ray
 
 from ocr_inbox import config
 from ocr_inbox.executors import messages as m
-from ocr_inbox.executors import ray as rx
+from ocr_inbox.executors.ray import bridge, plan, wire
 
 ADDRESS, MODE, MARK, INBOX = sys.argv[1:5]
 
@@ -54,21 +54,21 @@ class Hostile:
 
 
 def main() -> None:
-    rx._connect_env(rx.BridgeConfig(ADDRESS, os.environ["RAY_AUTH_TOKEN_PATH"], 0, 0, "", "paths", None, 1, None, "info", "logfmt"))  # type: ignore[arg-type]
+    bridge._connect_env(wire.BridgeConfig(ADDRESS, os.environ["RAY_AUTH_TOKEN_PATH"], 0, 0, "", "paths", None, 1, None, "info", "logfmt"))  # type: ignore[arg-type]
     ray.init(address=ADDRESS, namespace="ocr-inbox-hostile", log_to_driver=False, logging_level="ERROR")
     s = config.from_mapping({"executor": {"kind": "ray", "address": ADDRESS, "transport": "paths", "workers_per_gpu": 0},
                              "ocr": {"engine_plugin": "fake_engine:create"}})
-    cfg = rx.bridge_config(s, __import__("pathlib").Path(INBOX))
+    cfg = plan.bridge_config(s, __import__("pathlib").Path(INBOX))
     parent, child = Pipe()
-    bridge = rx._Bridge(child, cfg)
-    bridge.next_scan = float("inf")  # no OCR actors: only the stand-in
+    br = bridge._Bridge(child, cfg)
+    br.next_scan = float("inf")  # no OCR actors: only the stand-in
     handle = ray.remote(Hostile).options(num_cpus=0, max_restarts=0, max_task_retries=0).remote()
-    bridge.actors[1] = rx._Actor(1, "stand-in", "stand-in", handle, None, ready=True)
+    br.actors[1] = bridge._Actor(1, "stand-in", "stand-in", handle, None, ready=True)
     jobs = (m.Job(1, "f/a.png"), m.Job(2, "f/b.png"))
-    bridge.submit(1, m.Batch(1, jobs))
+    br.submit(1, m.Batch(1, jobs))
     end = time.monotonic() + 120
-    while 1 in bridge.actors and bridge.actors[1].batch is not None and time.monotonic() < end:
-        bridge.step()
+    while 1 in br.actors and br.actors[1].batch is not None and time.monotonic() < end:
+        br.step()
     while parent.poll():
         ev = parent.recv()
         named = [j for j in (getattr(ev, "job", None), getattr(ev, "in_flight", None), *getattr(ev, "unstarted", ())) if j]

@@ -390,7 +390,7 @@ def check_ray_token(s: Settings, who: Identity) -> list[Check]:
     e = s.executor
     if e.kind != "ray" or not e.token_file:
         return []
-    from ocr_inbox.executors.ray import token_file_problem  # no Ray import: the check is os.stat
+    from ocr_inbox.executors.ray.plan import token_file_problem  # no Ray import: the check is os.stat
 
     problem = token_file_problem(e.token_file, who.uid)
     if problem:

@@ -1,6 +1,7 @@
-"""Where OCR runs: the ``Executor`` protocol (``base.py``), the local process pool
-(``local.py``, workers in ``worker.py``), Ray actors on a cluster (``ray.py``, same worker code), what travels to and from workers
-(``messages.py``) and how workers are configured (``setup.py``)."""
+"""Where OCR runs: the ``Executor`` protocol (``base.py``) and what every executor knows of
+its workers (``slots.py``), the local process pool (``local.py``, workers in ``worker.py``),
+Ray actors on a cluster (``ray/``: one module per process, the same worker code), what
+travels to and from workers (``messages.py``) and how workers are configured (``setup.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from ocr_inbox.executors.base import Executor
 def create(settings: Settings, inbox: Path, max_workers: int | None = None) -> Executor:
     """The configured executor; ``max_workers`` caps it (a one-shot run of 3 images needs 3)."""
     if settings.executor.kind == "ray":
-        from ocr_inbox.executors.ray import RayExecutor, bridge_config
+        from ocr_inbox.executors.ray.executor import RayExecutor
+        from ocr_inbox.executors.ray.plan import bridge_config
 
         return RayExecutor(bridge_config(settings, inbox, max_workers), settings.pool, settings.executor)
     from ocr_inbox.executors.local import LocalExecutor

@@ -10,8 +10,6 @@ device) halts the pool with ``WorkerBootError`` instead of being restarted forev
 
 from __future__ import annotations
 
-import enum
-import multiprocessing
 import os
 import signal
 import socket
@@ -26,15 +24,15 @@ import structlog
 from ocr_inbox.config import PoolSettings
 from ocr_inbox.executors import messages as m
 from ocr_inbox.executors.base import WorkerView, recycle_reason
+from ocr_inbox.executors.slots import Slot, Slots, SlotState
 from ocr_inbox.executors.worker import STACK_DUMP_SIGNAL, WorkerConfig
 from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
-from ocr_inbox.support import logs
+from ocr_inbox.support import children, logs
 from ocr_inbox.support.errors import EngineUnavailable, WorkerBootError
 
 log = structlog.get_logger(__name__)
 
-_CTX = multiprocessing.get_context("spawn")
 #: consecutive boot failures of one slot before the pool gives up
 MAX_BOOT_FAILURES = 3
 #: a stuck worker gets STACK_DUMP_SIGNAL, then this long to write its stacks before SIGKILL
@@ -47,6 +45,8 @@ OUTPUT_LINE_MAX_BYTES = 16 << 10
 #: respawns at once (one poison image must not slow the pool), then 1, 2, 4 ... s, at most 30
 RESPAWN_BACKOFF_S = 1.0
 RESPAWN_BACKOFF_MAX_S = 30.0
+#: a worker still running past the stop deadline: its time to exit on SIGTERM before SIGKILL
+TERM_GRACE_S = 2.0
 
 
 def respawn_delay(crashes: int) -> float:
@@ -56,22 +56,12 @@ def respawn_delay(crashes: int) -> float:
     return min(RESPAWN_BACKOFF_MAX_S, RESPAWN_BACKOFF_S * 2.0 ** (crashes - 2))
 
 
-class WorkerState(enum.StrEnum):
-    booting = "booting"  # loading its models
-    idle = "idle"
-    busy = "busy"  # has a batch
-    retiring = "retiring"  # told to exit after its batch (recycling)
-
-
-@dataclass
-class _Worker:
-    slot: WorkerSlot
-    process: Any  # multiprocessing's SpawnProcess
+@dataclass(kw_only=True)
+class _Worker(Slot):
+    plan: WorkerSlot  # its device and threads
+    process: children.Child
     conn: Connection
-    started: float
-    state: WorkerState = WorkerState.booting
     last_beat: float = 0.0
-    batch: m.Batch | None = None
     current: int | None = None
     #: the job the decode thread is preparing beside ``current``
     decoding: int | None = None
@@ -79,8 +69,6 @@ class _Worker:
     dump_sent: float | None = None
     killed: str = ""  # why the pool killed it ("" = it died by itself)
     recycled: str = ""  # why it was told to exit after its batch (max_images, max_rss)
-    finished: set[int] = field(default_factory=set)
-    images: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     #: faulthandler's output (stack dumps), read here and logged as one record
     stacks: Connection | None = None
@@ -114,7 +102,7 @@ class LocalExecutor:
         self.slots = slots
         self.make_config = make_config
         self.settings = settings
-        self.workers: dict[int, _Worker] = {}
+        self.workers: Slots[_Worker] = Slots()
         self.boot_failures: dict[int, int] = {}
         #: crashes per slot since its last image done (the respawn backoff)
         self.crashes: dict[int, int] = {}
@@ -129,22 +117,18 @@ class LocalExecutor:
             self._spawn(slot)
 
     def _spawn(self, slot: WorkerSlot) -> None:
-        parent, child = _CTX.Pipe(duplex=True)
-        stacks, stacks_w = _CTX.Pipe(duplex=False)
-        output, output_w = _CTX.Pipe(duplex=False)
-        proc = _CTX.Process(
-            target=worker_main,
-            args=(child, self.make_config(slot), stacks_w, output_w),
-            name=f"ocr-inbox-worker-{slot.slot}",
-            daemon=True,
-        )
-        proc.start()
-        for end in (child, stacks_w, output_w):
-            end.close()
+        parent, child = children.pipe()
+        stacks, stacks_w = children.pipe(duplex=False)
+        output, output_w = children.pipe(duplex=False)
+        args = (child, self.make_config(slot), stacks_w, output_w)
+        proc = children.Child(f"ocr-inbox-worker-{slot.slot}", worker_main, args, handed=(child, stacks_w, output_w))
         for end in (stacks, output):
             os.set_blocking(end.fileno(), False)  # read what is there, never wait for more
         now = time.monotonic()
-        self.workers[slot.slot] = _Worker(slot, proc, parent, started=now, last_beat=now, stacks=stacks, output=output)
+        self.workers[slot.slot] = _Worker(
+            slot=slot.slot, started=now, pid=proc.pid, plan=slot, process=proc, conn=parent,
+            last_beat=now, stacks=stacks, output=output,
+        )
         log.info("worker_spawned", slot=slot.slot, pid=proc.pid, device=str(slot.device), threads=slot.threads)
 
     @property
@@ -152,17 +136,14 @@ class LocalExecutor:
         return len(self.slots)
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state != WorkerState.booting)
+        return self.workers.ready_count()
 
     def healthy(self) -> bool:
         """Some worker can take work, or one is still within its time to load models."""
-        now = time.monotonic()
-        return bool(self.respawn_at) or any(
-            w.state != WorkerState.booting or now - w.started < self.settings.boot_timeout_s for w in self.workers.values()
-        )
+        return bool(self.respawn_at) or self.workers.usable(time.monotonic(), self.settings.boot_timeout_s)
 
     def capacity(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state == WorkerState.idle)
+        return self.workers.capacity()
 
     def status_note(self) -> str:
         return ""
@@ -176,7 +157,7 @@ class LocalExecutor:
     def workers_view(self) -> list[WorkerView]:
         host = socket.gethostname()
         views = [
-            WorkerView(slot, host, str(w.slot.device), str(w.state), w.process.pid, w.images)
+            WorkerView(slot, host, str(w.plan.device), str(w.state), w.pid, w.images)
             for slot, w in sorted(self.workers.items())
         ]
         by_slot = {s.slot: s for s in self.slots}
@@ -184,21 +165,18 @@ class LocalExecutor:
         return views
 
     def busy(self) -> bool:
-        return any(w.state == WorkerState.busy for w in self.workers.values())
+        return self.workers.busy()
 
     def in_flight(self) -> list[m.Job]:
-        jobs: list[m.Job] = []
-        for w in self.workers.values():
-            if w.batch is not None:
-                jobs += [j for j in w.batch.jobs if j.job_id not in w.finished]
-        return jobs
+        return self.workers.in_flight()
 
     def submit(self, batch: m.Batch) -> None:
-        w = next((w for w in self.workers.values() if w.state == WorkerState.idle), None)
+        w = self.workers.idle()
         if w is None:
             raise RuntimeError("submit() without capacity: no worker is idle")
         w.conn.send(batch)
-        w.state, w.batch, w.finished, w.current, w.decoding = WorkerState.busy, batch, set(), None, None
+        w.take(batch)
+        w.current, w.decoding = None, None
         w.last_beat = time.monotonic()
 
     # the loop's step -------------------------------------------------------
@@ -259,26 +237,26 @@ class LocalExecutor:
         for line in lines:
             text = line.decode(errors="replace").strip()
             if text:
-                log.warning("worker_output", slot=w.slot.slot, pid=w.process.pid, message=logs.strip_ansi(text))
+                log.warning("worker_output", slot=w.slot, pid=w.pid, message=logs.strip_ansi(text))
 
     def _log_stacks(self, w: _Worker) -> None:
         """faulthandler's dump (a stuck worker's, or a crashed one's) as one record."""
         self._read_stacks(w)
         if w.dump:
             text = w.dump[:STACKS_MAX_BYTES].decode(errors="replace").strip()
-            log.error("worker_stacks", slot=w.slot.slot, pid=w.process.pid, stacks=text)
+            log.error("worker_stacks", slot=w.slot, pid=w.pid, stacks=text)
             w.dump.clear()
 
     def _handle(self, w: _Worker, msg: m.WorkerMessage) -> list[m.Event]:
         w.last_beat = time.monotonic()
         if w.dump_sent is not None and not w.killed:
             # it spoke after all: slow, not stuck (its stacks go to the log)
-            log.warning("worker_not_stuck", slot=w.slot.slot, pid=w.process.pid)
+            log.warning("worker_not_stuck", slot=w.slot, pid=w.pid)
             self._log_stacks(w)
             w.dump_sent = None
         if isinstance(msg, m.Ready):
-            w.state, w.info = WorkerState.idle, msg.info
-            self.boot_failures[w.slot.slot] = 0
+            w.state, w.info = SlotState.idle, msg.info
+            self.boot_failures[w.slot] = 0
             log.info("worker_ready", slot=msg.slot, pid=msg.pid, load_s=msg.load_s, **msg.info)
         elif isinstance(msg, m.Started):
             w.current = msg.job_id
@@ -290,14 +268,13 @@ class LocalExecutor:
             if w.decoding == msg.job_id:
                 w.decoding = None
         elif isinstance(msg, m.Done | m.Failed):
-            w.finished.add(msg.job.job_id)
+            w.answered(msg.job)
             w.current = None
-            w.images += 1
             if isinstance(msg, m.Done):
-                self.crashes[w.slot.slot] = 0  # the slot works: no backoff for its next crash
+                self.crashes[w.slot] = 0  # the slot works: no backoff for its next crash
         elif isinstance(msg, m.BatchDone):
-            w.batch, w.current = None, None
-            w.state = WorkerState.idle
+            w.batch_done()
+            w.current = None
             self._maybe_recycle(w, msg.rss_bytes)
         elif isinstance(msg, m.BootFailed):
             if msg.fatal:  # missing models, no such device: respawning cannot help
@@ -309,8 +286,8 @@ class LocalExecutor:
         s = self.settings
         reason = recycle_reason(w.images, rss, s.max_images_per_worker, s.max_worker_rss_mb)
         if reason and not self.stopping:
-            log.info("worker_recycle", slot=w.slot.slot, reason=reason, images=w.images, rss_mb=rss >> 20)
-            w.state, w.recycled = WorkerState.retiring, reason
+            log.info("worker_recycle", slot=w.slot, reason=reason, images=w.images, rss_mb=rss >> 20)
+            w.state, w.recycled = SlotState.retiring, reason
             try:
                 w.conn.send(m.Stop())
             except OSError:
@@ -328,19 +305,19 @@ class LocalExecutor:
         events: list[m.Event] = []
         crashed = False
         exit_reason = "stuck" if w.killed else "crashed"
-        if w.state == WorkerState.retiring and w.batch is None:
-            log.info("worker_retired", slot=slot, pid=w.process.pid)
+        if w.state == SlotState.retiring and w.batch is None:
+            log.info("worker_retired", slot=slot, pid=w.pid)
             exit_reason = f"recycled_{w.recycled}"
-        elif w.state == WorkerState.booting:
+        elif w.state == SlotState.booting:
             exit_reason = "boot_failed"
             n = self.boot_failures.get(slot, 0) + 1
             self.boot_failures[slot] = n
-            log.error("worker_died_booting", slot=slot, pid=w.process.pid, cause=cause, failures=n)
+            log.error("worker_died_booting", slot=slot, pid=w.pid, cause=cause, failures=n)
             if n >= MAX_BOOT_FAILURES:
                 raise WorkerBootError(f"worker {slot} could not start {n} times in a row ({cause})")
         elif w.batch is not None:
             crashed = True
-            pending = [j for j in w.batch.jobs if j.job_id not in w.finished]
+            pending = w.pending()
             suspect = next((j for j in pending if j.job_id == w.current), None)
             beside = next((j for j in pending if j.job_id == w.decoding and j is not suspect), None)
             unstarted = tuple(j for j in pending if j is not suspect and j is not beside)
@@ -348,7 +325,7 @@ class LocalExecutor:
             log.error(
                 "worker_lost",
                 slot=slot,
-                pid=w.process.pid,
+                pid=w.pid,
                 cause=cause,
                 image=suspect.rel if suspect else None,
                 decoding=beside.rel if beside else None,
@@ -357,14 +334,14 @@ class LocalExecutor:
             events.append(m.WorkerLost(slot, cause, suspect, unstarted, decoding=beside, reason=reason))
         elif not self.stopping:
             crashed = True
-            log.warning("worker_exited", slot=slot, pid=w.process.pid, cause=cause)
+            log.warning("worker_exited", slot=slot, pid=w.pid, cause=cause)
         if self.stopping:
             return events
         events.append(m.WorkerExit(slot, exit_reason))
         if crashed:
-            self._respawn_later(w.slot)
+            self._respawn_later(w.plan)
         else:
-            self._spawn(w.slot)
+            self._spawn(w.plan)
         return events
 
     @staticmethod
@@ -397,20 +374,20 @@ class LocalExecutor:
         """A worker silent past its limit: dump its stacks (faulthandler, to the journal), then kill it."""
         now = time.monotonic()
         for slot, w in self.workers.items():
-            if w.state not in (WorkerState.booting, WorkerState.busy) or w.killed or not w.process.is_alive():
+            if w.state not in (SlotState.booting, SlotState.busy) or w.killed or not w.process.is_alive():
                 continue
             if w.dump_sent is not None:
                 if now - w.dump_sent >= STACK_DUMP_GRACE_S:
                     w.killed = f"stuck: silent for {round(now - w.last_beat)} s, killed"
                     self._kill(w)
                 continue
-            limit = self.settings.boot_timeout_s if w.state == WorkerState.booting else self.settings.image_timeout_s
+            limit = self.settings.boot_timeout_s if w.state == SlotState.booting else self.settings.image_timeout_s
             if now - w.last_beat > limit:
                 job = next((j for j in (w.batch.jobs if w.batch else ()) if j.job_id == w.current), None)
                 log.error(
                     "worker_stuck",
                     slot=slot,
-                    pid=w.process.pid,
+                    pid=w.pid,
                     state=w.state,
                     silent_s=round(now - w.last_beat),
                     image=job.rel if job else None,
@@ -420,10 +397,7 @@ class LocalExecutor:
                 self._kill(w, STACK_DUMP_SIGNAL)
 
     def _kill(self, w: _Worker, sig: int = signal.SIGKILL) -> None:
-        try:
-            os.kill(w.process.pid, sig)
-        except ProcessLookupError:
-            pass
+        w.process.send_signal(sig)
 
     def stop(self, deadline_s: float = 10.0) -> None:
         """Ask every worker to exit after its current image; kill the ones that don't."""
@@ -438,12 +412,7 @@ class LocalExecutor:
         for w in self.workers.values():
             w.process.join(timeout=max(0.0, end - time.monotonic()))
         for w in self.workers.values():
-            if w.process.is_alive():
-                w.process.terminate()
-                w.process.join(timeout=2)
-            if w.process.is_alive():
-                self._kill(w)
-                w.process.join(timeout=2)
+            w.process.stop(TERM_GRACE_S, kill_wait_s=2.0, slot=w.slot)
             self._log_stacks(w)
             self._log_output(w, final=True)
             self._close(w)

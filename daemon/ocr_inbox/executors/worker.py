@@ -45,7 +45,6 @@ from ocr_inbox.ocr import images
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.support import logs
 from ocr_inbox.support.errors import BadImage, EngineUnavailable
-from ocr_inbox.support.signals import die_with_parent
 
 #: reasons that say the file moved under us, not that it is bad: dispatch looks again
 _TRANSIENT = frozenset({"vanished", "changed_while_reading"})
@@ -236,6 +235,26 @@ def _discard(msg: m.WorkerMessage) -> None:
     """A ``Send`` for a worker whose results travel as return values (Ray)."""
 
 
+def boot(cfg: WorkerConfig) -> tuple[engine_mod.Engine, m.Ready] | m.BootFailed:
+    """Load the engine under the memory cap (``pool.worker_memory_mb``): the engine and the
+    worker's ``Ready``, or why not (``fatal``: a configuration error, which starting the worker
+    again cannot fix). How every worker boots, a local process or a Ray actor."""
+    t0 = time.monotonic()
+    try:
+        limit_memory(cfg.memory_mb)
+    except (OSError, ValueError) as exc:
+        return m.BootFailed(cfg.slot, f"pool.worker_memory_mb: cannot set RLIMIT_DATA: {exc}", fatal=True)
+    try:
+        eng = engine_mod.create(cfg.engine)
+        info = eng.info()
+    except EngineUnavailable as exc:
+        return m.BootFailed(cfg.slot, str(exc), fatal=True)
+    except Exception as exc:
+        structlog.get_logger(__name__).exception("worker_boot_failed")
+        return m.BootFailed(cfg.slot, f"{type(exc).__name__}: {exc}", fatal=False)
+    return eng, m.Ready(cfg.slot, os.getpid(), info, round(time.monotonic() - t0, 2))
+
+
 def _sender(conn: Connection) -> Send:
     """``conn.send`` for two threads (the main one and the decode thread)."""
     lock = threading.Lock()
@@ -269,7 +288,6 @@ def main(conn: Connection, cfg: WorkerConfig, stacks: Connection | None = None, 
     fd = stacks.fileno() if stacks is not None else sys.stderr.fileno()
     faulthandler.enable(file=fd, all_threads=True)
     faulthandler.register(STACK_DUMP_SIGNAL, file=fd, all_threads=True, chain=False)
-    die_with_parent()
     os.environ.update(cfg.env)
     # The supervisor owns shutdown: SIGINT from a terminal goes to the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -277,24 +295,13 @@ def main(conn: Connection, cfg: WorkerConfig, stacks: Connection | None = None, 
     logs.configure(cfg.log_level, cfg.log_format, stream=log_stream, worker=cfg.slot)
     # what Python code prints is an info record from here (C code's writes go to the supervisor)
     sys.stdout = logs.LineLogger("worker.stdout")
-    log = structlog.get_logger(__name__)
-    t0 = time.monotonic()
-    try:
-        limit_memory(cfg.memory_mb)
-    except (OSError, ValueError) as exc:
-        conn.send(m.BootFailed(cfg.slot, f"pool.worker_memory_mb: cannot set RLIMIT_DATA: {exc}", fatal=True))
+    booted = boot(cfg)
+    if isinstance(booted, m.BootFailed):
+        conn.send(booted)
         return
-    try:
-        eng = engine_mod.create(cfg.engine)
-        info = eng.info()
-    except EngineUnavailable as exc:
-        conn.send(m.BootFailed(cfg.slot, str(exc), fatal=True))
-        return
-    except Exception as exc:
-        log.exception("worker_boot_failed")
-        conn.send(m.BootFailed(cfg.slot, f"{type(exc).__name__}: {exc}", fatal=False))
-        return
-    conn.send(m.Ready(cfg.slot, os.getpid(), info, round(time.monotonic() - t0, 2)))
+    eng, ready = booted
+    info = ready.info
+    conn.send(ready)
     send = _sender(conn)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as decoder:
         while True:

@@ -17,7 +17,6 @@ published (``SourceChanged``: the folder is built again from what it holds).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sys
@@ -29,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ocr_inbox.ocr import images
-from ocr_inbox.support import logs
+from ocr_inbox.support import children, logs
 from ocr_inbox.support.errors import OutputError
-from ocr_inbox.support.signals import die_with_parent
-
-_CTX = multiprocessing.get_context("spawn")
+#: a cancelled build's time to exit on SIGTERM before SIGKILL
+CANCEL_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,6 @@ def _main(conn: Connection, req: PdfRequest) -> None:
 
 
 def _build(conn: Connection, req: PdfRequest) -> None:
-    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(req.log_level, req.log_format, pdf=req.folder or ".")
     sys.stdout = logs.LineLogger("pdf.stdout")  # a library's print: a record, not a raw line
@@ -183,12 +180,10 @@ class PdfBuild:
 
     def __init__(self, req: PdfRequest) -> None:
         self.req = req
-        self._conn, child = _CTX.Pipe(duplex=True)
-        self.process: Any = _CTX.Process(target=_main, args=(child, req), name="ocr-inbox-pdf", daemon=True)
-        self.process.start()
+        self._conn, child = children.pipe()
+        self.process = children.Child("ocr-inbox-pdf", _main, (child, req), handed=(child,))
         #: when the last pages were sent: an open build waits for OCR, which is no build time
         self.started: float | None = time.monotonic() if req.final else None
-        child.close()
 
     @property
     def open(self) -> bool:
@@ -230,10 +225,5 @@ class PdfBuild:
 
     def cancel(self) -> None:
         """Stop the build; its output is atomic, so nothing half-written remains visible."""
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=10)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(timeout=5)
+        self.process.stop(CANCEL_GRACE_S, folder=self.req.folder or ".")
         self._conn.close()

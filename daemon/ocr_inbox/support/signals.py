@@ -2,15 +2,13 @@
 
 Handlers never log or touch state (logging in a handler can deadlock); they put
 the signal number on a queue and write one byte to a socket the main loop waits
-on, so ``multiprocessing.connection.wait`` wakes at once. Children (workers, the
-PDF build) ask for a signal of their own when the daemon dies: ``die_with_parent``.
+on, so ``multiprocessing.connection.wait`` wakes at once. (Children ask for a signal of
+their own when the daemon dies: ``support/children.py``.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
 import signal
 import socket
 from collections.abc import Iterator
@@ -58,20 +56,3 @@ class SignalQueue:
             self._r.close()
             self._w.close()
 
-
-def die_with_parent() -> None:
-    """Ask Linux to kill us if the daemon dies (even by SIGKILL): no orphans.
-
-    For a worker and for the PDF child alike. A parent that died before the
-    request took effect (while this child was still importing) is noticed here.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:
-        os._exit(0)  # orphaned already: nothing of ours to finish
