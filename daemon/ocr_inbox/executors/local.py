@@ -191,7 +191,7 @@ class LocalExecutor:
         wait([*waitables, *extra], timeout)
         events: list[m.Event] = []
         for slot, w in list(self.workers.items()):
-            events += self._drain(w)
+            events += self._read_messages(w)
             self._read_stacks(w)
             self._log_output(w)
             if not w.process.is_alive():
@@ -200,7 +200,7 @@ class LocalExecutor:
         self._kill_stuck()
         return events
 
-    def _drain(self, w: _Worker) -> list[m.Event]:
+    def _read_messages(self, w: _Worker) -> list[m.Event]:
         out: list[m.Event] = []
         try:
             while w.conn.poll():

@@ -191,7 +191,7 @@ class RayExecutor:
         if self.reconnect_at is not None:
             timeout = max(0.0, min(timeout, self.reconnect_at - time.monotonic()))
         wait(waitables, timeout)
-        events = self._drain()
+        events = self._read_messages()
         if self.proc is not None and not self.proc.is_alive() and self.conn is not None and not self.conn.poll():
             events += self._cluster_lost(f"the Ray driver exited ({self.proc.exitcode})")
         elif self.connected and time.monotonic() - self.last_beat > CLUSTER_SILENT_S:
@@ -202,7 +202,7 @@ class RayExecutor:
             self._spawn()
         return events
 
-    def _drain(self) -> list[m.Event]:
+    def _read_messages(self) -> list[m.Event]:
         out: list[m.Event] = []
         if self.conn is None:
             return out
