@@ -62,7 +62,7 @@ _UNFINISHED = (ImageStatus.pending, ImageStatus.running)
 
 
 def _page(row: ImageRow) -> PdfPage:
-    return PdfPage(row.rel, row.size, row.mtime_ns)
+    return PdfPage(row.rel, row.size, row.mtime_ns, row.ctime_ns, row.ino)
 
 
 class FolderPdfs:
@@ -339,7 +339,7 @@ class FolderPdfs:
             row = self.ledger.get(page.rel)
             if row is None or row.status != ImageStatus.done or (row.size, row.mtime_ns) != (page.size, page.mtime_ns):
                 continue  # a newer version arrived meanwhile: keep it
-            why = delete_source(req.inbox, page.rel, page.size, page.mtime_ns)
+            why = delete_source(req.inbox, page.rel, page.size, page.mtime_ns, ctime_ns=page.ctime_ns, ino=page.ino)
             if why is None:
                 self.ledger.source_deleted(page.rel, page.size, page.mtime_ns, time.time())
                 log.info("source_deleted", path=page.rel)
