@@ -506,8 +506,8 @@ class Intake:
         what = self.ledger.confirmed(rel, v, same, time.time())
         if what is Observation.changed:
             log.info("image_rewritten", path=rel, detail="same size and mtime, other content: OCR'd again")
-        else:
-            log.debug("image_confirmed", path=rel, same_content=same)
+        elif same:
+            log.debug("image_confirmed", path=rel, detail="same content: no OCR")
 
 
 def _folders_above(rel: str) -> list[str]:
