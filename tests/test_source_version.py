@@ -321,3 +321,19 @@ def test_a_page_handed_back_by_the_pdf_build_is_hashed_though_its_version_is_unc
     _settle(intake)
     assert led.get("a/p.png").status == ImageStatus.pending  # type: ignore[union-attr]
     led.close()
+
+
+def test_the_workers_last_look_catches_a_rewrite_with_its_mtime_put_back(tmp_path: Path) -> None:
+    from ocr_inbox.executors.worker import check_unchanged
+    from ocr_inbox.support.errors import BadImage
+
+    page = tmp_path / "p.png"
+    page.write_bytes(b"x" * 10)
+    v = SourceVersion.of(page.stat())
+    check_unchanged(str(tmp_path), "p.png", v.size, v.mtime_ns, ctime_ns=v.ctime_ns, ino=v.ino)
+    check_unchanged(str(tmp_path), "p.png", v.size, v.mtime_ns)  # size and mtime only (a Ray node's result)
+    page.write_bytes(b"y" * 10)
+    os.utime(page, ns=(v.mtime_ns, v.mtime_ns))
+    with pytest.raises(BadImage) as exc:
+        check_unchanged(str(tmp_path), "p.png", v.size, v.mtime_ns, ctime_ns=v.ctime_ns, ino=v.ino)
+    assert exc.value.reason == "changed_while_reading"

@@ -138,7 +138,7 @@ def check_unchanged(
         if exc.reason == "vanished":
             raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
         raise
-    if SourceVersion.of(st).against(SourceVersion(size, mtime_ns, ctime_ns, ino)) is not Change.same:
+    if SourceVersion.of(st).against(SourceVersion(size, mtime_ns, ctime_ns, ino)) not in (Change.same, Change.fill):
         raise BadImage("changed_while_reading", "the file changed while it was being OCR'd")
 
 
