@@ -409,6 +409,7 @@ class Intake:
                 st = os.stat(os.path.join(self.root, rel))
             except OSError:
                 self.tracker.forget(rel)
+                self._verify.discard(rel)
                 self.ledger.gone(paths.printable_rel(rel), time.time())
                 continue
             self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m, ctime_ns=st.st_ctime_ns)
@@ -417,7 +418,9 @@ class Intake:
             item = scan.classify(self.root, rel, self.settings.ignore_patterns(), self.settings.max_depth)
             if isinstance(item, scan.Candidate):
                 ready.append((rel, item.version))
-            elif isinstance(item, scan.Refused):
+                continue
+            self._verify.discard(rel)
+            if isinstance(item, scan.Refused):
                 self._refuse(item)
             elif isinstance(item, scan.Skipped):
                 self._skip(item)
