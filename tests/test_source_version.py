@@ -337,3 +337,25 @@ def test_the_workers_last_look_catches_a_rewrite_with_its_mtime_put_back(tmp_pat
     with pytest.raises(BadImage) as exc:
         check_unchanged(str(tmp_path), "p.png", v.size, v.mtime_ns, ctime_ns=v.ctime_ns, ino=v.ino)
     assert exc.value.reason == "changed_while_reading"
+
+
+def test_many_small_suspects_are_taken_a_bounded_number_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake_mod, "CONFIRM_FILES_PER_STEP", 2)
+    intake, led, page = _intake_with_a_done_page(tmp_path, b"x" * 100)
+    for i in range(5):  # four more done pages
+        other = page.parent / f"q{i}.png"
+        other.write_bytes(b"x" * 100)
+        intake.track(f"a/q{i}.png")
+        _settle(intake)
+        (row,) = led.claim(1, 2.0)
+        _json(tmp_path / "outbox", row.rel, b"x" * 100, other.stat())
+        assert led.done(row.rel, row.size, row.mtime_ns, "out", 1, 3.0)
+    for p in page.parent.iterdir():
+        p.chmod(0o600)
+    intake.full_scan()
+    assert _settle(intake) >= 3  # 6 suspects, 2 a step
+    assert {r.status for r in (led.get(f"a/{p.name}") for p in page.parent.iterdir()) if r} == {ImageStatus.done}
+    assert not intake.settling
+    led.close()

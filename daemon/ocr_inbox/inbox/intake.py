@@ -68,6 +68,9 @@ REPORT_UNREADABLE_AFTER_S = 10.0
 REPORT_LIMIT = 100
 #: bytes hashed per step to confirm suspected changes (``_confirm``; about 20 ms of SHA-256)
 CONFIRM_BYTES_PER_STEP = 32 << 20
+#: suspect files taken up per step (each costs a ledger read, its JSON read and an open:
+#: a ``chmod -R`` of 100,000 small files must not fit in one step by bytes alone)
+CONFIRM_FILES_PER_STEP = 256
 #: one read while hashing
 _HASH_READ = 1 << 20
 
@@ -188,6 +191,8 @@ class Intake:
             self._readable(item.rel)
             row = known.get(item.rel)
             if row is not None and row.status != ImageStatus.gone:
+                if (row.size, row.mtime_ns, row.ctime_ns, row.ino) == (item.size, item.mtime_ns, item.ctime_ns, item.ino):
+                    continue  # the common case, without building versions (100,000 files a rescan)
                 change = item.version.against(row.version)
                 if change is Change.fill:
                     fill.append((item.rel, item.version))  # a row of an older ledger: no OCR
@@ -447,14 +452,16 @@ class Intake:
     # -- suspected changes: confirmed by content hash ----------------------------------
 
     def _confirm(self) -> None:
-        """Hash suspect files, at most ``CONFIRM_BYTES_PER_STEP`` bytes this step, and let
+        """Hash suspect files, at most ``CONFIRM_BYTES_PER_STEP`` bytes (and
+        ``CONFIRM_FILES_PER_STEP`` files) this step, and let
         each one's SHA-256 against its JSON's decide: the same records the new version with
         no OCR; another (or no JSON to compare with) queues it for OCR."""
-        budget = CONFIRM_BYTES_PER_STEP
+        budget, files = CONFIRM_BYTES_PER_STEP, CONFIRM_FILES_PER_STEP
         while budget > 0:
             if self._hashing is None:
-                if not self._suspects:
+                if not self._suspects or files <= 0:
                     return
+                files -= 1
                 rel = next(iter(self._suspects))
                 self._hashing = self._start_hashing(rel, self._suspects.pop(rel))
                 continue
