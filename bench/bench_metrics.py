@@ -27,6 +27,7 @@ from common import machine  # noqa: E402
 from ocr_inbox.executors.base import WorkerView  # noqa: E402
 from ocr_inbox.ledger import Ledger, reports  # noqa: E402
 from ocr_inbox.service import metrics  # noqa: E402
+from ocr_inbox.support.version import SourceVersion  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
@@ -44,7 +45,8 @@ def fill(ledger: Ledger, images: int, failed_pct: float) -> None:
     step = 50_000
     for start in range(0, images, step):
         ledger.observe_many(
-            ((f"f{i // 1000:05d}/p{i:07d}.png", 1000, i) for i in range(start, min(images, start + step))), now
+            ((f"f{i // 1000:05d}/p{i:07d}.png", SourceVersion(1000, i)) for i in range(start, min(images, start + step))),
+            now,
         )
     every = max(1, round(100 / failed_pct)) if failed_pct else 0
     c = ledger.connection  # one transaction straight in SQL: this is set-up, not the measure

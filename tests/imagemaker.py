@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ocr_inbox.ocr import images
+
 POISON_SIGKILL, POISON_SEGV, POISON_EXIT, POISON_RAISE = 1, 2, 3, 4
 #: hangs in the engine; segfaults the decoder; SIGKILL while $FAKE_ENGINE_CRASH_FLAG exists
 POISON_HANG, POISON_DECODE_SEGV, POISON_WHILE_FLAG = 5, 6, 7
@@ -132,3 +134,8 @@ def truncate(path: Path, keep: float = 0.6) -> Path:
     with open(path, "r+b") as fh:
         fh.truncate(int(os.path.getsize(path) * keep))
     return path
+
+
+def load(root: str, rel: str, limits: images.Limits) -> list[images.PageImage | images.TextPage]:
+    """Read ``root/rel`` beneath ``root`` as a worker does and decode every page (tests only)."""
+    return images.decode(images.read(root, rel, limits).data, limits)

@@ -545,10 +545,10 @@ def test_images_load_reads_a_link_only_inside_root(tmp_path: Path) -> None:
     os.symlink(outside / "secret.png", inbox / "b" / "escape.png")
     os.symlink(outside, inbox / "c")  # a parent folder leading outside
     lim = images.Limits()
-    assert images.load(str(inbox), "b/alias.png", lim).pages[0].width == 576
+    assert im.load(str(inbox), "b/alias.png", lim)[0].width == 576
     for rel in ("b/escape.png", "c/secret.png", "../outside/secret.png"):
         with pytest.raises(BadImage) as exc:
-            images.load(str(inbox), rel, lim)
+            im.load(str(inbox), rel, lim)
         assert exc.value.reason == "outside_inbox", rel
 
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import imagemaker
+from imagemaker import load
 import numpy as np
 import pymupdf
 import pytest
@@ -19,7 +20,7 @@ from ocr_inbox.ocr.results import Line, Page
 from ocr_inbox.outbox import document, names, pdf
 from ocr_inbox.outbox.document import Document, SourceInfo
 from ocr_inbox.outbox.pdf import PageSource, SourceChanged, build_pdf
-from ocr_inbox.support import atomic
+from ocr_inbox.support import atomic, beneath
 from ocr_inbox.support.errors import BadImage
 
 LIMITS = images.Limits()
@@ -74,7 +75,7 @@ def test_postscript_named_png_is_refused_without_being_decoded(tree, monkeypatch
 
     monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", no_eps)
     with pytest.raises(BadImage) as exc:
-        images.load(str(inbox), "x.png", LIMITS)
+        load(str(inbox), "x.png", LIMITS)
     assert exc.value.reason == "unsupported_format" and "EPS" in exc.value.detail
 
     report = build_pdf(inbox, [source(inbox, "x.png", jsons), source(inbox, "ok.png", jsons)], out,
@@ -112,10 +113,10 @@ def test_the_fallback_without_openat2_refuses_the_same(tree, tmp_path, monkeypat
     page_image(inbox / "a" / "p.png")
     os.symlink("a/p.png", inbox / "alias.png")
 
-    def no_openat2(dirfd: int, rel: str) -> int:
+    def no_openat2(dirfd: int, rel: str, flags: int, resolve: int) -> int:
         raise OSError(38, "Function not implemented")  # ENOSYS: an old kernel
 
-    monkeypatch.setattr(images, "_openat2", no_openat2)
+    monkeypatch.setattr(beneath, "_openat2", no_openat2)
     with pytest.raises(BadImage) as exc:
         images.read_file(str(inbox), "vol/secret.png", LIMITS)
     assert exc.value.reason == "outside_inbox"
@@ -134,7 +135,7 @@ def test_links_inside_the_root_are_read(tree):
     for rel in ("relative.png", "b/up.png", "absolute.png", "folder/page.png"):
         data, st = images.read_file(str(inbox), rel, LIMITS)
         assert data == target.read_bytes() and st.st_ino == target.stat().st_ino, rel
-    assert images.load(str(inbox), "folder/page.png", LIMITS).pages[0].bgr.shape == (30, 70, 3)
+    assert load(str(inbox), "folder/page.png", LIMITS)[0].bgr.shape == (30, 70, 3)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +166,7 @@ def test_16_bit_png_decodes_to_8_bit_bgr(tree):
     narrow = (1000 + np.arange(256, dtype=np.uint16) * 4).reshape(16, 16)  # a 10-bit scan in 16 bits
     Image.fromarray(narrow).save(inbox / "narrow.png")
     for name, src in (("full.png", ramp), ("narrow.png", narrow)):
-        (page,) = images.load(str(inbox), name, LIMITS).pages
+        (page,) = load(str(inbox), name, LIMITS)
         assert page.bgr.dtype == np.uint8 and page.bgr.shape == (16, 16, 3)
         want = np.rint((src.astype(np.float64) - src.min()) * 255 / (src.max() - src.min()))
         assert np.abs(page.bgr[:, :, 0].astype(int) - want).max() <= 1, name
@@ -183,7 +184,7 @@ def test_frames_flatten_transparency_on_white_and_apply_exif_for_ocr(tree):
     (frame,) = images.frames((inbox / "t.png").read_bytes(), LIMITS)
     assert isinstance(frame, images.Frame)
     assert frame.image.mode == "RGB" and frame.orientation == 6 and frame.dpi is None  # < 1 dpi: none
-    (page,) = images.load(str(inbox), "t.png", LIMITS).pages
+    (page,) = load(str(inbox), "t.png", LIMITS)
     assert page.bgr.shape == (40, 20, 3)  # upright: width and height swapped
     assert tuple(page.bgr[-1, 10]) == (255, 255, 255)  # transparent -> white paper
     assert tuple(page.bgr[0, 10]) == (255, 0, 0)  # the blue left band is now on top (BGR)
@@ -202,7 +203,7 @@ def test_a_bad_tiff_frame_fails_ocr_but_only_that_page_of_the_pdf(tree, monkeypa
 
     monkeypatch.setattr(images, "_frame", second_is_corrupt)
     with pytest.raises(BadImage) as exc:
-        images.load(str(inbox), "b.tif", LIMITS)
+        load(str(inbox), "b.tif", LIMITS)
     assert exc.value.reason == "corrupt"
     report = build_pdf(inbox, [source(inbox, "b.tif", jsons)], out, title="t", limits=LIMITS)
     assert report.pages == 2
@@ -217,7 +218,7 @@ def test_pixels_are_checked_from_the_header_on_both_sides(tree):
     page_image(inbox / "ok.png")
     small = images.Limits(max_pixels=50_000)
     with pytest.raises(BadImage) as exc:
-        images.load(str(inbox), "big.png", small)
+        load(str(inbox), "big.png", small)
     assert exc.value.reason == "too_many_pixels"
     report = build_pdf(inbox, [source(inbox, n, jsons) for n in ("big.png", "ok.png")], out, title="t", limits=small)
     assert [(i.image, i.reason) for i in report.left_out] == [("big.png", "too_many_pixels")]

@@ -387,15 +387,16 @@ def _cmd_retry(args: argparse.Namespace, s: config.Settings) -> int:
     import os.path
 
     from ocr_inbox.core.dispatch import retry_failed
+    from ocr_inbox.support.beneath import rel_beneath
 
     inbox = os.path.realpath(args.inbox or s.paths.inbox)
     rels = []
     for p in args.paths:
         if os.path.isabs(p):
-            real = os.path.realpath(p)
-            if os.path.commonpath([inbox, real]) != inbox:
+            rel = rel_beneath(inbox, p)  # the inbox's one rule of what is beneath it
+            if rel is None:
                 raise BadArguments(f"{p} is not inside the inbox {inbox}: give paths relative to the inbox, or --inbox")
-            p = os.path.relpath(real, inbox)
+            p = rel
         rels.append(os.path.normpath(p).replace(os.sep, "/"))
     statedir.act_as_owner(s.paths.state_dir, "retry")
     n, by_daemon = retry_failed(s.paths.state_dir, list(args.reasons), rels)

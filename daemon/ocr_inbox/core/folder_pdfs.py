@@ -63,7 +63,7 @@ _UNFINISHED = (ImageStatus.pending, ImageStatus.running)
 
 
 def _page(row: ImageRow) -> PdfPage:
-    return PdfPage(row.rel, row.size, row.mtime_ns)
+    return PdfPage(row.rel, row.size, row.mtime_ns, row.ctime_ns, row.ino)
 
 
 class FolderPdfs:

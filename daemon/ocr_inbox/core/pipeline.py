@@ -223,7 +223,8 @@ class Pipeline:
             row = self.ledger.get(page.rel)
             if row is None or row.status != ImageStatus.done or (row.size, row.mtime_ns) != (page.size, page.mtime_ns):
                 continue  # a newer version arrived meanwhile: keep it
-            why = delete_source(root, page.rel, page.size, page.mtime_ns)
+            # the whole version the ledger holds (ctime, inode too): a file rewritten since is kept
+            why = delete_source(root, page.rel, page.size, page.mtime_ns, ctime_ns=row.ctime_ns, ino=row.ino)
             if why is None:
                 self.ledger.source_deleted(page.rel, page.size, page.mtime_ns, time.time())
                 log.info("source_deleted", path=page.rel)

@@ -44,7 +44,9 @@ from ocr_inbox.ocr import engine as engine_mod
 from ocr_inbox.ocr import images
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.support import logs
+from ocr_inbox.support.beneath import stat_beneath
 from ocr_inbox.support.errors import BadImage, EngineUnavailable
+from ocr_inbox.support.version import Change, SourceVersion
 
 #: reasons that say the file moved under us, not that it is bad: dispatch looks again
 _TRANSIENT = frozenset({"vanished", "changed_while_reading"})
@@ -124,13 +126,18 @@ def _prepare(job: m.Job, cfg: WorkerConfig, announce: Send | None) -> _Prepared:
             announce(m.Decoded(cfg.slot, job.job_id))
 
 
-def check_unchanged(inbox: str, rel: str, size: int, mtime_ns: int) -> None:
-    """An image replaced while we read it must not get a result that describes the old bytes."""
+def check_unchanged(
+    inbox: str, rel: str, size: int, mtime_ns: int, *, ctime_ns: int | None = None, ino: int | None = None
+) -> None:
+    """An image replaced while we read it must not get a result that describes the old bytes
+    (the ctime and inode, when given, catch a rewrite that put its size and mtime back)."""
     try:
-        st = os.stat(os.path.join(inbox, rel))
-    except FileNotFoundError:
-        raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
-    if st.st_size != size or st.st_mtime_ns != mtime_ns:
+        st = stat_beneath(inbox, rel)
+    except BadImage as exc:
+        if exc.reason == "vanished":
+            raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
+        raise
+    if SourceVersion.of(st).against(SourceVersion(size, mtime_ns, ctime_ns, ino)) not in (Change.same, Change.fill):
         raise BadImage("changed_while_reading", "the file changed while it was being OCR'd")
 
 
@@ -157,7 +164,8 @@ def _ocr(
         send(m.Progress(cfg.slot, job.job_id, len(out), page.count))
         del page  # before the next page is decoded
     if check_source:
-        check_unchanged(cfg.inbox, job.rel, prep.file.size, prep.file.mtime_ns)
+        v = prep.file.version
+        check_unchanged(cfg.inbox, job.rel, v.size, v.mtime_ns, ctime_ns=v.ctime_ns, ino=v.ino)
     elapsed = int((time.monotonic() - t0) * 1000)
     return m.Done(cfg.slot, job, prep.file.size, prep.file.mtime_ns, prep.file.sha256, info, tuple(out), elapsed)
 

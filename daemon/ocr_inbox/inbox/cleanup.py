@@ -1,38 +1,33 @@
 """``[inbox] delete_processed``: the only code that modifies the inbox.
 
 A source is deleted only when it is still exactly the version that was OCR'd
-(and put in its folder's PDF): a newer file under the same name is never lost.
-The parent directory is opened without following links and checked to be
-beneath the inbox, and the file is unlinked relative to it, so a link swapped
-into the path cannot redirect the delete outside the inbox.
+(and put in its folder's PDF): a newer file under the same name is never lost,
+nor one whose ctime or inode say it may have been rewritten with its size and
+mtime put back. The delete goes through ``support/beneath.py``: the parent
+folder is opened beneath the inbox with no symlink on the way and the file
+unlinked relative to it, so a link swapped into the path cannot redirect it.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
-from ocr_inbox.support.paths import inside
+from ocr_inbox.support.beneath import unlink_beneath
+from ocr_inbox.support.version import Change, SourceVersion
 
 
-def delete_source(root: str, rel: str, size: int, mtime_ns: int) -> str | None:
-    """Delete ``rel`` beneath ``root`` if it is the version (size, mtime); returns why not, or None."""
-    parent, _, name = rel.rpartition("/")
-    try:
-        fd = os.open(os.path.join(root, parent), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"cannot open its folder: {exc.strerror or exc}"
-    try:
-        if not inside(root, os.readlink(f"/proc/self/fd/{fd}")):
-            return "its folder resolves outside the inbox"
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+def delete_source(
+    root: str, rel: str, size: int, mtime_ns: int, *, ctime_ns: int | None = None, ino: int | None = None
+) -> str | None:
+    """Delete ``rel`` beneath ``root`` if it is the version OCR'd; returns why not, or None."""
+    ocrd = SourceVersion(size, mtime_ns, ctime_ns, ino)
+
+    def keep(st: os.stat_result) -> str | None:
+        change = SourceVersion.of(st).against(ocrd)
+        if change is Change.changed:
             return "the file changed since it was OCR'd"
-        os.unlink(name, dir_fd=fd)
-    except FileNotFoundError:
-        return "already gone"
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    finally:
-        os.close(fd)
-    return None
+        if change is Change.suspect:
+            return "its ctime or inode changed since it was OCR'd (rewritten, or only chmod'ed: kept to be safe)"
+        return None
+
+    return unlink_beneath(root, rel, keep)

@@ -9,6 +9,18 @@ files that left the inbox are marked gone. A queued file whose JSON in the
 outbox already describes exactly this version is adopted as done instead of
 being OCR'd again (a new ledger over an old outbox, a tree OCR'd before).
 
+A file's version is ``SourceVersion`` (size, mtime, and what a writer cannot set:
+ctime and inode). A done file whose size and mtime are as recorded but whose
+ctime or inode are not (a rewrite with its mtime put back, or a mere ``chmod``,
+hard link or ``mv``) is *suspect*: its SHA-256 is compared with the one its JSON
+records, and only a different one costs an OCR. The hashing is done here, in
+the main loop, a bounded number of bytes per step (``CONFIRM_BYTES_PER_STEP``,
+resumed on the next step for a large file): a worker would read the file too,
+but only after the image went back to the queue (its PDF and search text
+withdrawn) and through every executor's protocol; here a suspect file stays
+done while it is checked, and the loop never stalls for longer than one budget
+(a ``chmod -R`` of a big tree costs many short steps, not one long one).
+
 What is not taken is said once: a file of a type we do not take is reported
 (``file_skipped``, info) and counted; a folder or file the service user may not
 read is reported (``folder_unreadable`` / ``file_refused``, warning, with what is
@@ -19,11 +31,14 @@ backoff (``unreadable.Blocked``), and taken the moment it may be read.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -32,10 +47,13 @@ from ocr_inbox.inbox import scan
 from ocr_inbox.inbox.stability import StabilityTracker
 from ocr_inbox.inbox.unreadable import Blocked, Problem, diagnose
 from ocr_inbox.inbox.watcher import InboxWatcher
-from ocr_inbox.ledger import ImageStatus, Ledger
+from ocr_inbox.ledger import ImageStatus, Ledger, Observation
 from ocr_inbox.outbox import document, names
 from ocr_inbox.support import paths
+from ocr_inbox.support.beneath import open_beneath
+from ocr_inbox.support.errors import BadImage
 from ocr_inbox.support.recorder import Recorder
+from ocr_inbox.support.version import Change, SourceVersion
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +66,24 @@ INBOX_RETRY_S = 15.0
 REPORT_UNREADABLE_AFTER_S = 10.0
 #: skipped files and unreadable paths named in ``report`` (status); the counts are whole
 REPORT_LIMIT = 100
+#: bytes hashed per step to confirm suspected changes (``_confirm``; about 20 ms of SHA-256)
+CONFIRM_BYTES_PER_STEP = 32 << 20
+#: suspect files taken up per step (each costs a ledger read, its JSON read and an open:
+#: a ``chmod -R`` of 100,000 small files must not fit in one step by bytes alone)
+CONFIRM_FILES_PER_STEP = 256
+#: one read while hashing
+_HASH_READ = 1 << 20
+
+
+@dataclass
+class _Hashing:
+    """A suspect file being hashed, a budget per step."""
+
+    rel: str
+    version: SourceVersion
+    expected: str
+    fd: int
+    sha: Any = field(default_factory=hashlib.sha256)
 
 
 class Intake:
@@ -72,6 +108,12 @@ class Intake:
         self._skipped_by_type: collections.Counter[str] = collections.Counter()
         #: skipped files below each folder: a file deleted (no entry) costs no walk of ``skipped``
         self._skipped_under: collections.Counter[str] = collections.Counter()
+        #: done files whose content hash decides whether they changed (``_confirm``), in order
+        self._suspects: dict[str, SourceVersion] = {}
+        self._hashing: _Hashing | None = None
+        #: paths looked at on request (``track``): if done and unchanged by their version, their
+        #: hash is checked all the same (a PDF build found bytes its JSON does not describe)
+        self._verify: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -84,6 +126,7 @@ class Intake:
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        self._stop_hashing()
 
     def apply(self, settings: WatchSettings) -> None:
         """New watch settings (a reload): a new watcher, the next rescan on the new interval."""
@@ -101,8 +144,8 @@ class Intake:
 
     @property
     def settling(self) -> int:
-        """Files followed until they stop changing."""
-        return len(self.tracker)
+        """Files followed until they stop changing, or whose content hash is being checked."""
+        return len(self.tracker) + len(self._suspects) + (self._hashing is not None)
 
     @property
     def watcher_kind(self) -> str:
@@ -128,6 +171,7 @@ class Intake:
         unlistable: list[str] = []
         still_blocked: set[str] = set()
         new = refused = 0
+        fill: list[tuple[str, SourceVersion]] = []
         for item in scan.walk(self.inbox, self.settings.ignore_patterns(), max_depth=self.settings.max_depth):
             if isinstance(item, scan.Skipped):
                 skipped.add(item.rel)
@@ -146,10 +190,18 @@ class Intake:
                 continue
             self._readable(item.rel)
             row = known.get(item.rel)
-            if row is not None and (row.size, row.mtime_ns) == (item.size, item.mtime_ns) and row.status != ImageStatus.gone:
-                continue
-            self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic())
+            if row is not None and row.status != ImageStatus.gone:
+                if (row.size, row.mtime_ns, row.ctime_ns, row.ino) == (item.size, item.mtime_ns, item.ctime_ns, item.ino):
+                    continue  # the common case, without building versions (100,000 files a rescan)
+                change = item.version.against(row.version)
+                if change is Change.fill:
+                    fill.append((item.rel, item.version))  # a row of an older ledger: no OCR
+                if change in (Change.same, Change.fill):
+                    continue
+            self._seen(item)
             new += 1
+        if fill:
+            self.ledger.fill_versions(fill)
         for rel in [r for r in self.skipped if r not in skipped]:
             self._unskip(rel)
         for rel in self.blocked.at_or_under(""):
@@ -175,6 +227,7 @@ class Intake:
                 # a file or a whole folder moved away / deleted (the ledger knows names by their printable form)
                 name = paths.printable_rel(rel)
                 self.tracker.forget(rel)
+                self._verify.discard(rel)
                 if self.ledger.gone(name, time.time()):
                     log.info("image_gone", path=name)
                 if n := self.ledger.gone_tree(name, time.time()):
@@ -184,6 +237,8 @@ class Intake:
             return
         if isinstance(item, scan.Refused):
             self.tracker.forget(rel)  # the refusal may name a folder or link above it
+        elif isinstance(item, scan.Candidate):
+            self._verify.add(item.rel)
         self._take(item)
 
     def step(self) -> None:
@@ -201,6 +256,7 @@ class Intake:
         self._look_again(self.blocked.due(time.monotonic()))
         self._report_blocked()
         self._settle()
+        self._confirm()
         if time.monotonic() >= self.next_rescan:
             self.full_scan()
 
@@ -324,7 +380,10 @@ class Intake:
             for i in range(len(parts) + 1):
                 if "/".join(parts[:i]) in self.blocked:
                     self._readable("/".join(parts[:i]))
-        self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic())
+        self._seen(item)
+
+    def _seen(self, item: scan.Candidate) -> None:
+        self.tracker.seen(item.rel, item.size, item.mtime_ns, time.monotonic(), ctime_ns=item.ctime_ns)
 
     def report(self) -> dict[str, object]:
         """What is not taken, for ``status``: the paths waiting for read access and the
@@ -355,15 +414,18 @@ class Intake:
                 st = os.stat(os.path.join(self.root, rel))
             except OSError:
                 self.tracker.forget(rel)
+                self._verify.discard(rel)
                 self.ledger.gone(paths.printable_rel(rel), time.time())
                 continue
-            self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m)
-        ready: list[tuple[str, int, int]] = []
+            self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m, ctime_ns=st.st_ctime_ns)
+        ready: list[tuple[str, SourceVersion]] = []
         for rel in self.tracker.settled(now_m, settle_s):
             item = scan.classify(self.root, rel, self.settings.ignore_patterns(), self.settings.max_depth)
             if isinstance(item, scan.Candidate):
-                ready.append((rel, item.size, item.mtime_ns))
-            elif isinstance(item, scan.Refused):
+                ready.append((rel, item.version))
+                continue
+            self._verify.discard(rel)
+            if isinstance(item, scan.Refused):
                 self._refuse(item)
             elif isinstance(item, scan.Skipped):
                 self._skip(item)
@@ -372,15 +434,90 @@ class Intake:
         now = time.time()
         observed = self.ledger.observe_many(ready, now)
         adopted = 0
-        for (rel, size, mtime_ns), what in zip(ready, observed, strict=True):
+        for (rel, v), what in zip(ready, observed, strict=True):
+            verify = rel in self._verify
+            self._verify.discard(rel)
+            if what is Observation.suspect or (verify and what is Observation.unchanged):
+                self._suspects[rel] = v  # done: its content hash decides (``_confirm``)
+                continue
             if not what.queued:
                 continue
             dest = names.json_path_for(self.outbox, rel)
-            doc = document.read_current(dest, size, mtime_ns)
-            if doc is not None and self.ledger.adopt(rel, size, mtime_ns, str(dest), now, pages=doc.pages):
+            doc = document.read_current(dest, v.size, v.mtime_ns)
+            if doc is not None and self.ledger.adopt(rel, v.size, v.mtime_ns, str(dest), now, pages=doc.pages):
                 adopted += 1
                 self.recorder.image_adopted()
-        log.debug("files_settled", count=len(ready), adopted=adopted)
+        log.debug("files_settled", count=len(ready), adopted=adopted, suspect=len(self._suspects))
+
+    # -- suspected changes: confirmed by content hash ----------------------------------
+
+    def _confirm(self) -> None:
+        """Hash suspect files, at most ``CONFIRM_BYTES_PER_STEP`` bytes (and
+        ``CONFIRM_FILES_PER_STEP`` files) this step, and let
+        each one's SHA-256 against its JSON's decide: the same records the new version with
+        no OCR; another (or no JSON to compare with) queues it for OCR."""
+        budget, files = CONFIRM_BYTES_PER_STEP, CONFIRM_FILES_PER_STEP
+        while budget > 0:
+            if self._hashing is None:
+                if not self._suspects or files <= 0:
+                    return
+                files -= 1
+                rel = next(iter(self._suspects))
+                self._hashing = self._start_hashing(rel, self._suspects.pop(rel))
+                continue
+            h = self._hashing
+            try:
+                chunk = os.read(h.fd, min(budget, _HASH_READ))
+            except OSError as exc:
+                log.debug("confirm_unreadable", path=h.rel, detail=exc.strerror or str(exc))
+                self._stop_hashing()  # the next look (event, rescan) suspects it again
+                continue
+            budget -= len(chunk)
+            if chunk:
+                h.sha.update(chunk)
+                continue
+            try:
+                after = SourceVersion.of(os.fstat(h.fd))
+            finally:
+                self._stop_hashing()
+            if after != h.version:
+                self.track(h.rel)  # written meanwhile: followed again until it settles
+                continue
+            self._decide(h.rel, h.version, h.sha.hexdigest() == h.expected)
+
+    def _start_hashing(self, rel: str, v: SourceVersion) -> _Hashing | None:
+        row = self.ledger.get(rel)
+        if row is None or row.status != ImageStatus.done or not v.same_bytes_claimed(row.version):
+            return None  # changed or left meanwhile: that path took it
+        doc = document.read_current(names.json_path_for(self.outbox, rel), v.size, v.mtime_ns)
+        if doc is None:
+            self._decide(rel, v, False)  # nothing says what the bytes were: OCR them
+            return None
+        try:
+            fd = open_beneath(self.root, rel)
+        except BadImage:
+            return None  # unreadable or gone now: the next look (event, rescan) takes it up
+        try:
+            opened = SourceVersion.of(os.fstat(fd))
+        except OSError:
+            opened = None
+        if opened != v:
+            os.close(fd)
+            self.track(rel)
+            return None
+        return _Hashing(rel, v, doc.source.sha256, fd)
+
+    def _stop_hashing(self) -> None:
+        if self._hashing is not None:
+            os.close(self._hashing.fd)
+            self._hashing = None
+
+    def _decide(self, rel: str, v: SourceVersion, same: bool) -> None:
+        what = self.ledger.confirmed(rel, v, same, time.time())
+        if what is Observation.changed:
+            log.info("image_rewritten", path=rel, detail="same size and mtime, other content: OCR'd again")
+        elif same:
+            log.debug("image_confirmed", path=rel, detail="same content: no OCR")
 
 
 def _folders_above(rel: str) -> list[str]:

@@ -29,6 +29,7 @@ from ocr_inbox.support.paths import (
     printable_rel,
     utf8_ok,
 )
+from ocr_inbox.support.version import SourceVersion
 
 #: errors that mean the service user may not list a folder (not that it vanished)
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
@@ -42,6 +43,12 @@ class Candidate:
     real: str
     size: int
     mtime_ns: int
+    ctime_ns: int | None = None
+    ino: int | None = None
+
+    @property
+    def version(self) -> SourceVersion:
+        return SourceVersion(self.size, self.mtime_ns, self.ctime_ns, self.ino)
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ def _classify(inbox_real: str, rel: str) -> Candidate | Refused | Skipped | None
         return Refused(rel, "not_a_regular_file", stat.filemode(st.st_mode))
     if not os.access(real, os.R_OK):
         return Refused(rel, "unreadable", "permission denied")
-    return Candidate(rel, real, st.st_size, st.st_mtime_ns)
+    return Candidate(rel, real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def walk(

@@ -3,7 +3,7 @@
 Pure bookkeeping, no I/O and no clock of its own: the caller stats the files
 (on each watcher event and each tick, see ``tracked``) and passes the time in.
 A file is settled when a look at least ``settle_s`` after its last change
-found the same (size, mtime): a file still being written changes on every look
+found the same (size, mtime, and ctime when given): a file still being written changes on every look
 and is never returned, and a file nobody looked at again is never assumed done.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 class _Seen:
     size: int
     mtime_ns: int
-    #: when (size, mtime) last changed, or when first seen
+    ctime_ns: int | None
+    #: when (size, mtime, ctime) last changed, or when first seen
     since: float
     #: the last look, changed or not
     checked: float
@@ -26,11 +27,12 @@ class StabilityTracker:
     def __init__(self) -> None:
         self._files: dict[str, _Seen] = {}
 
-    def seen(self, rel: str, size: int, mtime_ns: int, now: float) -> None:
-        """Record a look at ``rel``; a different size or mtime restarts its clock."""
+    def seen(self, rel: str, size: int, mtime_ns: int, now: float, *, ctime_ns: int | None = None) -> None:
+        """Record a look at ``rel``; a different size, mtime or ctime restarts its clock (the
+        ctime: a rewrite that puts the mtime back is a change too)."""
         entry = self._files.get(rel)
-        if entry is None or (entry.size, entry.mtime_ns) != (size, mtime_ns):
-            self._files[rel] = _Seen(size, mtime_ns, now, now)
+        if entry is None or (entry.size, entry.mtime_ns, entry.ctime_ns) != (size, mtime_ns, ctime_ns):
+            self._files[rel] = _Seen(size, mtime_ns, ctime_ns, now, now)
         else:
             entry.checked = max(entry.checked, now)
 

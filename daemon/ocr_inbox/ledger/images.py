@@ -41,6 +41,7 @@ from ocr_inbox.ledger.schema import (
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox.order import natural_key
 from ocr_inbox.support.paths import folder_of
+from ocr_inbox.support.version import Change, SourceVersion
 
 log = structlog.get_logger(__name__)
 
@@ -62,51 +63,105 @@ class Images(LedgerDb):
         if folder is None or folder not in self._queued:
             self._queue = None
 
-    def observe(self, rel: str, size: int, mtime_ns: int, now: float) -> Observation:
+    def observe(
+        self, rel: str, size: int, mtime_ns: int, now: float, *, ctime_ns: int | None = None, ino: int | None = None
+    ) -> Observation:
         """Record a settled image file seen in the inbox; queue it when new or changed."""
         self._requeued(folder_of(rel))
         with self._tx() as c:
-            return self._observe(c, rel, size, mtime_ns, now)
+            return self._observe(c, rel, SourceVersion(size, mtime_ns, ctime_ns, ino), now)
 
-    def observe_many(self, files: Iterable[tuple[str, int, int]], now: float) -> list[Observation]:
-        """``observe`` for many ``(rel, size, mtime_ns)`` in one transaction.
+    def observe_many(self, files: Iterable[tuple[str, SourceVersion]], now: float) -> list[Observation]:
+        """``observe`` for many ``(rel, version)`` in one transaction.
 
         A start-up scan of a full inbox settles tens of thousands of files at
         once; one transaction each cost ~50 us, together ~15 us a file.
         """
         out: list[Observation] = []
         with self._tx() as c:
-            for rel, size, mtime_ns in files:
+            for rel, version in files:
                 self._requeued(folder_of(rel))
-                out.append(self._observe(c, rel, size, mtime_ns, now))
+                out.append(self._observe(c, rel, version, now))
         return out
 
-    def _observe(self, c: sqlite3.Connection, rel: str, size: int, mtime_ns: int, now: float) -> Observation:
+    def _observe(self, c: sqlite3.Connection, rel: str, v: SourceVersion, now: float) -> Observation:
+        """The version rule (``SourceVersion.against``) applied to a row.
+
+        Size or mtime differ: a new version, queued. Only ctime or inode differ: a done
+        image is ``suspect`` and stays done until its content hash decides (``confirmed``);
+        a pending one just records them (its OCR reads the file as it is now); one with a
+        worker, or quarantined, is queued again (the worker may hold the old bytes; a file
+        that failed may have been replaced by a good one with the mtime put back).
+        """
         folder = folder_of(rel)
-        row = c.execute("SELECT size, mtime_ns, status FROM images WHERE rel = ?", (rel,)).fetchone()
+        row = c.execute(
+            "SELECT size, mtime_ns, ctime_ns, ino, status FROM images WHERE rel = ?", (rel,)
+        ).fetchone()
         if row is None:
             touch_folder(c, folder, now, rearm=True)
             c.execute(
-                "INSERT INTO images (rel, folder, natkey, size, mtime_ns, status, first_seen, updated)"
-                f" VALUES (?, ?, ?, ?, ?, {_PENDING}, ?, ?)",
-                (rel, folder, natural_key(rel.rsplit("/", 1)[-1]), size, mtime_ns, now, now),
+                "INSERT INTO images (rel, folder, natkey, size, mtime_ns, ctime_ns, ino, status, first_seen, updated)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, {_PENDING}, ?, ?)",
+                (rel, folder, natural_key(rel.rsplit("/", 1)[-1]), v.size, v.mtime_ns, v.ctime_ns, v.ino, now, now),
             )
             return Observation.new
-        old_size, old_mtime, status = row
-        if (old_size, old_mtime) == (size, mtime_ns) and status != "gone":
-            return Observation.unchanged
-        what = Observation.returned if status == "gone" else Observation.changed
-        # A new version deserves fresh attempts; a running worker's result for
-        # the old version is refused by done() (status no longer 'running').
-        # The old version's text leaves the index now, not when the new one is done.
+        *old, status = row
+        change = v.against(SourceVersion(*old))
+        if status != ImageStatus.gone:
+            if change is Change.same:
+                return Observation.unchanged
+            if change is Change.fill or (change is Change.suspect and status == ImageStatus.pending):
+                _record_rest(c, rel, v)
+                return Observation.unchanged
+            if change is Change.suspect and status == ImageStatus.done:
+                return Observation.suspect
+        what = Observation.returned if status == ImageStatus.gone else Observation.changed
+        self._queue_version(c, rel, v, now)
+        return what
+
+    def _queue_version(self, c: sqlite3.Connection, rel: str, v: SourceVersion, now: float) -> None:
+        """``rel`` is a new version ``v``: pending with fresh attempts.
+
+        A running worker's result for the old version is refused by done() (status no
+        longer 'running'). The old version's text leaves the index now, not when the new
+        one is done.
+        """
+        folder = folder_of(rel)
+        self._requeued(folder)
         index.drop(c, [rel])
         c.execute(
-            f"UPDATE images SET size = ?, mtime_ns = ?, status = {_PENDING}, attempts = 0, source_deleted = 0,"
-            " error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
-            (size, mtime_ns, now, rel),
+            f"UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ?, ino = ?, status = {_PENDING}, attempts = 0,"
+            " source_deleted = 0, error_reason = NULL, error_detail = NULL, done_at = NULL, updated = ? WHERE rel = ?",
+            (v.size, v.mtime_ns, v.ctime_ns, v.ino, now, rel),
         )
         touch_folder(c, folder, now, rearm=True)
-        return what
+
+    def confirmed(self, rel: str, v: SourceVersion, same_content: bool, now: float) -> Observation:
+        """The content hash of a ``suspect`` file is known: the same as its JSON's records the
+        new ctime/inode and costs no OCR (``unchanged``); another queues it (``changed``).
+        Nothing happens (``unchanged``) if the row is no longer that done version."""
+        with self._tx() as c:
+            row = c.execute(
+                f"SELECT 1 FROM images WHERE rel = ? AND status = {_DONE} AND size = ? AND mtime_ns = ?",
+                (rel, v.size, v.mtime_ns),
+            ).fetchone()
+            if row is None:
+                return Observation.unchanged
+            if same_content:
+                _record_rest(c, rel, v)
+                return Observation.unchanged
+            self._queue_version(c, rel, v, now)
+            return Observation.changed
+
+    def fill_versions(self, files: Iterable[tuple[str, SourceVersion]]) -> int:
+        """Rows from before ctime/inode were kept (schema < 4) whose size and mtime are those
+        of ``files``: record the rest of the version, no OCR. Returns rows filled."""
+        with self._tx() as c:
+            return c.executemany(
+                "UPDATE images SET ctime_ns = ?, ino = ? WHERE rel = ? AND (ctime_ns IS NULL OR ino IS NULL)"
+                " AND size = ? AND mtime_ns = ?",
+                [(v.ctime_ns, v.ino, rel, v.size, v.mtime_ns) for rel, v in files],
+            ).rowcount
 
     def refuse(self, rel: str, reason: str, detail: str, now: float) -> bool:
         """Quarantine a path that is not processed (symlink out of the inbox, fifo ...).
@@ -391,8 +446,8 @@ class Images(LedgerDb):
                 ).fetchall()
             if not rows:
                 return
-            for rel, size, mtime_ns, status, deleted in rows:
-                yield Known(rel, size, mtime_ns, ImageStatus(status), bool(deleted))
+            for rel, size, mtime_ns, status, deleted, ctime_ns, ino in rows:
+                yield Known(rel, size, mtime_ns, ImageStatus(status), bool(deleted), ctime_ns, ino)
             after = rows[-1][0]
 
     def source_deleted(self, rel: str, size: int, mtime_ns: int, now: float) -> bool:
@@ -406,3 +461,8 @@ class Images(LedgerDb):
                 ).rowcount
                 > 0
             )
+
+
+def _record_rest(c: sqlite3.Connection, rel: str, v: SourceVersion) -> None:
+    """Record a version's ctime and inode (its size and mtime are the row's already)."""
+    c.execute("UPDATE images SET ctime_ns = ?, ino = ? WHERE rel = ?", (v.ctime_ns, v.ino, rel))

@@ -8,10 +8,11 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from ocr_inbox.ledger import index
+from ocr_inbox.support.version import SourceVersion
 
 DB_NAME = "ledger.sqlite3"
 LOCK_NAME = "ocr-inbox.lock"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: a second writer waits this long before the open fails with "locked"
 BUSY_TIMEOUT_MS = 1000
 #: the lock is tried this many times, ``LOCK_PAUSE_S`` apart, before "another daemon":
@@ -99,13 +100,16 @@ _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE images ADD COLUMN source_deleted INTEGER NOT NULL DEFAULT 0;",
     # the search index (ledger/index.py), written with the transitions (images.py)
     2: index.MIGRATION,
+    # the rest of a source's version (support/version.py): what a writer cannot set. NULL in
+    # rows of older ledgers: the first look at the file fills them in, with no OCR
+    3: "ALTER TABLE images ADD COLUMN ctime_ns INTEGER; ALTER TABLE images ADD COLUMN ino INTEGER;",
 }
 
 _IMAGE_COLUMNS = (
     "rel, folder, size, mtime_ns, status, attempts, error_reason, error_detail, "
-    "output, first_seen, updated, done_at, elapsed_ms"
+    "output, first_seen, updated, done_at, elapsed_ms, ctime_ns, ino"
 )
-_KNOWN_COLUMNS = "rel, size, mtime_ns, status, source_deleted"
+_KNOWN_COLUMNS = "rel, size, mtime_ns, status, source_deleted, ctime_ns, ino"
 _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
 
 #: Folders with pending images, oldest first. A loose index scan: one seek in
@@ -149,12 +153,15 @@ class Observation(enum.Enum):
 
     new = "new"  # first seen: queued
     changed = "changed"  # size or mtime differ from the record: queued again
+    #: a done image whose size and mtime are as recorded but ctime or inode are not: kept
+    #: done until its content hash says whether it changed (``Ledger.confirmed``)
+    suspect = "suspect"
     returned = "returned"  # was gone, is back: queued again
     unchanged = "unchanged"  # nothing to do
 
     @property
     def queued(self) -> bool:
-        return self is not Observation.unchanged
+        return self not in (Observation.unchanged, Observation.suspect)
 
 
 @dataclass(frozen=True)
@@ -172,9 +179,16 @@ class ImageRow:
     updated: float
     done_at: float | None
     elapsed_ms: int | None
+    #: the rest of the version (None in rows of a ledger older than schema 4, until looked at)
+    ctime_ns: int | None = None
+    ino: int | None = None
     #: set by ``claim``: when the image was queued (a pending row's ``updated``: every
     #: change into pending sets it), for the metrics' queue wait
     queued_at: float = 0.0
+
+    @property
+    def version(self) -> SourceVersion:
+        return SourceVersion(self.size, self.mtime_ns, self.ctime_ns, self.ino)
 
 
 @dataclass(frozen=True)
@@ -203,6 +217,12 @@ class Known(NamedTuple):
     status: ImageStatus
     #: deleted by ``delete_processed`` (stays done when the scan misses it)
     source_deleted: bool = False
+    ctime_ns: int | None = None
+    ino: int | None = None
+
+    @property
+    def version(self) -> SourceVersion:
+        return SourceVersion(self.size, self.mtime_ns, self.ctime_ns, self.ino)
 
     @property
     def leaves(self) -> bool:

@@ -3,11 +3,9 @@
 Both read the same bytes the same way, so the PDF shows exactly what was OCR'd,
 and both are held to the same safety rules:
 
-* :func:`open_beneath` opens a path *beneath* a root (the inbox): links that stay
-  inside are followed, any component (a parent folder included) that leads
-  outside is refused, never opened;
 * :func:`read_file` reads a regular, non-empty file within the size limit in one
-  go (what we hash is what we decode);
+  go (what we hash is what we decode), opened *beneath* the inbox by
+  ``support/beneath.py`` (the one place that opens inbox files);
 * :func:`frames` decodes one frame at a time, after checking the format against
   :data:`ACCEPTED_FORMATS` (PIL's other plugins, EPS included, never run), the
   page count, and the pixels of each page and of all pages together, from the
@@ -21,9 +19,6 @@ side stores each frame as it is (``outbox/pdf.py``). Refusals are
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import functools
 import hashlib
 import io
 import math
@@ -41,7 +36,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ocr_inbox.ocr.results import Line, Word
 from ocr_inbox.support.errors import BadImage
-from ocr_inbox.support.paths import inside
+from ocr_inbox.support.beneath import open_beneath
+from ocr_inbox.support.version import SourceVersion
 
 #: formats PIL may identify; anything else is refused even if PIL could read it
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})
@@ -50,10 +46,6 @@ JPEG_SPACES = frozenset({"L", "RGB", "CMYK"})
 
 #: what PIL (and a TIFF directory's struct parsing) raises for bytes it cannot decode
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-_SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic)
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_BENEATH = 0x08
 #: modes a PDF stores as they are; the rest is flattened (see :func:`_flatten`)
 _KEPT_MODES = frozenset({"1", "L", "RGB", "CMYK", "I;16"})
 #: EXIF orientation -> the transpose that shows the stored pixels upright (as ImageOps.exif_transpose)
@@ -79,88 +71,7 @@ class Limits:
     pdf_ocr_pages_with_text: bool = False
 
 
-# --- opening beneath a root ---------------------------------------------------------------
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-@functools.cache
-def _syscall() -> Any:
-    fn = ctypes.CDLL(None, use_errno=True).syscall
-    fn.restype = ctypes.c_long
-    return fn
-
-
-def _openat2(dirfd: int, rel: str) -> int:
-    """openat2(2) with RESOLVE_BENEATH: the kernel refuses every step out of ``dirfd`` (EXDEV)."""
-    how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
-    fd = int(
-        _syscall()(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(dirfd),
-            ctypes.c_char_p(os.fsencode(rel)),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), rel)
-    return fd
-
-
-def _open_resolved(root: str, rel: str) -> int:
-    """Resolve the path ourselves, open the result with O_NOFOLLOW and check where the
-    opened file really is (``/proc/self/fd``): a link swapped meanwhile is caught."""
-    real_root = os.path.realpath(root)
-    target = os.path.realpath(os.path.join(root, rel))
-    if not inside(real_root, target):
-        raise BadImage("outside_inbox", "the path resolves outside the inbox")
-    fd = os.open(target, _OPEN_FLAGS | os.O_NOFOLLOW)
-    try:
-        opened = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        opened = ""
-    if not inside(real_root, opened):
-        os.close(fd)
-        raise BadImage("outside_inbox", "the path resolves outside the inbox")
-    return fd
-
-
-def open_beneath(root: str, rel: str) -> int:
-    """Open ``root/rel`` read-only (non-blocking, close-on-exec) only if it stays beneath ``root``.
-
-    Symlinks that stay inside ``root`` are followed; one that leaves it, in any
-    component, is refused. openat2 lets the kernel enforce this; where it is
-    missing (ENOSYS, or EPERM from a seccomp filter) or refuses an absolute link
-    (EXDEV: RESOLVE_BENEATH rejects those even when they land inside), the path
-    is resolved here and the opened file's real path checked. Returns an fd.
-    """
-    try:
-        try:
-            dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise BadImage("vanished", f"the inbox {root} cannot be opened: {exc.strerror}") from None
-        try:
-            return _openat2(dirfd, rel)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EXDEV, errno.EINVAL, errno.E2BIG):
-                raise
-        finally:
-            os.close(dirfd)
-        return _open_resolved(root, rel)
-    except FileNotFoundError:
-        raise BadImage("vanished", "the file disappeared before it was read") from None
-    except PermissionError:
-        raise BadImage("unreadable", "permission denied") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise BadImage("symlink_loop", exc.strerror or str(exc)) from None
-        if exc.errno == errno.ENXIO:  # a socket
-            raise BadImage("not_a_regular_file", exc.strerror or str(exc)) from None
-        raise BadImage("unreadable", exc.strerror or str(exc)) from None
+# --- reading beneath a root ---------------------------------------------------------------
 
 
 def read_file(root: str, rel: str, limits: Limits) -> tuple[bytes, os.stat_result]:
@@ -454,20 +365,16 @@ class ImageFile:
     """The bytes of an image file as read (what is hashed is what is decoded) and its version."""
 
     data: bytes
-    mtime_ns: int
+    version: SourceVersion
     sha256: str
 
     @property
     def size(self) -> int:
         return len(self.data)
 
-
-@dataclass(frozen=True)
-class LoadedImage:
-    data_size: int
-    mtime_ns: int
-    sha256: str
-    pages: list[PageImage | TextPage]
+    @property
+    def mtime_ns(self) -> int:
+        return self.version.mtime_ns
 
 
 def upright_bgr(frame: Frame) -> np.ndarray:
@@ -567,19 +474,13 @@ def pages(data: bytes, limits: Limits) -> Iterator[PageImage | TextPage]:
 def read(root: str, rel: str, limits: Limits) -> ImageFile:
     """Read ``root/rel`` beneath ``root`` (the inbox): bytes, mtime and hash, nothing decoded."""
     data, st = read_file(root, rel, limits)
-    return ImageFile(data, st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+    return ImageFile(data, SourceVersion.of(st), hashlib.sha256(data).hexdigest())
 
 
 def decode(data: bytes, limits: Limits) -> list[PageImage | TextPage]:
-    """Every page of an image file as upright BGR, all held at once (small files, tests);
-    the OCR worker iterates :func:`pages` instead."""
+    """Every page of an image file as upright BGR, all held at once: the one entry point for
+    tests and benchmarks (``read`` then ``decode``); the OCR worker iterates :func:`pages`."""
     return list(pages(data, limits))
-
-
-def load(root: str, rel: str, limits: Limits) -> LoadedImage:
-    """Read ``root/rel`` beneath ``root`` (the inbox) and decode all its pages (see :func:`decode`)."""
-    f = read(root, rel, limits)
-    return LoadedImage(f.size, f.mtime_ns, f.sha256, decode(f.data, limits))
 
 
 # --- PDFs ---------------------------------------------------------------------------------

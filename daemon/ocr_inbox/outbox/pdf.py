@@ -8,10 +8,12 @@ Recipe (:func:`build_pdf`; the ``pdf`` command, ``commands/pdf.py``, lists a fol
    OCR'd before the pages ahead of it may come made ready by :func:`prepare`,
    which is step 2 up to adding the page);
 2. per image: read it beneath the root and decode it with ``ocr/images.py``,
-   the same code and limits as OCR (a file that is not the version OCR'd
-   stops the build: :class:`SourceChanged`; a JPEG whose bytes have the
-   SHA-256 its JSON records was decoded in full by OCR: its header is checked,
-   it is not decoded again); store each frame as it is (JPEG
+   the same code and limits as OCR; a file that is not the version OCR'd
+   stops the build (:class:`SourceChanged`): its size, mtime, ctime or inode
+   differ from the ledger's, or, whatever the format, its bytes do not have
+   the SHA-256 its JSON records (pixels are never paired with another
+   version's text). A JPEG with the right hash was decoded in full by OCR: its
+   header is checked, it is not decoded again; store each frame as it is (JPEG
    bytes unchanged, other formats losslessly as PNG-predicted Flate), read its
    JSON, and add a page with the picture and the invisible text layer
    (``textlayer.py``);
@@ -40,6 +42,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
@@ -62,6 +65,7 @@ from ocr_inbox.support import atomic, paths
 from ocr_inbox.support.atomic import is_temp_for
 from ocr_inbox.support.errors import BadArguments, BadImage, OutputError
 from ocr_inbox.support.paths import JSON_SUFFIX
+from ocr_inbox.support.version import Change, SourceVersion
 
 __all__ = [
     "DEFAULT_DPI", "PageIssue", "assumed_dpi", "PageSource", "PdfImage", "PdfReport", "PreparedImage", "SourceChanged",
@@ -81,6 +85,8 @@ MAX_PAGE_PT = 14_400.0
 _WRITE_ERRORS = (OSError, RuntimeError, pymupdf.mupdf.FzErrorBase)
 
 _log = structlog.get_logger(__name__)
+#: a SHA-256 as the JSON records it
+_HEX64 = re.compile("[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ class PageSource:
     json: Path  # its JSON document
     size: int | None  # the version that was OCR'd; None: take the file as it is now
     mtime_ns: int | None
+    #: the rest of the version OCR'd (None: not known, judged by size and mtime)
+    ctime_ns: int | None = None
+    ino: int | None = None
 
 
 class SourceChanged(OutputError):
@@ -517,10 +526,12 @@ def build_pdf(
 
     Each image is opened beneath ``root`` (``images.read_file``: links leaving
     ``root`` are refused) and decoded by ``images.frames`` with ``limits``, as
-    for OCR. A page whose ``size``/``mtime_ns`` differ from the file opened
-    raises :class:`SourceChanged` and nothing is published. An image that
-    cannot be read or decoded is left out; one without a JSON that matches it
-    (size and mtime) goes in image-only; both are reported.
+    for OCR. A page given with its version (``size`` not None) whose file has
+    another (size, mtime, ctime, inode), or whose bytes do not have the SHA-256
+    its JSON records, raises :class:`SourceChanged` and nothing is published.
+    An image that cannot be read or decoded is left out; one without a JSON
+    that matches it (size and mtime, and the SHA-256 when the page was given
+    without its version) goes in image-only; both are reported.
 
     ``pages`` may be a generator that waits for pages still being OCR'd: each
     page is added as it comes, and nothing is published before it ends (an
@@ -672,16 +683,18 @@ def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Is
     except BadImage as exc:
         issues.leave_out(PageIssue(src.rel, exc.reason, None, exc.detail))
         return
-    if (src.size is not None and st.st_size != src.size) or (
-        src.mtime_ns is not None and st.st_mtime_ns != src.mtime_ns
-    ):
-        raise SourceChanged(src.rel, f"size {st.st_size}, mtime_ns {st.st_mtime_ns}; OCR'd {src.size}, {src.mtime_ns}")
+    if src.size is not None and src.mtime_ns is not None:
+        ocrd = SourceVersion(src.size, src.mtime_ns, src.ctime_ns, src.ino)
+        now = SourceVersion.of(st)
+        if now.against(ocrd) not in (Change.same, Change.fill):
+            raise SourceChanged(src.rel, f"{now.describe()}; OCR'd {ocrd.describe()}")
     if images.is_pdf(data):
         yield from _pdf_source_pages(root, src, data, st, limits, issues)
         return
-    text_pages, sha256, reason, detail = _json_pages(src.json, st)
-    # OCR decoded these very bytes: the check decode would only repeat it (80 % of a page's build)
-    decoded = sha256 is not None and hashlib.sha256(data).hexdigest() == sha256
+    text_pages, sha256, reason, detail = _checked_json_pages(src, data, st)
+    # OCR decoded these very bytes (checked just now): the check decode would only repeat it
+    # (80 % of a page's build)
+    decoded = sha256 is not None
     try:
         for frame in images.frames(data, limits, draft_jpeg=True, decoded_before=decoded):
             multi = frame.count > 1
@@ -726,9 +739,7 @@ def _pdf_source_pages(
     page whose JSON page is its own text (``source`` pdf_text) gets no layer; a page OCR
     read turned (``rotation``) gets its /Rotate turned too, so it shows upright."""
     name = src.rel.rsplit("/", 1)[-1]
-    text_pages, sha256, reason, detail = _json_pages(src.json, st)
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        text_pages, reason, detail = (), "json_stale", "the JSON records another SHA-256"
+    text_pages, _sha256, reason, detail = _checked_json_pages(src, data, st)
     copy = names.searchable_copy_path(src.json)
     write_copy = not reason and not _copy_in_the_way(root, src, copy)
     tmp, full = atomic.temp_path_for(copy), atomic.temp_path_for(copy)
@@ -794,6 +805,24 @@ def _text_page(
     if text_page is None:
         issues.without_text(PageIssue(rel, reason, frame_no, detail))
     return text_page
+
+
+def _checked_json_pages(
+    src: PageSource, data: bytes, st: os.stat_result
+) -> tuple[tuple[Page, ...], str | None, str, str]:
+    """``_json_pages``, and the bytes read checked against the SHA-256 the JSON records, for
+    every format: a page given with the version OCR'd whose bytes are another's (rewritten
+    with its size and mtime put back) raises :class:`SourceChanged` (its new OCR is awaited);
+    one taken as it is now (the ``pdf`` command) goes in without text (``json_stale``)."""
+    text_pages, sha256, reason, detail = _json_pages(src.json, st)
+    if sha256 is None or not _HEX64.fullmatch(sha256):
+        # none recorded (a JSON not written by OCR, which always records one): nothing to prove
+        return text_pages, None, reason, detail
+    if hashlib.sha256(data).hexdigest() != sha256:
+        if src.size is not None:
+            raise SourceChanged(src.rel, "its bytes do not have the SHA-256 its JSON records")
+        return (), None, "json_stale", "the JSON records another SHA-256"
+    return text_pages, sha256, reason, detail
 
 
 def _json_pages(json_file: Path, st: os.stat_result) -> tuple[tuple[Page, ...], str | None, str, str]:

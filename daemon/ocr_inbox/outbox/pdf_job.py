@@ -29,7 +29,10 @@ from typing import Any
 
 from ocr_inbox.ocr import images
 from ocr_inbox.support import children, logs
-from ocr_inbox.support.errors import OutputError
+from ocr_inbox.support.beneath import stat_beneath
+from ocr_inbox.support.errors import BadImage, OutputError
+from ocr_inbox.support.version import Change, SourceVersion
+
 #: a cancelled build's time to exit on SIGTERM before SIGKILL
 CANCEL_GRACE_S = 10.0
 
@@ -39,6 +42,12 @@ class PdfPage:
     rel: str  # beneath the inbox
     size: int  # the version that was OCR'd
     mtime_ns: int
+    ctime_ns: int | None = None
+    ino: int | None = None
+
+    @property
+    def version(self) -> SourceVersion:
+        return SourceVersion(self.size, self.mtime_ns, self.ctime_ns, self.ino)
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ def _build(conn: Connection, req: PdfRequest) -> None:
     outbox = Path(req.outbox)
 
     def source(p: PdfPage) -> pdf.PageSource:
-        return pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns)
+        return pdf.PageSource(p.rel, names.json_path_for(outbox, p.rel), p.size, p.mtime_ns, p.ctime_ns, p.ino)
 
     def stream() -> Iterator[pdf.PageSource | pdf.PreparedImage]:
         ready: dict[PdfPage, pdf.PreparedImage] = {}
@@ -134,7 +143,7 @@ def _build(conn: Connection, req: PdfRequest) -> None:
         PDF short of it, and nothing is published then (the raise ends the build first)."""
         for item in items:
             src = item.src if isinstance(item, pdf.PreparedImage) else item
-            asked.append(PdfPage(src.rel, src.size or 0, src.mtime_ns or 0))
+            asked.append(PdfPage(src.rel, src.size or 0, src.mtime_ns or 0, src.ctime_ns, src.ino))
             yield item
         for p in asked:
             why = _left(req.inbox, p)
@@ -167,10 +176,10 @@ def _build(conn: Connection, req: PdfRequest) -> None:
 def _left(inbox: str, page: PdfPage) -> str:
     """Why ``page`` is no longer in the inbox as the build was asked for it; "" if it is."""
     try:
-        st = os.stat(os.path.join(inbox, page.rel))
-    except OSError as exc:
-        return f"it left the inbox during the build ({exc.strerror})"
-    if (st.st_size, st.st_mtime_ns) != (page.size, page.mtime_ns):
+        st = stat_beneath(inbox, page.rel)
+    except BadImage as exc:
+        return f"it left the inbox during the build ({exc.detail or exc.reason})"
+    if SourceVersion.of(st).against(page.version) not in (Change.same, Change.fill):
         return "it changed during the build"
     return ""
 
