@@ -317,7 +317,7 @@ def test_a_page_handed_back_by_the_pdf_build_is_hashed_though_its_version_is_unc
     intake.full_scan()
     _settle(intake)
     assert led.get("a/p.png").status == ImageStatus.done  # type: ignore[union-attr]  # nothing to suspect
-    intake.track("a/p.png")
+    intake.track("a/p.png", verify=True)
     _settle(intake)
     assert led.get("a/p.png").status == ImageStatus.pending  # type: ignore[union-attr]
     led.close()

@@ -200,7 +200,9 @@ class Pipeline:
         """Hand each event to the stage that needs it; returns them for the driver."""
         for ev in events:
             if isinstance(ev, ImageMoved):
-                self.intake.track(ev.rel)  # settled again, its new version queued
+                # settled again, its new version queued; hashed even if its version looks the same
+                # (a PDF build found its bytes are not the ones its JSON was made from)
+                self.intake.track(ev.rel, verify=True)
             elif isinstance(ev, ImageDone | ImageFailed):
                 if self.pdfs is not None:
                     self.pdfs.wake(ev.rel)  # its folder may be complete: no tick to wait for

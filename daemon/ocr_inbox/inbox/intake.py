@@ -219,8 +219,11 @@ class Intake:
         log.info("scan_done", files=len(seen), new_or_changed=new, refused=refused, gone=gone,
                  skipped=len(self.skipped), unreadable=len(self.blocked), seconds=round(time.monotonic() - t0, 2))
 
-    def track(self, rel: str) -> None:
-        """Look at one path again (a watcher event, or a file that moved under a worker)."""
+    def track(self, rel: str, *, verify: bool = False) -> None:
+        """Look at one path again (a watcher event, or a file that moved under a worker or a PDF
+        build). ``verify``: its bytes were found to differ from its JSON's hash (the PDF build), so
+        once settled it is hashed even if its version looks unchanged. A watcher event needs no
+        hash: a rewrite changes the ctime, which makes the file suspect by itself."""
         item = scan.classify(self.root, rel, self.settings.ignore_patterns(), self.settings.max_depth)
         if item is None:
             if not os.path.lexists(os.path.join(self.root, rel)):
@@ -237,7 +240,7 @@ class Intake:
             return
         if isinstance(item, scan.Refused):
             self.tracker.forget(rel)  # the refusal may name a folder or link above it
-        elif isinstance(item, scan.Candidate):
+        elif isinstance(item, scan.Candidate) and verify:
             self._verify.add(item.rel)
         self._take(item)
 
