@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ocr_inbox.ledger import DB_NAME, LOCK_NAME, Ledger, Observation, natural_key, reports
+from ocr_inbox.ledger.store import SCHEMA_VERSION
 from ocr_inbox.support.errors import ExitCode, StateError
 
 
@@ -43,7 +44,7 @@ def test_open_creates_schema_in_wal_mode(tmp_path: Path) -> None:
         assert led.path == state / DB_NAME
     conn = sqlite3.connect(state / DB_NAME)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()
     assert (state / LOCK_NAME).exists()
 
@@ -539,8 +540,8 @@ def test_known_paths_iterates_everything_in_chunks(ledger: Ledger) -> None:
         if k.rel == "a/03.jpg":
             ledger.gone("a/03.jpg", now=2.0)  # writing while iterating is fine
     assert len(seen) == 26
-    assert seen[0] == ("a/00.jpg", 0, 0, "pending", False)
-    assert ("a/fifo.jpg", -1, -1, "failed", False) in seen
+    assert seen[0][:5] == ("a/00.jpg", 0, 0, "pending", False)
+    assert ("a/fifo.jpg", -1, -1, "failed", False) in [k[:5] for k in seen]
     assert ledger.get("a/03.jpg").status == "gone"  # type: ignore[union-attr]
 
 

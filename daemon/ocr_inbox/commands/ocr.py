@@ -88,7 +88,7 @@ def run(
     with Ledger.open(run_dir) as ledger:
         runs.record(run_dir, inbox, outbox)
         ledger.recover(time.time())
-        intake = Intake(inbox, outbox, ledger, watch, watch=False)
+        intake = Intake(inbox, outbox, ledger, watch, watch=False, mode=settings.outbox.mode)
         intake.start()
         while intake.settling:
             intake.step()

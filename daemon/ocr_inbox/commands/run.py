@@ -141,7 +141,8 @@ class Daemon:
             recovered=recovered,
             temp_files_swept=swept,
         )
-        intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True, recorder=self.metrics)
+        intake = Intake(self.inbox, self.outbox, ledger, self.s.watch, watch=True, recorder=self.metrics,
+                        mode=self.s.outbox.mode)
         pdfs = FolderPdfs(ledger, self.s, self.inbox, self.outbox, recorder=self.metrics)
         dispatch = Dispatch(
             ledger,
@@ -322,6 +323,7 @@ class Daemon:
                 self.s = new.model_copy(update={"ocr": old.ocr, "pool": old.pool, "executor": old.executor})
         st.dispatch.settings = self.s.pool
         st.pdfs.settings = self.s
+        st.intake.mode = self.s.outbox.mode
         if not changed:
             log.info("config_unchanged")
         notify.ready()

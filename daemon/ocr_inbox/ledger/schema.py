@@ -11,7 +11,9 @@ from ocr_inbox.ledger import index
 
 DB_NAME = "ledger.sqlite3"
 LOCK_NAME = "ocr-inbox.lock"
-SCHEMA_VERSION = 3
+#: 4: the outputs as written (``OUTPUTS_MIGRATION``). (Numbered 4 on this branch; a
+#: parallel migration may take 4 first: then this one moves up, as one self-contained entry.)
+SCHEMA_VERSION = 4
 #: a second writer waits this long before the open fails with "locked"
 BUSY_TIMEOUT_MS = 1000
 #: the lock is tried this many times, ``LOCK_PAUSE_S`` apart, before "another daemon":
@@ -56,6 +58,7 @@ def _sql(*values: enum.StrEnum) -> str:
 _PENDING, _RUNNING, _DONE = _sql(ImageStatus.pending), _sql(ImageStatus.running), _sql(ImageStatus.done)
 _FAILED, _GONE = _sql(ImageStatus.failed), _sql(ImageStatus.gone)
 _PDF_NEEDED, _PDF_BUILDING, _PDF_FAILED = _sql(PdfState.needed), _sql(PdfState.building), _sql(PdfState.failed)
+_PDF_DONE = _sql(PdfState.done)
 
 _SCHEMA = """
 CREATE TABLE folders (
@@ -91,6 +94,18 @@ CREATE INDEX images_by_folder ON images (folder, status);
 CREATE INDEX images_by_done_at ON images (done_at) WHERE done_at IS NOT NULL;
 """
 
+#: Every output the daemon wrote, as written (size, mtime_ns): an image's JSON and (a PDF
+#: source's) searchable copy, a folder's PDF. NULL: not written, or written before this
+#: version (checked for presence only). The scans compare these with a ``stat`` (intake).
+OUTPUTS_MIGRATION = """
+ALTER TABLE images ADD COLUMN json_size INTEGER;
+ALTER TABLE images ADD COLUMN json_mtime_ns INTEGER;
+ALTER TABLE images ADD COLUMN copy_size INTEGER;
+ALTER TABLE images ADD COLUMN copy_mtime_ns INTEGER;
+ALTER TABLE folders ADD COLUMN pdf_size INTEGER;
+ALTER TABLE folders ADD COLUMN pdf_mtime_ns INTEGER;
+"""
+
 #: user_version -> statements that bring the schema from that version to the next
 _MIGRATIONS: dict[int, str] = {
     0: _SCHEMA,
@@ -98,13 +113,17 @@ _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE images ADD COLUMN source_deleted INTEGER NOT NULL DEFAULT 0;",
     # the search index (ledger/index.py), written with the transitions (images.py)
     2: index.MIGRATION,
+    # the outputs as written, so a scan can tell by stat that one is missing or changed
+    3: OUTPUTS_MIGRATION,
 }
 
 _IMAGE_COLUMNS = (
     "rel, folder, size, mtime_ns, status, attempts, error_reason, error_detail, "
     "output, first_seen, updated, done_at, elapsed_ms"
 )
-_KNOWN_COLUMNS = "rel, size, mtime_ns, status, source_deleted"
+_KNOWN_COLUMNS = (
+    "rel, size, mtime_ns, status, source_deleted, output, json_size, json_mtime_ns, copy_size, copy_mtime_ns"
+)
 _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
 
 #: Folders with pending images, oldest first. A loose index scan: one seek in
@@ -202,11 +221,34 @@ class Known(NamedTuple):
     status: ImageStatus
     #: deleted by ``delete_processed`` (stays done when the scan misses it)
     source_deleted: bool = False
+    #: the JSON written for it ("" / None: none), and its (size, mtime_ns) as written
+    output: str | None = None
+    json_stat: tuple[int, int] | None = None
+    #: a PDF source's searchable copy as the folder's PDF build wrote it
+    copy_stat: tuple[int, int] | None = None
 
     @property
     def leaves(self) -> bool:
         """Whether this image becomes gone if the scan does not find its file (``leaves``)."""
         return leaves(self.status, self.source_deleted)
+
+
+def _known(row: tuple[Any, ...]) -> Known:
+    """A row of ``_KNOWN_COLUMNS``."""
+    rel, size, mtime_ns, status, deleted, output, js, jm, cs, cm = row
+    return Known(
+        rel, size, mtime_ns, ImageStatus(status), bool(deleted), output,
+        None if js is None else (js, jm), None if cs is None else (cs, cm),
+    )
+
+
+class PdfOutput(NamedTuple):
+    """A folder's published PDF as written: for the scans' check (``Folders.published_pdfs``)."""
+
+    folder: str
+    pages: int | None
+    #: (size, mtime_ns) as published; None: published before the ledger recorded it
+    written: tuple[int, int] | None
 
 
 def _image(row: tuple[Any, ...]) -> ImageRow:

@@ -7,6 +7,7 @@ limit are shortened by ``atomic.fit_name``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ocr_inbox.support.atomic import TMP_PREFIX, fit_name, temp_stem
@@ -14,6 +15,16 @@ from ocr_inbox.support.paths import JSON_SUFFIX, NAME_MAX
 
 #: work directories are temp names too, so the daemon's start-up sweep clears a crashed build's
 PDF_WORK_PREFIX = TMP_PREFIX + "pdf-"
+
+
+def written(path: Path) -> tuple[int, int] | None:
+    """An output's (size, mtime_ns) as just published, for the ledger (what the scans compare
+    it with); None if it cannot be stat'ed (then it is checked for presence only)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
 
 
 def json_path_for(outbox: Path, rel_image: str) -> Path:
