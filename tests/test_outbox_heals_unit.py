@@ -279,3 +279,20 @@ def test_switching_to_mirror_removes_what_archive_kept(rig: Rig) -> None:
     rig.scan(intake)
     assert not rig.json("a/p1.png").exists()
     assert rig.json("a/p2.png").exists()
+
+
+def test_something_not_a_file_in_place_of_an_output_is_left_alone(rig: Rig) -> None:
+    """A FIFO, a link or a folder where the daemon's JSON or PDF was: a person's, not touched."""
+    intake = _done_folder(rig)
+    rig.json("a/p1.png").unlink()
+    os.mkfifo(rig.json("a/p1.png"))
+    rig.json("a/p2.png").unlink()
+    rig.json("a/p2.png").symlink_to(rig.inbox / "a" / "p2.png")
+    pdf = names.pdf_path_for(rig.outbox, rig.inbox, "a")
+    pdf.unlink()
+    pdf.mkdir()
+    with capture_logs() as logs:
+        rig.scan(intake)
+    assert _repaired(logs) == []
+    assert rig.status("a/p1.png") == rig.status("a/p2.png") == ImageStatus.done
+    assert rig.folder("a").pdf_state == PdfState.done

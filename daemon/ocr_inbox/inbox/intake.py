@@ -71,6 +71,7 @@ class Intake:
         self._left = False
         self.root = os.path.realpath(inbox)
         self.outbox = outbox
+        self._outbox_s = str(outbox)
         self.ledger = ledger
         self.settings = settings
         #: the metrics: refusals and adopted JSON (the base records nothing)
@@ -369,16 +370,16 @@ class Intake:
         """A done image seen unchanged: its JSON missing or not as written is OCR'd again; its
         searchable copy so makes its folder's PDF due (the build writes the copies). One
         ``stat`` each, nothing read. Returns 1 when the JSON is to be written again."""
-        json_file = names.json_path_for(self.outbox, row.rel)
+        json_file = names.json_file_for(self._outbox_s, row.rel)
         why = _not_as_written(json_file, row.json_stat)
         if why:
             if self.ledger.output_lost(row.rel, now):
-                log.info("output_repaired", what="json", path=row.rel, file=str(json_file), reason=why,
+                log.info("output_repaired", what="json", path=row.rel, file=json_file, reason=why,
                          action="ocr_again")
                 return 1
             return 0
         if row.copy_stat is not None:
-            copy = names.searchable_copy_path(json_file)
+            copy = names.searchable_copy_path(Path(json_file))
             why = _not_as_written(copy, row.copy_stat)
             if why:
                 log.info("output_repaired", what="searchable_copy", path=row.rel, file=str(copy), reason=why,
@@ -483,20 +484,20 @@ class Intake:
         log.debug("files_settled", count=len(ready), adopted=adopted)
 
 
-def _not_as_written(path: Path, written: tuple[int, int] | None) -> str:
+def _not_as_written(path: str | Path, written: tuple[int, int] | None) -> str:
     """Why the output at ``path`` is not the one written ("" when it is, or cannot be told):
-    missing, truncated (smaller), or changed (size, mtime or kind). ``written`` None (an
-    output recorded before the ledger kept its size): only a missing one is found."""
+    missing, truncated (smaller), or changed (size or mtime). ``written`` None (an output
+    recorded before the ledger kept its size): only a missing one is found. Something
+    that is not a regular file in its place (a link, a FIFO, a folder) was put there by
+    a person: not ours to replace or remove ("")."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return "missing"
     except OSError:
         return ""  # not ours to judge (no access): left alone
-    if written is None:
+    if written is None or not stat.S_ISREG(st.st_mode):
         return ""
-    if not stat.S_ISREG(st.st_mode):
-        return "changed"
     size, mtime_ns = written
     if st.st_size < size:
         return "truncated"

@@ -122,7 +122,7 @@ _IMAGE_COLUMNS = (
     "output, first_seen, updated, done_at, elapsed_ms"
 )
 _KNOWN_COLUMNS = (
-    "rel, size, mtime_ns, status, source_deleted, output, json_size, json_mtime_ns, copy_size, copy_mtime_ns"
+    "rel, size, mtime_ns, status, source_deleted, json_size, json_mtime_ns, copy_size, copy_mtime_ns"
 )
 _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
 
@@ -221,8 +221,7 @@ class Known(NamedTuple):
     status: ImageStatus
     #: deleted by ``delete_processed`` (stays done when the scan misses it)
     source_deleted: bool = False
-    #: the JSON written for it ("" / None: none), and its (size, mtime_ns) as written
-    output: str | None = None
+    #: its JSON's (size, mtime_ns) as written (None: not recorded)
     json_stat: tuple[int, int] | None = None
     #: a PDF source's searchable copy as the folder's PDF build wrote it
     copy_stat: tuple[int, int] | None = None
@@ -235,9 +234,9 @@ class Known(NamedTuple):
 
 def _known(row: tuple[Any, ...]) -> Known:
     """A row of ``_KNOWN_COLUMNS``."""
-    rel, size, mtime_ns, status, deleted, output, js, jm, cs, cm = row
+    rel, size, mtime_ns, status, deleted, js, jm, cs, cm = row
     return Known(
-        rel, size, mtime_ns, ImageStatus(status), bool(deleted), output,
+        rel, size, mtime_ns, ImageStatus(status), bool(deleted),
         None if js is None else (js, jm), None if cs is None else (cs, cm),
     )
 

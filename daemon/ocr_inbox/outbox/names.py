@@ -32,6 +32,12 @@ def json_path_for(outbox: Path, rel_image: str) -> Path:
     return outbox / (rel_image + JSON_SUFFIX)
 
 
+def json_file_for(outbox: str, rel_image: str) -> str:
+    """:func:`json_path_for` as a string: the scans ``stat`` one per done image, and a Path
+    would cost them more than the stat itself."""
+    return os.path.join(outbox, rel_image + JSON_SUFFIX)
+
+
 def searchable_copy_path(json_file: Path) -> Path:
     """A PDF's searchable copy beside its JSON: ``OUTBOX/<dir>/<name>.pdf`` for ``<name>.pdf.json``
     (the inbox's name, mirrored; :func:`json_path_for`'s name fits, so this one does)."""
