@@ -296,3 +296,14 @@ def test_something_not_a_file_in_place_of_an_output_is_left_alone(rig: Rig) -> N
     assert _repaired(logs) == []
     assert rig.status("a/p1.png") == rig.status("a/p2.png") == ImageStatus.done
     assert rig.folder("a").pdf_state == PdfState.done
+
+
+def test_status_never_shows_a_pdf_that_is_gone_as_done(rig: Rig) -> None:
+    """Before the next scan (or with the daemon stopped) status looks for the file itself."""
+    from ocr_inbox.commands.status import _folder
+
+    _done_folder(rig)
+    shown = _folder(rig.folder("a"), rig.inbox, rig.outbox, None, 0.0)
+    assert (shown["pdf_state"], shown["pdf_missing"]) == ("done", False)
+    names.pdf_path_for(rig.outbox, rig.inbox, "a").unlink()
+    assert _folder(rig.folder("a"), rig.inbox, rig.outbox, None, 0.0)["pdf_missing"] is True
