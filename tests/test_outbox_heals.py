@@ -16,6 +16,7 @@ import pymupdf
 import pytest
 from conftest import CORPUS, char_f1, ground_truth, run_cli
 from daemon_harness import Daemon, toml_config
+from test_pdf_input import BORN_DIGITAL_TEXT, born_digital_pdf
 
 from ocr_inbox.outbox import document
 
@@ -178,6 +179,33 @@ def test_an_ocr_rerun_writes_again_a_removed_or_damaged_outbox(tmp_path: Path, m
     _check_pdf(pdf)
     run = ocr()  # all as written: nothing to do
     assert (run["done"], run["skipped"], run["pdfs"]) == ("0", "2", "0")
+
+
+def test_a_searchable_copy_deleted_is_written_again_by_its_folders_pdf(tmp_path: Path, models_dir: Path) -> None:
+    """A PDF source's searchable copy is written by its folder's build: deleted, the next run
+    rebuilds that PDF (no OCR), which writes the copy again."""
+    inbox, outbox, state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
+    (inbox / "mail").mkdir(parents=True)
+    (inbox / "mail" / "report.pdf").write_bytes(born_digital_pdf())
+    copy = outbox / "mail" / "report.pdf"
+
+    def ocr() -> str:
+        res = run_cli("ocr", inbox, outbox, "--pdf", "--no-progress", state_dir=state, models=models_dir)
+        assert res.returncode == 0, res.stderr
+        return res.stderr
+
+    ocr()
+    assert copy.read_bytes().startswith((inbox / "mail" / "report.pdf").read_bytes())
+    copy.unlink()
+    log = ocr()
+    (repaired,) = [ln for ln in log.splitlines() if "event=output_repaired" in ln]
+    assert all(kv in repaired.split() for kv in ("what=searchable_copy", "path=mail/report.pdf", "reason=missing"))
+    assert "event=image_done" not in log
+    assert copy.read_bytes().startswith((inbox / "mail" / "report.pdf").read_bytes())
+    with pymupdf.open(copy) as doc:
+        assert doc[0].get_text().split("\n")[:2] == list(BORN_DIGITAL_TEXT)
+    with pymupdf.open(outbox / "mail" / "mail.pdf") as doc:
+        assert doc[0].get_text().split("\n")[:2] == list(BORN_DIGITAL_TEXT)
 
 
 def test_archive_keeps_and_mirror_removes_the_json_of_a_page_moved_away(tmp_path: Path, models_dir: Path) -> None:
