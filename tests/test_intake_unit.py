@@ -59,11 +59,15 @@ class Rig:
         assert self.ledger.failed(rel, "truncated", "image file is truncated", 3.0, retry=False)
 
     def finish(self, rel: str) -> None:
-        """``rel`` (queued) is OCR'd and done."""
+        """``rel`` (queued) is OCR'd and done: its JSON written and recorded, as dispatch does."""
         row = self.ledger.get(rel)
         assert row is not None
         self._claim(rel)
-        assert self.ledger.done(rel, row.size, row.mtime_ns, "out.json", 5, 3.0)
+        dest = names.json_path_for(self.outbox, rel)
+        doc = document.Document(document.SourceInfo(rel, row.size, row.mtime_ns, "ab" * 32),
+                                {"engine": "fake"}, (Page(0, 64, 48),), 5)
+        document.write(dest, doc)
+        assert self.ledger.done(rel, row.size, row.mtime_ns, str(dest), 5, 3.0, written=names.written(dest))
 
     def _claim(self, rel: str) -> None:
         """Hand ``rel`` alone to a worker (the rest of the queue stays queued)."""

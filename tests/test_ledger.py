@@ -44,7 +44,7 @@ def test_open_creates_schema_in_wal_mode(tmp_path: Path) -> None:
         assert led.path == state / DB_NAME
     conn = sqlite3.connect(state / DB_NAME)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
     assert (state / LOCK_NAME).exists()
 

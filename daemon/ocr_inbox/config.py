@@ -308,6 +308,15 @@ class InboxSettings(_Section):
     delete_processed: bool = False
 
 
+class OutboxSettings(_Section):
+    #: what becomes of an image's JSON (and a PDF's searchable copy) once its source left the
+    #: inbox (moved away, renamed, deleted by a person; not ``delete_processed``, whose page
+    #: lives on in the folder's PDF): "archive" keeps them, "mirror" removes them if they are
+    #: still as the daemon wrote them. Either way the scans write again what is missing or
+    #: changed of the images still in the inbox, and never touch a file the daemon did not write.
+    mode: Literal["archive", "mirror"] = "archive"
+
+
 class LedgerSettings(_Section):
     #: images gone from the inbox are forgotten this many days after they left (a file that
     #: comes back later is queued as new; a JSON of the same version in the outbox is adopted)
@@ -396,6 +405,7 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
     inbox: InboxSettings = InboxSettings()
+    outbox: OutboxSettings = OutboxSettings()
     ledger: LedgerSettings = LedgerSettings()
     executor: ExecutorSettings = ExecutorSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -16,6 +16,7 @@ what each running worker returned since it started, done or failed, each try.
 from __future__ import annotations
 
 import math
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -46,9 +47,13 @@ def _folder(f: reports.FolderSummary, inbox: Path, outbox: Path, quiet_s: float 
     """A folder for status; with a running daemon, when its PDF is due (``pdf_due_in_s``:
     whole seconds, 0 = now)."""
     due = f.pdf_due_at(quiet_s) if quiet_s is not None else None
+    pdf = pdf_path_for(outbox, inbox, f.folder)
     return {
-        **f.as_dict(), "pdf_path": str(pdf_path_for(outbox, inbox, f.folder)),
+        **f.as_dict(), "pdf_path": str(pdf),
         "pdf_due_at": due, "pdf_due_in_s": None if due is None else max(0, math.ceil(due - now)),
+        # published, but not there now (the daemon stopped, or its next scan not come yet):
+        # never shown as a PDF that is done; the next scan rebuilds it
+        "pdf_missing": f.pdf_state == "done" and not os.path.lexists(pdf),
     }
 
 
@@ -126,11 +131,14 @@ def show(settings: config.Settings, as_json: bool = False) -> int:
         state = f["pdf_state"] + (f": {f['pdf_error']}" if f["pdf_state"] == "failed" and f["pdf_error"] else "")
         if f.get("pdf_kept"):
             state = "kept: its images left the inbox"
+        if f.get("pdf_missing"):
+            state = "missing: built again at the next scan" if not f.get("pdf_kept") else "removed"
         if f.get("pdf_due_in_s") is not None:
             state = f"PDF in {f['pdf_due_in_s']} s" if f["pdf_due_in_s"] else "PDF due now"
         ft.add_row(
             _shown(f["folder"] or "."), str(f["done"]), str(f["pending"]), str(f["failed"]),
-            _shown(state), str(f["pdf_pages"] or "-"), _when(f["pdf_at"]), _shown(f["pdf_path"]),
+            _shown(state), str((not f.get("pdf_missing") and f["pdf_pages"]) or "-"), _when(f["pdf_at"]),
+            _shown(f["pdf_path"]),
         )
     con.print(ft)
     if data["unreadable"]:

@@ -193,7 +193,8 @@ class Dispatch:
             reason = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "output_error"
             self.pause("output_paused", reason=reason, path=rel, detail=str(exc))
             return
-        self.ledger.done(rel, ev.size, ev.mtime_ns, str(dest), ev.elapsed_ms, now, pages=ev.pages)
+        self.ledger.done(rel, ev.size, ev.mtime_ns, str(dest), ev.elapsed_ms, now, pages=ev.pages,
+                         written=names.written(dest))
         log.info("image_done", path=rel, slot=ev.slot, pages=len(ev.pages), lines=ev.lines, ms=ev.elapsed_ms)
         self.recorder.image_done(ev.elapsed_ms / 1000)
         self._streak.clear()

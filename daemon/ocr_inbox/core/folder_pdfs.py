@@ -319,7 +319,9 @@ class FolderPdfs:
             return
         now = time.time()
         if res.ok:
-            self.ledger.pdf_done(res.folder, res.pages, now)
+            out = Path(self.build.req.out_pdf)
+            self.ledger.pdf_done(res.folder, res.pages, now, written=names.written(out))
+            self._record_copies(out, self._sent)
             self.published += 1
             self.recorder.pdf_done(self.build.elapsed_s(), res.pages)
             log.info("pdf_done", folder=res.folder, pages=res.pages, problems=res.problems)
@@ -337,6 +339,16 @@ class FolderPdfs:
         self.build = self._result = None
         self._sent, self._ahead = (), {}
         self._next_check = 0.0  # the next quiet folder may be waiting already
+
+    def _record_copies(self, out: Path, pages: tuple[PdfPage, ...]) -> None:
+        """The searchable copies the build published beside the JSONs of its PDF sources, as
+        written (the scans compare them; one missing or changed re-arms the folder's PDF)."""
+        for page in pages:
+            if not page.rel.lower().endswith(".pdf"):
+                continue
+            copy = names.searchable_copy_path(names.json_path_for(self.outbox, page.rel))
+            if copy != out:  # (a copy named as its folder's PDF is not written: the PDF wins)
+                self.ledger.copy_written(page.rel, page.size, page.mtime_ns, names.written(copy))
 
 
 def _leading_done(rows: list[ImageRow]) -> list[ImageRow]:

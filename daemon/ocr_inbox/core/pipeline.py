@@ -104,7 +104,8 @@ class Pipeline:
         watch = settings.watch
         if oneshot:  # no settle time (the tree is taken as it is) and no periodic rescan
             watch = watch.model_copy(update={"settle_seconds": 0.0, "rescan_interval_s": 0.0})
-        self.intake = Intake(inbox, outbox, ledger, watch, watch=not oneshot, recorder=recorder)
+        self.intake = Intake(inbox, outbox, ledger, watch, watch=not oneshot, recorder=recorder,
+                             mode=settings.outbox.mode)
         #: the daemon's is always there (a reload may turn PDFs on); a one-shot run's only with --pdf
         self.pdfs = FolderPdfs(ledger, settings, inbox, outbox, recorder, stream=oneshot) if pdfs else None
         self.dispatch = Dispatch(ledger, outbox, settings.pool, recorder=recorder)
@@ -298,6 +299,7 @@ class Pipeline:
         self.dispatch.settings = self.settings.pool
         if self.pdfs is not None:
             self.pdfs.settings = self.settings
+        self.intake.mode = self.settings.outbox.mode
         return self.settings
 
     def _replace_workers(self, previous: config.Settings, waitables: Sequence[Any], tend: Tend, drain_s: float) -> str | None:

@@ -26,6 +26,14 @@ What is not taken is said once: a file of a type we do not take is reported
 read is reported (``folder_unreadable`` / ``file_refused``, warning, with what is
 missing and the fix) and looked at again when its permissions change and on a
 backoff (``unreadable.Blocked``), and taken the moment it may be read.
+
+The outbox heals: the full scan also compares every output the ledger recorded
+as written (an image's JSON and a PDF source's searchable copy, a folder's PDF)
+with a ``stat`` of it (no file is read), and what is missing or not as written
+is made again: the image is OCR'd again, the folder's PDF (which writes the
+copies) is re-armed (``output_repaired``). With ``[outbox] mode = "mirror"``
+the outputs of images that left the inbox are removed, if still as written.
+A file the daemon did not write is never touched (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import hashlib
 import itertools
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +56,7 @@ from ocr_inbox.inbox import scan
 from ocr_inbox.inbox.stability import StabilityTracker
 from ocr_inbox.inbox.unreadable import Blocked, Problem, diagnose
 from ocr_inbox.inbox.watcher import InboxWatcher
-from ocr_inbox.ledger import ImageStatus, Ledger, Observation
+from ocr_inbox.ledger import ImageStatus, Known, Ledger, Observation, PdfState
 from ocr_inbox.outbox import document, names
 from ocr_inbox.support import paths
 from ocr_inbox.support.beneath import open_beneath
@@ -89,11 +98,16 @@ class _Hashing:
 class Intake:
     def __init__(
         self, inbox: Path, outbox: Path, ledger: Ledger, settings: WatchSettings, *, watch: bool,
-        recorder: Recorder = Recorder(),
+        recorder: Recorder = Recorder(), mode: str = "archive",
     ) -> None:
         self.inbox = inbox
+        #: ``[outbox] mode``: "mirror" removes the outputs of images that left the inbox
+        self.mode = mode
+        #: an image left since the last look: its outputs may have to be removed (mirror)
+        self._left = False
         self.root = os.path.realpath(inbox)
         self.outbox = outbox
+        self._outbox_s = str(outbox)
         self.ledger = ledger
         self.settings = settings
         #: the metrics: refusals and adopted JSON (the base records nothing)
@@ -170,8 +184,10 @@ class Intake:
         skipped: set[str] = set()
         unlistable: list[str] = []
         still_blocked: set[str] = set()
-        new = refused = 0
+        new = refused = repaired = 0
         fill: list[tuple[str, SourceVersion]] = []
+        #: folders whose PDF must be built again for a searchable copy missing or changed
+        rebuild: set[str] = set()
         for item in scan.walk(self.inbox, self.settings.ignore_patterns(), max_depth=self.settings.max_depth):
             if isinstance(item, scan.Skipped):
                 skipped.add(item.rel)
@@ -192,11 +208,16 @@ class Intake:
             row = known.get(item.rel)
             if row is not None and row.status != ImageStatus.gone:
                 if (row.size, row.mtime_ns, row.ctime_ns, row.ino) == (item.size, item.mtime_ns, item.ctime_ns, item.ino):
-                    continue  # the common case, without building versions (100,000 files a rescan)
+                    # the common case, without building versions (100,000 files a rescan)
+                    if row.status is ImageStatus.done:
+                        repaired += self._check_outputs(row, now, rebuild)
+                    continue
                 change = item.version.against(row.version)
                 if change is Change.fill:
                     fill.append((item.rel, item.version))  # a row of an older ledger: no OCR
                 if change in (Change.same, Change.fill):
+                    if row.status is ImageStatus.done:
+                        repaired += self._check_outputs(row, now, rebuild)
                     continue
             self._seen(item)
             new += 1
@@ -215,8 +236,10 @@ class Intake:
             if rel not in seen and not rel.startswith(hidden) and row.leaves:
                 self.ledger.gone(rel, now)
                 gone += 1
+        repaired += self._check_pdfs(rebuild)
+        self._mirror_left()
         self._schedule_rescan()
-        log.info("scan_done", files=len(seen), new_or_changed=new, refused=refused, gone=gone,
+        log.info("scan_done", files=len(seen), new_or_changed=new, refused=refused, gone=gone, repaired=repaired,
                  skipped=len(self.skipped), unreadable=len(self.blocked), seconds=round(time.monotonic() - t0, 2))
 
     def track(self, rel: str, *, verify: bool = False) -> None:
@@ -233,8 +256,10 @@ class Intake:
                 self._verify.discard(rel)
                 if self.ledger.gone(name, time.time()):
                     log.info("image_gone", path=name)
+                    self._left = True
                 if n := self.ledger.gone_tree(name, time.time()):
                     log.info("images_gone", folder=name, images=n)
+                    self._left = True
                 self.blocked.forget_under(name)
                 self._forget_skipped(name)
             return
@@ -262,6 +287,8 @@ class Intake:
         self._confirm()
         if time.monotonic() >= self.next_rescan:
             self.full_scan()
+        elif self._left:
+            self._mirror_left()
 
     # -- inside -----------------------------------------------------------------
 
@@ -402,6 +429,81 @@ class Intake:
             },
         }
 
+    # -- the outbox heals --------------------------------------------------------------
+
+    def _check_outputs(self, row: Known, now: float, rebuild: set[str]) -> int:
+        """A done image seen unchanged: its JSON missing or not as written is OCR'd again; its
+        searchable copy so makes its folder's PDF due (the build writes the copies). One
+        ``stat`` each, nothing read. Returns 1 when the JSON is to be written again."""
+        json_file = names.json_file_for(self._outbox_s, row.rel)
+        why = _not_as_written(json_file, row.json_stat)
+        if why:
+            if self.ledger.output_lost(row.rel, now):
+                log.info("output_repaired", what="json", path=row.rel, file=json_file, reason=why,
+                         action="ocr_again")
+                return 1
+            return 0
+        if row.copy_stat is not None:
+            copy = names.searchable_copy_path(Path(json_file))
+            why = _not_as_written(copy, row.copy_stat)
+            if why:
+                log.info("output_repaired", what="searchable_copy", path=row.rel, file=str(copy), reason=why,
+                         action="pdf_again")
+                rebuild.add(paths.folder_of(row.rel))
+        return 0
+
+    def _check_pdfs(self, rebuild: set[str]) -> int:
+        """Every published folder PDF missing or not as written is built again once its folder
+        is quiet; one whose images all left (kept as the last PDF) has nothing to be built
+        from: the ledger forgets it, ``status`` stops showing it. Returns PDFs re-armed."""
+        n = 0
+        for p in self.ledger.published_pdfs():
+            out = names.pdf_path_for(self.outbox, self.inbox, p.folder)
+            why = _not_as_written(out, p.written)
+            if why:
+                state = self.ledger.pdf_lost(p.folder)
+                if state is PdfState.needed:
+                    log.info("output_repaired", what="pdf", folder=p.folder or ".", file=str(out), reason=why,
+                             action="pdf_again")
+                    n += 1
+                elif state is PdfState.none:
+                    log.warning("pdf_lost", folder=p.folder or ".", file=str(out), reason=why,
+                                detail="its images left the inbox: nothing is left to build it from")
+            elif p.folder in rebuild and self.ledger.pdf_rebuild(p.folder):
+                n += 1
+        return n
+
+    def _mirror_left(self) -> None:
+        """``[outbox] mode = "mirror"``: remove the JSON and searchable copy of images that left
+        the inbox, each only if still as the daemon wrote it (a file changed since is not ours
+        to remove: kept, said once). Archive mode keeps them."""
+        self._left = False
+        if self.mode != "mirror":
+            return
+        for row in self.ledger.left_outputs():
+            json_file = names.json_path_for(self.outbox, row.rel)
+            for what, path, written in (("json", json_file, row.json_stat),
+                                        ("searchable_copy", names.searchable_copy_path(json_file), row.copy_stat)):
+                if written is None:
+                    continue
+                why = _not_as_written(path, written)
+                if why == "missing":
+                    continue
+                if why:
+                    log.info("output_kept", what=what, path=row.rel, file=str(path), reason=why,
+                             detail="changed since the daemon wrote it: left as it is")
+                    continue
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("output_not_removed", what=what, path=row.rel, file=str(path),
+                                error=exc.strerror or str(exc))
+                    continue
+                log.info("output_removed", what=what, path=row.rel, file=str(path), reason="source_left")
+            self.ledger.outputs_removed(row.rel)
+
     def _settle(self) -> None:
         """Re-examine files being written; record the ones that stopped changing.
 
@@ -418,7 +520,7 @@ class Intake:
             except OSError:
                 self.tracker.forget(rel)
                 self._verify.discard(rel)
-                self.ledger.gone(paths.printable_rel(rel), time.time())
+                self._left |= self.ledger.gone(paths.printable_rel(rel), time.time())
                 continue
             self.tracker.seen(rel, st.st_size, st.st_mtime_ns, now_m, ctime_ns=st.st_ctime_ns)
         ready: list[tuple[str, SourceVersion]] = []
@@ -447,7 +549,9 @@ class Intake:
                 continue
             dest = names.json_path_for(self.outbox, rel)
             doc = document.read_current(dest, v.size, v.mtime_ns)
-            if doc is not None and self.ledger.adopt(rel, v.size, v.mtime_ns, str(dest), now, pages=doc.pages):
+            if doc is not None and self.ledger.adopt(
+                rel, v.size, v.mtime_ns, str(dest), now, pages=doc.pages, written=names.written(dest)
+            ):
                 adopted += 1
                 self.recorder.image_adopted()
         log.debug("files_settled", count=len(ready), adopted=adopted, suspect=len(self._suspects))
@@ -521,6 +625,26 @@ class Intake:
             log.info("image_rewritten", path=rel, detail="same size and mtime, other content: OCR'd again")
         elif same:
             log.debug("image_confirmed", path=rel, detail="same content: no OCR")
+
+
+def _not_as_written(path: str | Path, written: tuple[int, int] | None) -> str:
+    """Why the output at ``path`` is not the one written ("" when it is, or cannot be told):
+    missing, truncated (smaller), or changed (size or mtime). ``written`` None (an output
+    recorded before the ledger kept its size): only a missing one is found. Something
+    that is not a regular file in its place (a link, a FIFO, a folder) was put there by
+    a person: not ours to replace or remove ("")."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return ""  # not ours to judge (no access): left alone
+    if written is None or not stat.S_ISREG(st.st_mode):
+        return ""
+    size, mtime_ns = written
+    if st.st_size < size:
+        return "truncated"
+    return "" if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else "changed"
 
 
 def _folders_above(rel: str) -> list[str]:

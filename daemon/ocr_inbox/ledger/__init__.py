@@ -11,6 +11,7 @@ from ocr_inbox.ledger.store import (
     Known,
     Ledger,
     Observation,
+    PdfOutput,
     PdfState,
     in_use,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Known",
     "Ledger",
     "Observation",
+    "PdfOutput",
     "PdfState",
     "in_use",
     "natural_key",

@@ -21,6 +21,7 @@ from ocr_inbox.ledger.schema import (
     FolderRow,
     ImageRow,
     ImageStatus,
+    PdfOutput,
     PdfState,
     _folder,
     _image,
@@ -136,9 +137,49 @@ class Folders(LedgerDb):
                 f"UPDATE folders SET pdf_state = {_PDF_BUILDING}, pdf_error = NULL WHERE folder = ?", (folder,)
             )
 
-    def pdf_done(self, folder: str, pages: int, now: float) -> bool:
-        """building -> done. False when a page arrived meanwhile: it stays needed."""
+    def pdf_done(self, folder: str, pages: int, now: float, written: tuple[int, int] | None = None) -> bool:
+        """building -> done. False when a page arrived meanwhile: it stays needed. ``written``:
+        the PDF's size and mtime_ns as published, what the scans compare it with."""
+        size, mtime_ns = written or (None, None)
+        with self._tx() as c:
+            c.execute("UPDATE folders SET pdf_size = ?, pdf_mtime_ns = ? WHERE folder = ?", (size, mtime_ns, folder))
         return self._pdf_finished(folder, PdfState.done, "pdf_pages", pages, now)
+
+    def published_pdfs(self) -> list[PdfOutput]:
+        """The folders whose PDF is published (done), with the PDF as written."""
+        rows = self._conn.execute(
+            f"SELECT folder, pdf_pages, pdf_size, pdf_mtime_ns FROM folders WHERE pdf_state = {_PDF_DONE}"
+        ).fetchall()
+        return [PdfOutput(f, pages, None if size is None else (size, mtime)) for f, pages, size, mtime in rows]
+
+    def pdf_rebuild(self, folder: str) -> bool:
+        """done -> needed: an output its build writes (a searchable copy) is missing or changed."""
+        with self._tx() as c:
+            cur = c.execute(
+                f"UPDATE folders SET pdf_state = {_PDF_NEEDED} WHERE folder = ? AND pdf_state = {_PDF_DONE}",
+                (folder,),
+            )
+            return cur.rowcount > 0
+
+    def pdf_lost(self, folder: str) -> PdfState | None:
+        """A published PDF is missing or not as written: built again once the folder is quiet
+        (needed), or, when no image of the folder is done or on its way any more (a kept PDF whose pages
+        all left), nothing is left to build it from (none). Returns the new state, None when
+        the folder's PDF was not done (any more)."""
+        with self._tx() as c:
+            # pages to build it from: done images, or ones being OCR'd (again: a whole outbox removed)
+            left = c.execute(
+                f"SELECT 1 FROM images WHERE folder = ? AND status IN ({_DONE}, {_PENDING}, {_RUNNING}) LIMIT 1",
+                (folder,),
+            ).fetchone()
+            state = PdfState.needed if left else PdfState.none
+            cur = c.execute(
+                # no PDF, no pages: status stops showing the ones that are gone
+                "UPDATE folders SET pdf_state = ?, pdf_size = NULL, pdf_mtime_ns = NULL, pdf_pages = NULL"
+                f" WHERE folder = ? AND pdf_state = {_PDF_DONE}",
+                (state.value, folder),
+            )
+            return state if cur.rowcount else None
 
     def pdf_failed(self, folder: str, error: str, now: float) -> bool:
         """building -> failed (until the folder changes again); False when re-armed meanwhile."""

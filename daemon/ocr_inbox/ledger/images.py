@@ -37,6 +37,7 @@ from ocr_inbox.ledger.schema import (
     Known,
     Observation,
     _image,
+    _known,
 )
 from ocr_inbox.ocr.results import Page
 from ocr_inbox.outbox.order import natural_key
@@ -44,6 +45,9 @@ from ocr_inbox.support.paths import folder_of
 from ocr_inbox.support.version import Change, SourceVersion
 
 log = structlog.get_logger(__name__)
+
+#: an output's (size, mtime_ns) as published; None: not known
+Written = tuple[int, int] | None
 
 
 class Images(LedgerDb):
@@ -259,20 +263,24 @@ class Images(LedgerDb):
 
     def done(
         self, rel: str, size: int, mtime_ns: int, output: str, elapsed_ms: int, now: float,
-        pages: Sequence[Page] = (),
+        pages: Sequence[Page] = (), written: Written = None,
     ) -> bool:
         """running -> done, if the file OCR'd (``size``, ``mtime_ns``) is the one recorded;
-        its ``pages`` go into the search index in the same transaction.
+        its ``pages`` go into the search index in the same transaction, and ``written``
+        (the JSON's size and mtime_ns as published) is what the scans compare it with.
 
         Otherwise the result is for an older version of the file: the image stays
         (or goes back to) pending to be done again. Returns whether it was taken.
         """
+        js, jm = written or (None, None)
         with self._tx() as c:
+            # the searchable copy was the older version's: the folder's next build writes it
             cur = c.execute(
                 f"UPDATE images SET status = {_DONE}, output = ?, elapsed_ms = ?, done_at = ?, updated = ?,"
-                " error_reason = NULL, error_detail = NULL"
+                " error_reason = NULL, error_detail = NULL, json_size = ?, json_mtime_ns = ?,"
+                " copy_size = NULL, copy_mtime_ns = NULL"
                 f" WHERE rel = ? AND status = {_RUNNING} AND size = ? AND mtime_ns = ?",
-                (output, elapsed_ms, now, now, rel, size, mtime_ns),
+                (output, elapsed_ms, now, now, js, jm, rel, size, mtime_ns),
             )
             if cur.rowcount:
                 index.replace(c, rel, pages)
@@ -294,16 +302,20 @@ class Images(LedgerDb):
         return row is not None
 
     def adopt(
-        self, rel: str, size: int, mtime_ns: int, output: str, now: float, pages: Sequence[Page] = ()
+        self, rel: str, size: int, mtime_ns: int, output: str, now: float, pages: Sequence[Page] = (),
+        written: Written = None,
     ) -> bool:
         """pending -> done without OCR: the outbox already holds a JSON for exactly this version
-        (a lost or new ledger, a tree OCR'd before), whose ``pages`` are indexed. Returns whether
-        it was taken."""
+        (a lost or new ledger, a tree OCR'd before), whose ``pages`` are indexed and whose
+        size and mtime_ns as found (``written``) the scans compare it with from now on.
+        Returns whether it was taken."""
+        js, jm = written or (None, None)
         with self._tx() as c:
             cur = c.execute(
-                f"UPDATE images SET status = {_DONE}, output = ?, done_at = ?, updated = ?"
+                f"UPDATE images SET status = {_DONE}, output = ?, done_at = ?, updated = ?,"
+                " json_size = ?, json_mtime_ns = ?"
                 f" WHERE rel = ? AND status = {_PENDING} AND size = ? AND mtime_ns = ?",
-                (output, now, now, rel, size, mtime_ns),
+                (output, now, now, js, jm, rel, size, mtime_ns),
             )
             if cur.rowcount == 0:
                 return False
@@ -446,8 +458,7 @@ class Images(LedgerDb):
                 ).fetchall()
             if not rows:
                 return
-            for rel, size, mtime_ns, status, deleted, ctime_ns, ino in rows:
-                yield Known(rel, size, mtime_ns, ImageStatus(status), bool(deleted), ctime_ns, ino)
+            yield from map(_known, rows)
             after = rows[-1][0]
 
     def source_deleted(self, rel: str, size: int, mtime_ns: int, now: float) -> bool:
@@ -460,6 +471,53 @@ class Images(LedgerDb):
                     (now, rel, size, mtime_ns),
                 ).rowcount
                 > 0
+            )
+
+    # -- the outputs as written (the scans heal what is missing or changed) ----------
+
+    def output_lost(self, rel: str, now: float) -> bool:
+        """done -> pending: its JSON is missing or not as written, so it is OCR'd again (its
+        text leaves the index until then). Its folder's PDF is not re-armed: the PDF does
+        not change with a JSON written again. Returns whether it was taken (still done)."""
+        self._requeued(folder_of(rel))
+        with self._tx() as c:
+            cur = c.execute(
+                f"UPDATE images SET status = {_PENDING}, attempts = 0, done_at = NULL, updated = ?,"
+                " json_size = NULL, json_mtime_ns = NULL"
+                f" WHERE rel = ? AND status = {_DONE} AND source_deleted = 0",
+                (now, rel),
+            )
+            if cur.rowcount:
+                index.drop(c, [rel])
+            return cur.rowcount > 0
+
+    def copy_written(self, rel: str, size: int, mtime_ns: int, written: Written) -> None:
+        """A PDF source's searchable copy was published by its folder's build, for this version
+        (``written``: the copy's size and mtime_ns; None: none was written)."""
+        cs, cm = written or (None, None)
+        with self._tx() as c:
+            c.execute(
+                "UPDATE images SET copy_size = ?, copy_mtime_ns = ?"
+                f" WHERE rel = ? AND status = {_DONE} AND size = ? AND mtime_ns = ?",
+                (cs, cm, rel, size, mtime_ns),
+            )
+
+    def left_outputs(self) -> list[Known]:
+        """Gone images whose outputs are still recorded as written (``[outbox] mode = "mirror"``
+        removes them)."""
+        rows = self._conn.execute(
+            f"SELECT {_KNOWN_COLUMNS} FROM images WHERE status = {_GONE}"
+            " AND (json_size IS NOT NULL OR copy_size IS NOT NULL)"
+        ).fetchall()
+        return [_known(r) for r in rows]
+
+    def outputs_removed(self, rel: str) -> None:
+        """A gone image's outputs were removed (or left alone as not ours): forget them."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE images SET json_size = NULL, json_mtime_ns = NULL, copy_size = NULL,"
+                f" copy_mtime_ns = NULL WHERE rel = ? AND status = {_GONE}",
+                (rel,),
             )
 
 

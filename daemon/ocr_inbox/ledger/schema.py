@@ -12,7 +12,8 @@ from ocr_inbox.support.version import SourceVersion
 
 DB_NAME = "ledger.sqlite3"
 LOCK_NAME = "ocr-inbox.lock"
-SCHEMA_VERSION = 4
+#: 4: a source's ctime and inode; 5: the outputs as written (``OUTPUTS_MIGRATION``)
+SCHEMA_VERSION = 5
 #: a second writer waits this long before the open fails with "locked"
 BUSY_TIMEOUT_MS = 1000
 #: the lock is tried this many times, ``LOCK_PAUSE_S`` apart, before "another daemon":
@@ -93,6 +94,18 @@ CREATE INDEX images_by_folder ON images (folder, status);
 CREATE INDEX images_by_done_at ON images (done_at) WHERE done_at IS NOT NULL;
 """
 
+#: Every output the daemon wrote, as written (size, mtime_ns): an image's JSON and (a PDF
+#: source's) searchable copy, a folder's PDF. NULL: not written, or written before this
+#: version (checked for presence only). The scans compare these with a ``stat`` (intake).
+OUTPUTS_MIGRATION = """
+ALTER TABLE images ADD COLUMN json_size INTEGER;
+ALTER TABLE images ADD COLUMN json_mtime_ns INTEGER;
+ALTER TABLE images ADD COLUMN copy_size INTEGER;
+ALTER TABLE images ADD COLUMN copy_mtime_ns INTEGER;
+ALTER TABLE folders ADD COLUMN pdf_size INTEGER;
+ALTER TABLE folders ADD COLUMN pdf_mtime_ns INTEGER;
+"""
+
 #: user_version -> statements that bring the schema from that version to the next
 _MIGRATIONS: dict[int, str] = {
     0: _SCHEMA,
@@ -103,13 +116,18 @@ _MIGRATIONS: dict[int, str] = {
     # the rest of a source's version (support/version.py): what a writer cannot set. NULL in
     # rows of older ledgers: the first look at the file fills them in, with no OCR
     3: "ALTER TABLE images ADD COLUMN ctime_ns INTEGER; ALTER TABLE images ADD COLUMN ino INTEGER;",
+    # the outputs as written, so a scan can tell by stat that one is missing or changed
+    4: OUTPUTS_MIGRATION,
 }
 
 _IMAGE_COLUMNS = (
     "rel, folder, size, mtime_ns, status, attempts, error_reason, error_detail, "
     "output, first_seen, updated, done_at, elapsed_ms, ctime_ns, ino"
 )
-_KNOWN_COLUMNS = "rel, size, mtime_ns, status, source_deleted, ctime_ns, ino"
+_KNOWN_COLUMNS = (
+    "rel, size, mtime_ns, status, source_deleted, ctime_ns, ino,"
+    " json_size, json_mtime_ns, copy_size, copy_mtime_ns"
+)
 _FOLDER_COLUMNS = "folder, first_seen, last_activity, pdf_state, pdf_pages, pdf_at, pdf_error"
 
 #: Folders with pending images, oldest first. A loose index scan: one seek in
@@ -219,6 +237,10 @@ class Known(NamedTuple):
     source_deleted: bool = False
     ctime_ns: int | None = None
     ino: int | None = None
+    #: its JSON's (size, mtime_ns) as written (None: not recorded)
+    json_stat: tuple[int, int] | None = None
+    #: a PDF source's searchable copy as the folder's PDF build wrote it
+    copy_stat: tuple[int, int] | None = None
 
     @property
     def version(self) -> SourceVersion:
@@ -228,6 +250,24 @@ class Known(NamedTuple):
     def leaves(self) -> bool:
         """Whether this image becomes gone if the scan does not find its file (``leaves``)."""
         return leaves(self.status, self.source_deleted)
+
+
+def _known(row: tuple[Any, ...]) -> Known:
+    """A row of ``_KNOWN_COLUMNS``."""
+    rel, size, mtime_ns, status, deleted, ctime_ns, ino, js, jm, cs, cm = row
+    return Known(
+        rel, size, mtime_ns, ImageStatus(status), bool(deleted), ctime_ns, ino,
+        None if js is None else (js, jm), None if cs is None else (cs, cm),
+    )
+
+
+class PdfOutput(NamedTuple):
+    """A folder's published PDF as written: for the scans' check (``Folders.published_pdfs``)."""
+
+    folder: str
+    pages: int | None
+    #: (size, mtime_ns) as published; None: published before the ledger recorded it
+    written: tuple[int, int] | None
 
 
 def _image(row: tuple[Any, ...]) -> ImageRow:

@@ -29,13 +29,14 @@ from ocr_inbox.ledger.schema import (
     Indexable,
     Known,
     Observation,
+    PdfOutput,
     PdfState,
     leaves,
 )
 
 __all__ = [
     "CAN_GO", "DB_NAME", "LOCK_NAME", "NO_STAT", "SCHEMA_VERSION", "FolderRow", "ImageRow", "ImageStatus",
-    "Indexable", "Known", "Ledger", "Observation", "PdfState", "in_use", "leaves",
+    "Indexable", "Known", "Ledger", "Observation", "PdfOutput", "PdfState", "in_use", "leaves",
 ]
 
 

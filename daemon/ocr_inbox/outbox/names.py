@@ -7,6 +7,7 @@ limit are shortened by ``atomic.fit_name``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ocr_inbox.support.atomic import TMP_PREFIX, fit_name, temp_stem
@@ -16,9 +17,25 @@ from ocr_inbox.support.paths import JSON_SUFFIX, NAME_MAX
 PDF_WORK_PREFIX = TMP_PREFIX + "pdf-"
 
 
+def written(path: Path) -> tuple[int, int] | None:
+    """An output's (size, mtime_ns) as just published, for the ledger (what the scans compare
+    it with); None if it cannot be stat'ed (then it is checked for presence only)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
 def json_path_for(outbox: Path, rel_image: str) -> Path:
     """``scan 7.jpg`` -> ``OUTBOX/<dir>/scan 7.jpg.json`` (a.jpg and a.png never collide)."""
     return outbox / (rel_image + JSON_SUFFIX)
+
+
+def json_file_for(outbox: str, rel_image: str) -> str:
+    """:func:`json_path_for` as a string: the scans ``stat`` one per done image, and a Path
+    would cost them more than the stat itself."""
+    return os.path.join(outbox, rel_image + JSON_SUFFIX)
 
 
 def searchable_copy_path(json_file: Path) -> Path:
