@@ -197,7 +197,7 @@ def test_outputs_of_a_ledger_from_before_are_checked_for_presence(rig: Rig, tmp_
     assert (rig.status("a/p1.png"), rig.status("a/p2.png")) == (ImageStatus.pending, ImageStatus.done)
 
 
-def test_the_migration_to_version_4_keeps_the_rows(tmp_path: Path) -> None:
+def test_the_migration_to_version_5_keeps_the_rows(tmp_path: Path) -> None:
     with Ledger.open(tmp_path / "s") as led:
         led.observe("a/x.png", 1, 2, 1.0)
     conn = sqlite3.connect(tmp_path / "s" / "ledger.sqlite3")
@@ -205,14 +205,14 @@ def test_the_migration_to_version_4_keeps_the_rows(tmp_path: Path) -> None:
         conn.execute(f"ALTER TABLE images DROP COLUMN {col}")
     for col in ("pdf_size", "pdf_mtime_ns"):
         conn.execute(f"ALTER TABLE folders DROP COLUMN {col}")
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()
     with Ledger.open(tmp_path / "s") as led:
         (k,) = list(led.known_paths())
         assert (k.rel, k.size, k.mtime_ns, k.json_stat) == ("a/x.png", 1, 2, None)
     conn = sqlite3.connect(tmp_path / "s" / "ledger.sqlite3")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
 
 
 # -- the outputs of images that left ----------------------------------------------------------
