@@ -53,6 +53,7 @@ from ocr_inbox.ledger.store import DB_NAME
 from ocr_inbox.outbox import document, names
 from ocr_inbox.support import statedir
 from ocr_inbox.support.errors import StateError
+from ocr_inbox.support.reasons import Reason
 from ocr_inbox.support.recorder import Recorder
 
 log = structlog.get_logger(__name__)
@@ -61,7 +62,7 @@ log = structlog.get_logger(__name__)
 #: that image fails; any other write error is the outbox's and pauses everything
 _NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EINVAL, errno.ELOOP})
 #: reasons of an image that took a worker down with it
-CRASH_REASONS = ("worker_crashed", "worker_stuck")
+CRASH_REASONS = (Reason.worker_crashed, Reason.worker_stuck)
 #: STATE_DIR/requests/: what ``ocr-inbox retry`` asks of a running daemon (the one ledger writer)
 REQUESTS_DIR = "requests"
 #: a storm's pause doubles each time it goes on, up to this many times ``crash_pause_s``
@@ -184,10 +185,10 @@ class Dispatch:
         except OSError as exc:
             if exc.errno in _NAME_ERRNOS:
                 detail = f"cannot write {dest}: {exc.strerror or exc}"
-                if self.ledger.failed(rel, "output_name", detail, now, retry=False):
-                    self.recorder.image_failed("output_name")
+                if self.ledger.failed(rel, Reason.output_name, detail, now, retry=False):
+                    self.recorder.image_failed(Reason.output_name)
                 log.warning("image_failed", path=rel, reason="output_name", detail=detail)
-                self._out.append(ImageFailed(rel, "output_name"))
+                self._out.append(ImageFailed(rel, Reason.output_name))
                 return
             self.ledger.release([rel], now)
             reason = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "output_error"
@@ -236,7 +237,7 @@ class Dispatch:
 
     def _count_crash(self, ev: m.WorkerLost, j: m.Job, *, beside: bool, now: float) -> None:
         final = j.attempt >= self.settings.max_attempts
-        what = "the worker died" if ev.reason == "worker_crashed" else "the worker hung"
+        what = "the worker died" if ev.reason == Reason.worker_crashed else "the worker hung"
         both = " (another image was being decoded or OCR'd beside it)" if beside else ""
         detail = f"{what} on it ({ev.cause}){both}; attempt {j.attempt} of {self.settings.max_attempts}"
         recorded = self.ledger.failed(j.rel, ev.reason, detail, now, retry=not final)

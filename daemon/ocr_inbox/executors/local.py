@@ -30,6 +30,7 @@ from ocr_inbox.executors.worker import main as worker_main
 from ocr_inbox.ocr.devices import WorkerSlot
 from ocr_inbox.support import children, logs
 from ocr_inbox.support.errors import EngineUnavailable, WorkerBootError
+from ocr_inbox.support.reasons import Reason
 
 log = structlog.get_logger(__name__)
 
@@ -321,7 +322,7 @@ class LocalExecutor:
             suspect = next((j for j in pending if j.job_id == w.current), None)
             beside = next((j for j in pending if j.job_id == w.decoding and j is not suspect), None)
             unstarted = tuple(j for j in pending if j is not suspect and j is not beside)
-            reason = "worker_stuck" if w.killed else "worker_crashed"
+            reason = Reason.worker_stuck if w.killed else Reason.worker_crashed
             log.error(
                 "worker_lost",
                 slot=slot,

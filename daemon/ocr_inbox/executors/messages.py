@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ocr_inbox.ocr.results import Line, Page, Word
+from ocr_inbox.support.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class WorkerLost:
     #: may be the cause, so both are suspects (a retried image runs with nothing beside it)
     decoding: Job | None = None
     #: the failure reason a suspect gets: "worker_crashed", or "worker_stuck" (killed for silence)
-    reason: str = "worker_crashed"
+    reason: str = Reason.worker_crashed
 
     @property
     def suspects(self) -> tuple[Job, ...]:

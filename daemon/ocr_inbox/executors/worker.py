@@ -46,10 +46,11 @@ from ocr_inbox.ocr.results import Page
 from ocr_inbox.support import logs
 from ocr_inbox.support.beneath import stat_beneath
 from ocr_inbox.support.errors import BadImage, EngineUnavailable
+from ocr_inbox.support.reasons import Reason
 from ocr_inbox.support.version import Change, SourceVersion
 
 #: reasons that say the file moved under us, not that it is bad: dispatch looks again
-_TRANSIENT = frozenset({"vanished", "changed_while_reading"})
+_TRANSIENT = frozenset({Reason.vanished, Reason.changed_while_reading})
 #: the supervisor sends this to a stuck worker before SIGKILL: every thread's stack goes to stderr
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 
@@ -134,11 +135,11 @@ def check_unchanged(
     try:
         st = stat_beneath(inbox, rel)
     except BadImage as exc:
-        if exc.reason == "vanished":
-            raise BadImage("vanished", "the file disappeared while it was being OCR'd") from None
+        if exc.reason == Reason.vanished:
+            raise BadImage(Reason.vanished, "the file disappeared while it was being OCR'd") from None
         raise
     if SourceVersion.of(st).against(SourceVersion(size, mtime_ns, ctime_ns, ino)) not in (Change.same, Change.fill):
-        raise BadImage("changed_while_reading", "the file changed while it was being OCR'd")
+        raise BadImage(Reason.changed_while_reading, "the file changed while it was being OCR'd")
 
 
 def _ocr(
@@ -204,7 +205,7 @@ def outcome(job: m.Job, cfg: WorkerConfig, work: Callable[[], m.Done]) -> m.Done
     try:
         return work()
     except BadImage as exc:
-        if exc.reason == "vanished":
+        if exc.reason == Reason.vanished:
             # the file left under the worker, no failure: intake marks it gone (or finds it moved)
             log.info("image_moved", path=job.rel, reason=exc.reason, detail=exc.detail)
         else:
@@ -214,10 +215,10 @@ def outcome(job: m.Job, cfg: WorkerConfig, work: Callable[[], m.Done]) -> m.Done
         # past RLIMIT_DATA: this image alone fails; what it allocated is freed with the frames
         detail = f"decoding or OCR needed more than the worker's {cfg.memory_mb} MiB (pool.worker_memory_mb)"
         log.error("image_failed", path=job.rel, reason="too_much_memory", detail=detail)
-        return m.Failed(cfg.slot, job, "too_much_memory", detail)
+        return m.Failed(cfg.slot, job, Reason.too_much_memory, detail)
     except Exception as exc:  # an engine error on one image must not kill the worker
         log.exception("engine_error", path=job.rel)
-        return m.Failed(cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}")
+        return m.Failed(cfg.slot, job, Reason.engine_error, f"{type(exc).__name__}: {exc}")
 
 
 def ocr_one(

@@ -61,6 +61,7 @@ from ocr_inbox.outbox import document, names
 from ocr_inbox.support import paths
 from ocr_inbox.support.beneath import open_beneath
 from ocr_inbox.support.errors import BadImage
+from ocr_inbox.support.reasons import Reason
 from ocr_inbox.support.recorder import Recorder
 from ocr_inbox.support.version import Change, SourceVersion
 
@@ -305,7 +306,7 @@ class Intake:
 
     def _refuse(self, item: scan.Refused) -> int:
         fix = ""
-        if item.reason == "unreadable":
+        if item.reason == Reason.unreadable:
             # what the service user lacks, and how to give it: looked at again until readable
             problem = diagnose(self.root, item.rel, folder=False) or Problem(item.detail, "")
             item = scan.Refused(item.rel, item.reason, problem.missing)

@@ -29,6 +29,7 @@ from ocr_inbox.support.paths import (
     printable_rel,
     utf8_ok,
 )
+from ocr_inbox.support.reasons import Reason
 from ocr_inbox.support.version import SourceVersion
 
 #: errors that mean the service user may not list a folder (not that it vanished)
@@ -78,7 +79,7 @@ class Unlistable:
 def too_deep(rel: str, max_depth: int) -> Refused:
     """The refusal of the folder ``rel`` (``max_depth + 1`` levels down) and all below it."""
     return Refused(
-        printable_rel(rel), "too_deep", f"more than {max_depth} folder levels below the inbox ([watch] max_depth)"
+        printable_rel(rel), Reason.too_deep, f"more than {max_depth} folder levels below the inbox ([watch] max_depth)"
     )
 
 
@@ -97,7 +98,7 @@ def _outside_limits(inbox_real: str, rel_dir: str, max_depth: int) -> Refused | 
             return None  # vanished: the caller finds nothing there
         if linked:
             return Refused(
-                printable_rel("/".join(parts[: i + 1])), "directory_symlink", "symlinked directories are not followed"
+                printable_rel("/".join(parts[: i + 1])), Reason.directory_symlink, "symlinked directories are not followed"
             )
     return None
 
@@ -131,39 +132,39 @@ def _classify(inbox_real: str, rel: str) -> Candidate | Refused | Skipped | None
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return Refused(printable_rel(rel), "unreadable", exc.strerror or str(exc)) if image else None
+        return Refused(printable_rel(rel), Reason.unreadable, exc.strerror or str(exc)) if image else None
     if stat.S_ISLNK(lst.st_mode) and os.path.isdir(path):
-        return Refused(printable_rel(rel), "directory_symlink", "symlinked directories are not followed")
+        return Refused(printable_rel(rel), Reason.directory_symlink, "symlinked directories are not followed")
     if not image:
         if stat.S_ISREG(lst.st_mode):
             return Skipped(printable_rel(rel), os.path.splitext(name)[1].lower())
         return None
     if not utf8_ok(rel):
         # The ledger, the logs and the JSON (source.path) hold text: such a name has no place there.
-        return Refused(printable_rel(rel), "name_not_utf8", "the path has bytes that are not UTF-8; rename it")
+        return Refused(printable_rel(rel), Reason.name_not_utf8, "the path has bytes that are not UTF-8; rename it")
     json_name = len(os.fsencode(name)) + len(JSON_SUFFIX)
     if json_name > NAME_MAX:
-        return Refused(rel, "name_too_long", f"its JSON name would be {json_name} bytes > {NAME_MAX}; shorten it")
+        return Refused(rel, Reason.name_too_long, f"its JSON name would be {json_name} bytes > {NAME_MAX}; shorten it")
     real = path
     if stat.S_ISLNK(lst.st_mode):
         try:
             real = os.path.realpath(path, strict=True)
         except OSError as exc:  # loop or dangling link
-            reason = "symlink_loop" if "loop" in str(exc).lower() else "broken_symlink"
+            reason = Reason.symlink_loop if "loop" in str(exc).lower() else Reason.broken_symlink
             return Refused(rel, reason, str(exc.strerror or exc))
         if not inside(inbox_real, real):
-            return Refused(rel, "symlink_outside_inbox", "the link points outside the inbox; not followed")
+            return Refused(rel, Reason.symlink_outside_inbox, "the link points outside the inbox; not followed")
     if not stat.S_ISLNK(lst.st_mode):
         st = lst  # not a link: lstat already says it all
     else:
         try:
             st = os.stat(real)
         except OSError as exc:
-            return Refused(rel, "unreadable", exc.strerror or str(exc))
+            return Refused(rel, Reason.unreadable, exc.strerror or str(exc))
     if not stat.S_ISREG(st.st_mode):
-        return Refused(rel, "not_a_regular_file", stat.filemode(st.st_mode))
+        return Refused(rel, Reason.not_a_regular_file, stat.filemode(st.st_mode))
     if not os.access(real, os.R_OK):
-        return Refused(rel, "unreadable", "permission denied")
+        return Refused(rel, Reason.unreadable, "permission denied")
     return Candidate(rel, real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
@@ -187,7 +188,7 @@ def walk(
             return
         problem = _outside_limits(root, subdir, max_depth)
         if problem is None and os.path.islink(os.path.join(root, subdir)):
-            problem = Refused(printable_rel(subdir), "directory_symlink", "symlinked directories are not followed")
+            problem = Refused(printable_rel(subdir), Reason.directory_symlink, "symlinked directories are not followed")
         if problem is not None:
             yield problem
             return
@@ -215,7 +216,7 @@ def walk(
             if not is_dir:
                 files.append(rel)
             elif entry.is_symlink():
-                yield Refused(printable_rel(rel), "directory_symlink", "symlinked directories are not followed")
+                yield Refused(printable_rel(rel), Reason.directory_symlink, "symlinked directories are not followed")
             elif depth >= max_depth:
                 yield too_deep(rel, max_depth)
             else:

@@ -35,8 +35,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ocr_inbox.ocr.results import Line, Word
-from ocr_inbox.support.errors import BadImage
 from ocr_inbox.support.beneath import open_beneath
+from ocr_inbox.support.errors import BadImage
+from ocr_inbox.support.reasons import Reason
 from ocr_inbox.support.version import SourceVersion
 
 #: formats PIL may identify; anything else is refused even if PIL could read it
@@ -80,11 +81,11 @@ def read_file(root: str, rel: str, limits: Limits) -> tuple[bytes, os.stat_resul
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BadImage("not_a_regular_file", stat.filemode(st.st_mode))
+            raise BadImage(Reason.not_a_regular_file, stat.filemode(st.st_mode))
         if st.st_size == 0:
-            raise BadImage("empty_file", "0 bytes")
+            raise BadImage(Reason.empty_file, "0 bytes")
         if st.st_size > limits.max_file_bytes:
-            raise BadImage("file_too_large", f"{st.st_size} bytes > {limits.max_file_bytes}")
+            raise BadImage(Reason.file_too_large, f"{st.st_size} bytes > {limits.max_file_bytes}")
     except BaseException:
         os.close(fd)
         raise
@@ -94,9 +95,9 @@ def read_file(root: str, rel: str, limits: Limits) -> tuple[bytes, os.stat_resul
             # byte to notice growth (not the limit: 512 MiB reserved for every small file)
             data = fh.read(st.st_size + 1)
         except OSError as exc:
-            raise BadImage("unreadable", exc.strerror or str(exc)) from None
+            raise BadImage(Reason.unreadable, exc.strerror or str(exc)) from None
     if len(data) != st.st_size:  # still being written, or truncated, after fstat
-        raise BadImage("changed_while_reading", f"{st.st_size} bytes at open, {len(data)}+ read")
+        raise BadImage(Reason.changed_while_reading, f"{st.st_size} bytes at open, {len(data)}+ read")
     return data, st
 
 
@@ -226,18 +227,18 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     except UnidentifiedImageError:
         other = _sniff(data)
         if other is not None and other not in ACCEPTED_FORMATS:
-            raise BadImage("unsupported_format", other) from None
-        raise BadImage("not_an_image", "the content is not a recognised image format") from None
+            raise BadImage(Reason.unsupported_format, other) from None
+        raise BadImage(Reason.not_an_image, "the content is not a recognised image format") from None
     except Image.DecompressionBombError as exc:
         # PIL names its own threshold (twice ours); say ours, keep PIL's numbers as the detail
-        raise BadImage("too_many_pixels", f"over the limit of {limits.max_pixels} pixels: {exc}") from None
+        raise BadImage(Reason.too_many_pixels, f"over the limit of {limits.max_pixels} pixels: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise BadImage("corrupt", str(exc) or type(exc).__name__) from None
+        raise BadImage(Reason.corrupt, str(exc) or type(exc).__name__) from None
 
 
 def _decode_error(exc: BaseException) -> BadImage:
     text = str(exc) or type(exc).__name__
-    return BadImage("truncated" if "truncated" in text.lower() else "corrupt", text)
+    return BadImage(Reason.truncated if Reason.truncated in text.lower() else Reason.corrupt, text)
 
 
 def _frame(
@@ -246,9 +247,9 @@ def _frame(
     img.seek(index)
     w, h = img.size
     if w < 1 or h < 1:
-        raise BadImage("corrupt", f"size {w}x{h}")
+        raise BadImage(Reason.corrupt, f"size {w}x{h}")
     if w * h > limits.max_pixels:  # from the header: nothing decoded yet
-        raise BadImage("too_many_pixels", f"{w}x{h} > {limits.max_pixels} pixels")
+        raise BadImage(Reason.too_many_pixels, f"{w}x{h} > {limits.max_pixels} pixels")
     fmt = str(img.format)
     if draft_jpeg and fmt in ("JPEG", "MPO") and img.mode in JPEG_SPACES:
         jpeg = JpegSource(data, img.mode, "adobe" in img.info)
@@ -278,7 +279,7 @@ def _header_pixels(img: Image.Image, count: int, limits: Limits) -> None:
         total += max(0, w) * max(0, h)
         if total > limits.max_total_pixels:
             raise BadImage(
-                "too_many_pixels",
+                Reason.too_many_pixels,
                 f"the {count} pages hold more than {limits.max_total_pixels} pixels together (page {i + 1} passes it)",
             )
     if count > 1:
@@ -305,13 +306,13 @@ def frames(
     with img:
         fmt = img.format
         if fmt not in ACCEPTED_FORMATS:  # defence in depth: _open lets only these through
-            raise BadImage("unsupported_format", str(fmt))
+            raise BadImage(Reason.unsupported_format, str(fmt))
         try:
             count = int(getattr(img, "n_frames", 1)) if fmt == "TIFF" else 1
         except _DECODE_ERRORS as exc:
             raise _decode_error(exc) from None
         if count > limits.max_pages:
-            raise BadImage("too_many_pages", f"{count} > {limits.max_pages}")
+            raise BadImage(Reason.too_many_pages, f"{count} > {limits.max_pages}")
         try:
             _header_pixels(img, count, limits)
         except _DECODE_ERRORS as exc:
@@ -538,17 +539,17 @@ def open_pdf(data: bytes, limits: Limits, path: str | None = None) -> Any:
     try:
         doc = mu.open(path, filetype="pdf") if path is not None else mu.open(stream=data, filetype="pdf")
     except (RuntimeError, ValueError) as exc:  # pymupdf.FileDataError is a RuntimeError
-        raise BadImage("pdf_broken", str(exc) or type(exc).__name__) from None
+        raise BadImage(Reason.pdf_broken, str(exc) or type(exc).__name__) from None
     try:
         if doc.needs_pass:
-            raise BadImage("pdf_encrypted", "it needs a password to be opened")
+            raise BadImage(Reason.pdf_encrypted, "it needs a password to be opened")
         count = doc.page_count
         if count < 1:
-            raise BadImage("pdf_broken", "no pages " + (_mupdf_messages(mu) or ""))
+            raise BadImage(Reason.pdf_broken, "no pages " + (_mupdf_messages(mu) or ""))
         if count > limits.max_pages:
-            raise BadImage("too_many_pages", f"{count} > {limits.max_pages}")
+            raise BadImage(Reason.too_many_pages, f"{count} > {limits.max_pages}")
         if _has_javascript(doc):
-            raise BadImage("pdf_javascript", "it carries JavaScript (not run, not taken)")
+            raise BadImage(Reason.pdf_javascript, "it carries JavaScript (not run, not taken)")
     except BaseException:
         doc.close()
         raise
@@ -620,10 +621,10 @@ def _pdf_page(doc: Any, i: int, count: int, limits: Limits, repaired: bool) -> P
             del pix
         del page
     except (RuntimeError, ValueError) as exc:
-        raise BadImage("pdf_broken", f"page {i + 1}: {exc}") from None
+        raise BadImage(Reason.pdf_broken, f"page {i + 1}: {exc}") from None
     problems = _mupdf_messages(mu)
     if repaired and problems:
-        raise BadImage("pdf_broken", f"damaged (truncated?); page {i + 1}: {problems.splitlines()[-1]}")
+        raise BadImage(Reason.pdf_broken, f"damaged (truncated?); page {i + 1}: {problems.splitlines()[-1]}")
     return item
 
 
@@ -647,11 +648,11 @@ def pdf_pages(data: bytes, limits: Limits) -> Iterator[PageImage | TextPage]:
                 r = doc[i].rect
                 dpi = render_dpi(r.width, r.height, limits)
                 if dpi < PDF_MIN_DPI:
-                    raise BadImage("too_many_pixels", f"a page of {r.width:.0f} x {r.height:.0f} pt cannot be read at "
+                    raise BadImage(Reason.too_many_pixels, f"a page of {r.width:.0f} x {r.height:.0f} pt cannot be read at "
                                    f"{PDF_MIN_DPI:.0f} dpi within {limits.max_pixels} pixels")
                 total += int(r.width * dpi / 72) * int(r.height * dpi / 72)
             if total > limits.max_total_pixels:
-                raise BadImage("too_many_pixels", f"the {count} pages hold more than {limits.max_total_pixels} pixels together")
+                raise BadImage(Reason.too_many_pixels, f"the {count} pages hold more than {limits.max_total_pixels} pixels together")
             repaired = bool(doc.is_repaired)
             _mupdf_messages(_pymupdf())
         for i in range(count):

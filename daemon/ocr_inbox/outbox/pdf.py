@@ -65,6 +65,7 @@ from ocr_inbox.support import atomic, paths
 from ocr_inbox.support.atomic import is_temp_for
 from ocr_inbox.support.errors import BadArguments, BadImage, OutputError
 from ocr_inbox.support.paths import JSON_SUFFIX
+from ocr_inbox.support.reasons import Reason
 from ocr_inbox.support.version import Change, SourceVersion
 
 __all__ = [
@@ -705,7 +706,7 @@ def _image_pages(root: Path, src: PageSource, limits: images.Limits, issues: _Is
             try:
                 image = pdf_image(frame)
             except (OSError, ValueError) as exc:  # PIL's PNG writer
-                issues.leave_out(PageIssue(src.rel, "corrupt", frame_no, str(exc)))
+                issues.leave_out(PageIssue(src.rel, Reason.corrupt, frame_no, str(exc)))
                 continue
             text_page = _text_page(src.rel, frame_no, frame.index, image, text_pages, reason, detail, issues)
             if text_page is not None and text_page.rotation:

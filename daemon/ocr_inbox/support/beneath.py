@@ -32,6 +32,7 @@ from typing import Any
 
 from ocr_inbox.support.errors import BadImage
 from ocr_inbox.support.paths import inside
+from ocr_inbox.support.reasons import Reason
 
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -86,25 +87,25 @@ def _open_resolved(root: str, rel: str) -> int:
     real_root = os.path.realpath(root)
     target = os.path.realpath(os.path.join(root, rel))
     if not inside(real_root, target):
-        raise BadImage("outside_inbox", "the path resolves outside the inbox")
+        raise BadImage(Reason.outside_inbox, "the path resolves outside the inbox")
     fd = os.open(target, _READ_FLAGS | os.O_NOFOLLOW)
     if not inside(real_root, _where(fd)):
         os.close(fd)
-        raise BadImage("outside_inbox", "the path resolves outside the inbox")
+        raise BadImage(Reason.outside_inbox, "the path resolves outside the inbox")
     return fd
 
 
 def _bad(exc: OSError, missing: str) -> BadImage:
     """An open's OSError as the refusal the ledger records."""
     if isinstance(exc, FileNotFoundError):
-        return BadImage("vanished", missing)
+        return BadImage(Reason.vanished, missing)
     if isinstance(exc, PermissionError):
-        return BadImage("unreadable", "permission denied")
+        return BadImage(Reason.unreadable, "permission denied")
     if exc.errno == errno.ELOOP:
-        return BadImage("symlink_loop", exc.strerror or str(exc))
+        return BadImage(Reason.symlink_loop, exc.strerror or str(exc))
     if exc.errno == errno.ENXIO:  # a socket
-        return BadImage("not_a_regular_file", exc.strerror or str(exc))
-    return BadImage("unreadable", exc.strerror or str(exc))
+        return BadImage(Reason.not_a_regular_file, exc.strerror or str(exc))
+    return BadImage(Reason.unreadable, exc.strerror or str(exc))
 
 
 def open_beneath(root: str, rel: str) -> int:
@@ -114,7 +115,7 @@ def open_beneath(root: str, rel: str) -> int:
         try:
             dirfd = os.open(root, _DIR_FLAGS)
         except OSError as exc:
-            raise BadImage("vanished", f"the inbox {root} cannot be opened: {exc.strerror}") from None
+            raise BadImage(Reason.vanished, f"the inbox {root} cannot be opened: {exc.strerror}") from None
         try:
             return _openat2(dirfd, rel, _READ_FLAGS, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
@@ -148,7 +149,7 @@ def open_dir_beneath(root: str, rel_dir: str) -> int:
         try:
             dirfd = os.open(root, _DIR_FLAGS)
         except OSError as exc:
-            raise BadImage("vanished", f"the inbox {root} cannot be opened: {exc.strerror}") from None
+            raise BadImage(Reason.vanished, f"the inbox {root} cannot be opened: {exc.strerror}") from None
         try:
             return _openat2(dirfd, rel_dir, _DIR_FLAGS, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
         except OSError as exc:
@@ -159,7 +160,7 @@ def open_dir_beneath(root: str, rel_dir: str) -> int:
         fd = os.open(os.path.join(root, rel_dir), _DIR_FLAGS | os.O_NOFOLLOW)
         if not inside(os.path.realpath(root), _where(fd)) or _where(fd) != os.path.join(os.path.realpath(root), rel_dir):
             os.close(fd)  # a symlinked folder on the way, or one outside
-            raise BadImage("outside_inbox", "the folder resolves outside the inbox or through a link")
+            raise BadImage(Reason.outside_inbox, "the folder resolves outside the inbox or through a link")
         return fd
     except OSError as exc:
         raise _bad(exc, "its folder disappeared") from None

@@ -16,6 +16,7 @@ from ocr_inbox.executors.worker import WorkerConfig, boot, ocr_one, rss_bytes
 from ocr_inbox.ocr import engine as engine_mod
 from ocr_inbox.ocr import images
 from ocr_inbox.support import logs
+from ocr_inbox.support.reasons import Reason
 
 
 class OcrActor:
@@ -53,7 +54,7 @@ class OcrActor:
         try:
             res = ocr_one(job, self.cfg, self.eng, self.info, file)
         except Exception as exc:  # ocr_one reports its own failures; this is a bug's last word
-            res = m.Failed(self.cfg.slot, job, "engine_error", f"{type(exc).__name__}: {exc}")
+            res = m.Failed(self.cfg.slot, job, Reason.engine_error, f"{type(exc).__name__}: {exc}")
         return m.to_plain(res)
 
     def rss(self) -> bytes:

@@ -28,12 +28,22 @@ from ocr_inbox.executors.base import recycle_reason
 from ocr_inbox.executors.ray.actor import OcrActor
 from ocr_inbox.executors.ray.plan import actors_for, gpu_share, placement_problem, token_file_problem
 from ocr_inbox.executors.ray.wire import (
-    ActorAdded, ActorGone, ActorRetired, Beat, BridgeConfig, BridgeEvent, Connected, Placement, Submit, Unreachable,
+    ActorAdded,
+    ActorGone,
+    ActorRetired,
+    Beat,
+    BridgeConfig,
+    BridgeEvent,
+    Connected,
+    Placement,
+    Submit,
+    Unreachable,
 )
 from ocr_inbox.executors.worker import check_unchanged
 from ocr_inbox.ocr import images
 from ocr_inbox.support import logs
 from ocr_inbox.support.errors import BadImage
+from ocr_inbox.support.reasons import Reason
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +192,7 @@ class _Bridge:
         self.actors[slot] = _Actor(slot, node_id, node, handle, handle.boot.remote())
         self.send(ActorAdded(slot, node))
 
-    def lose(self, a: _Actor, cause: str, reason: str = "worker_crashed") -> None:
+    def lose(self, a: _Actor, cause: str, reason: str = Reason.worker_crashed) -> None:
         """``a`` is dead (or killed now): its unfinished images go back to dispatch."""
         del self.actors[a.slot]
         try:
@@ -210,7 +220,7 @@ class _Bridge:
                 try:
                     file = images.read(self.cfg.worker.inbox, job.rel, self.cfg.worker.limits)
                 except BadImage as exc:
-                    transient = exc.reason in ("vanished", "changed_while_reading")
+                    transient = exc.reason in (Reason.vanished, Reason.changed_while_reading)
                     self.send(m.Failed(slot, job, exc.reason, exc.detail, transient=transient))
                     continue
             a.calls.append((job, a.handle.ocr.remote(job, file)))
@@ -304,7 +314,7 @@ class _Bridge:
         now = time.monotonic()
         for a in list(self.actors.values()):
             if (a.calls or a.rss_ref is not None) and now > a.deadline:
-                self.lose(a, f"stuck: no result for {self.cfg.image_timeout_s:g} s, killed", reason="worker_stuck")
+                self.lose(a, f"stuck: no result for {self.cfg.image_timeout_s:g} s, killed", reason=Reason.worker_stuck)
         if now >= self.next_scan:
             self.scan_nodes()
 

@@ -24,11 +24,21 @@ from ocr_inbox.executors.base import WorkerView
 from ocr_inbox.executors.ray.bridge import bridge_main
 from ocr_inbox.executors.ray.plan import gpu_share, token_file_problem
 from ocr_inbox.executors.ray.wire import (
-    ActorAdded, ActorGone, ActorRetired, Beat, BridgeConfig, BridgeEvent, Connected, Placement, Submit, Unreachable,
+    ActorAdded,
+    ActorGone,
+    ActorRetired,
+    Beat,
+    BridgeConfig,
+    BridgeEvent,
+    Connected,
+    Placement,
+    Submit,
+    Unreachable,
 )
 from ocr_inbox.executors.slots import Slot, Slots, SlotState
 from ocr_inbox.support import children
 from ocr_inbox.support.errors import EngineUnavailable
+from ocr_inbox.support.reasons import Reason
 
 log = structlog.get_logger(__name__)
 
@@ -278,7 +288,7 @@ class RayExecutor:
                 unstarted=len(ev.unstarted),
             )
             if a is not None:  # (None: an actor already reported gone, whose batch came back)
-                return [ev, m.WorkerExit(ev.slot, "stuck" if ev.reason == "worker_stuck" else "crashed")]
+                return [ev, m.WorkerExit(ev.slot, "stuck" if ev.reason == Reason.worker_stuck else "crashed")]
         return [ev]
 
     def _cluster_lost(self, cause: str) -> list[m.Event]:
