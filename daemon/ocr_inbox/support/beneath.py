@@ -112,20 +112,27 @@ def open_beneath(root: str, rel: str) -> int:
     """Open ``root/rel`` read-only (non-blocking, close-on-exec) only if it stays beneath
     ``root``; links inside are followed. Returns an fd; raises ``BadImage``."""
     try:
-        try:
-            dirfd = os.open(root, _DIR_FLAGS)
-        except OSError as exc:
-            raise BadImage(Reason.vanished, f"the inbox {root} cannot be opened: {exc.strerror}") from None
-        try:
-            return _openat2(dirfd, rel, _READ_FLAGS, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
-        except OSError as exc:
-            if exc.errno not in _FALLBACK:
-                raise
-        finally:
-            os.close(dirfd)
-        return _open_resolved(root, rel)
+        return _openat2_or(root, rel, _READ_FLAGS, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS,
+                           lambda: _open_resolved(root, rel))
     except OSError as exc:
         raise _bad(exc, "the file disappeared before it was read") from None
+
+
+def _openat2_or(root: str, rel: str, flags: int, resolve: int, fallback: Callable[[], int]) -> int:
+    """openat2 of ``rel`` relative to ``root`` with ``resolve``; ``fallback()`` where the kernel
+    or a seccomp filter has no openat2. Raises OSError, or ``BadImage`` for a missing root."""
+    try:
+        dirfd = os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        raise BadImage(Reason.vanished, f"the inbox {root} cannot be opened: {exc.strerror}") from None
+    try:
+        return _openat2(dirfd, rel, flags, resolve)
+    except OSError as exc:
+        if exc.errno not in _FALLBACK:
+            raise
+    finally:
+        os.close(dirfd)
+    return fallback()
 
 
 def stat_beneath(root: str, rel: str) -> os.stat_result:
@@ -145,23 +152,16 @@ def open_dir_beneath(root: str, rel_dir: str) -> int:
             return os.open(root, _DIR_FLAGS)
         except OSError as exc:
             raise _bad(exc, "the inbox cannot be opened") from None
-    try:
-        try:
-            dirfd = os.open(root, _DIR_FLAGS)
-        except OSError as exc:
-            raise BadImage(Reason.vanished, f"the inbox {root} cannot be opened: {exc.strerror}") from None
-        try:
-            return _openat2(dirfd, rel_dir, _DIR_FLAGS, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
-        except OSError as exc:
-            if exc.errno not in _FALLBACK:
-                raise
-        finally:
-            os.close(dirfd)
+
+    def checked_open() -> int:
         fd = os.open(os.path.join(root, rel_dir), _DIR_FLAGS | os.O_NOFOLLOW)
         if not inside(os.path.realpath(root), _where(fd)) or _where(fd) != os.path.join(os.path.realpath(root), rel_dir):
             os.close(fd)  # a symlinked folder on the way, or one outside
             raise BadImage(Reason.outside_inbox, "the folder resolves outside the inbox or through a link")
         return fd
+
+    try:
+        return _openat2_or(root, rel_dir, _DIR_FLAGS, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS, checked_open)
     except OSError as exc:
         raise _bad(exc, "its folder disappeared") from None
 
