@@ -35,7 +35,8 @@ OWNER = 64123  # the service user (no passwd entry needed)
 READER = 64124  # a member of the service's group
 
 #: the daemon stand-in: the ledger held by OWNER, one image failed, retry requests applied
-#: every pass with the daemon's code; prints "ready" and then "applied N" per request applied
+#: with the daemon's code in a pass whenever requests/ changes; prints "ready" and then
+#: "applied N" per request applied
 STAND_IN = textwrap.dedent("""
     import os, sys, time
     os.umask(0o027)  # the unit's UMask=
@@ -55,18 +56,32 @@ STAND_IN = textwrap.dedent("""
     if prepare is not None:
         prepare(Path(state))
     d = dispatch.Dispatch(ledger, Path(state), PoolSettings())
-    print("ready", flush=True)
     if sys.argv[2:] == ["once"]:
         sys.exit(0)
     if sys.argv[2:] == ["hold"]:  # only holds the ledger (the lock): applies nothing
+        print("ready", flush=True)
         sys.stdin.read()
+        sys.exit(0)
+    # a pass whenever something arrives in requests/ (the daemon's own loop passes on a tick)
+    import threading
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+    arrived = threading.Event()
+    class Arrivals(FileSystemEventHandler):
+        def on_any_event(self, event):
+            arrived.set()
+    watcher = Observer()
+    watcher.schedule(Arrivals(), os.path.join(state, "requests"))
+    watcher.start()
+    print("ready", flush=True)  # requests from now on wake a pass
     while True:
+        arrived.clear()  # before the pass: what arrives during it wakes the next one
         n = d.take_requests()
         if n:
             print("applied", n, flush=True)
             ledger.claim(1, time.time())  # it fails again at once: the poison image
             ledger.failed("a/bad.png", "corrupt", "", time.time(), retry=False)
-        time.sleep(0.05)  # the daemon's loop pass, shortened
+        arrived.wait()
 """)
 
 

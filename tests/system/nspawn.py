@@ -9,6 +9,7 @@ need not be systemd); files are read from the host through ``/proc/<init>/root``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +29,62 @@ T = TypeVar("T")
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8", "TERM=dumb"]
 
 
-def wait_for(what: str, check: Callable[[], T], timeout: float, every: float = 0.3) -> T:
-    """Poll ``check`` until it returns something true; fail naming ``what`` after ``timeout`` s."""
+#: a wait re-checks its condition at each new line of the machine (its console while it boots,
+#: then its journal), and at the latest this often: a change with no line of its own (a count in
+#: ``status``, a unit's state) is still seen
+RECHECK_S = 2.0
+
+
+class Lines:
+    """A child's output read line by line by a thread (and copied to ``sink``): ``wait``
+    returns as soon as a line arrives after the ``seen`` count, so a condition is checked
+    again when something happened in the machine, not on a clock."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sink: Path | None = None) -> None:
+        self.proc = proc
+        self.count = 0
+        self.ended = False
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(sink,), daemon=True).start()
+
+    def _read(self, sink: Path | None) -> None:
+        assert self.proc.stdout is not None
+        with open(sink, "ab") if sink is not None else contextlib.nullcontext() as out:
+            for line in self.proc.stdout:
+                if out is not None:
+                    out.write(line)
+                    out.flush()
+                with self._cond:
+                    self.count += 1
+                    self._cond.notify_all()
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.count != seen or self.ended, timeout)
+
+
+#: the lines of the machine booted last (``Machine.boot``): what ``wait_for`` wakes on
+_lines: Lines | None = None
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float, lines: Lines | None = None) -> T:
+    """Check ``check`` whenever the machine writes a line (``RECHECK_S`` at the latest) until it
+    returns something true; fail naming ``what`` after ``timeout`` s."""
+    wake = lines or _lines
+    assert wake is not None, "no machine booted: nothing to wait on"
     deadline = time.monotonic() + timeout
     while True:
+        seen = wake.count
         got = check()
         if got:
             return got
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(every)
+        wake.wait(seen, min(left, RECHECK_S))
 
 
 def missing_prerequisites() -> str | None:
@@ -84,21 +132,32 @@ class Machine:
             "--boot",
         ]
         start = time.monotonic()
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.log.write_bytes(b"")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        console = Lines(self.proc, sink=self.log)  # nspawn's and the booting systemd's lines
 
         def init_pid() -> int:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"systemd-nspawn exited {self.proc.returncode}:\n{self.log_tail()}")
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-            return int(kids[0]) if kids else 0
+            for kid in kids:  # nspawn's own helper child first, then the container's init once it is exec'd
+                try:
+                    if Path(f"/proc/{kid}/comm").read_text().strip() == "systemd":
+                        return int(kid)
+                except OSError:
+                    continue  # gone meanwhile
+            return 0
 
-        self.init = wait_for("the container's init", init_pid, timeout)
+        self.init = wait_for("the container's init", init_pid, timeout, console)
         res = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
         state = res.stdout.strip()
         if state not in ("running", "degraded"):
             raise AssertionError(f"the container did not boot: {state!r}\n{self.log_tail()}")
+        # from now on every wait wakes on the machine's journal (it ends with the machine)
+        follow = ["nsenter", "-t", str(self.init), "-a", "journalctl", "--follow", "--lines=0", "--output=cat"]
+        global _lines
+        _lines = Lines(subprocess.Popen(follow, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE))
         return time.monotonic() - start
 
     def log_tail(self, n: int = 40) -> str:
