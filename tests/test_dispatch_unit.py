@@ -106,7 +106,23 @@ def _typed(ex: FakeExecutor) -> Executor:
     return ex  # mypy checks here that the fake implements the protocol
 
 
-class Rig:
+class LedgerLooks:
+    """What a rig's ledger says of one image (both rigs, this one and the pipeline's)."""
+
+    ledger: Ledger
+
+    def status(self, rel: str) -> ImageStatus:
+        row = self.ledger.get(rel)
+        assert row is not None, rel
+        return row.status
+
+    def attempts(self, rel: str) -> int:
+        row = self.ledger.get(rel)
+        assert row is not None, rel
+        return row.attempts
+
+
+class Rig(LedgerLooks):
     """A ``Dispatch`` over a ledger in a temp dir, the fake executor and the events it returned."""
 
     def __init__(self, tmp: Path, workers: int = 1, **pool: Any) -> None:
@@ -151,16 +167,6 @@ class Rig:
                          decoding=jobs.get(decoding or ""), reason=reason),
             m.WorkerExit(0, "crashed"),
         )
-
-    def status(self, rel: str) -> ImageStatus:
-        row = self.ledger.get(rel)
-        assert row is not None, rel
-        return row.status
-
-    def attempts(self, rel: str) -> int:
-        row = self.ledger.get(rel)
-        assert row is not None, rel
-        return row.attempts
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from imagemaker import plain
 from structlog.testing import capture_logs
-from test_dispatch_unit import FakeExecutor
+from test_dispatch_unit import FakeExecutor, LedgerLooks
 
 from ocr_inbox import config
 from ocr_inbox.core import pipeline
@@ -42,7 +42,7 @@ def _settings(**sections: dict[str, Any]) -> config.Settings:
     return config.Settings.model_validate(merged)
 
 
-class Rig:
+class Rig(LedgerLooks):
     def __init__(self, tmp: Path, settings: config.Settings, workers: int = 1) -> None:
         self.inbox = tmp / "inbox"
         self.outbox = tmp / "outbox"
@@ -90,16 +90,6 @@ class Rig:
         """The worker holding ``batch`` (of one image) died on it."""
         ex.finish(batch)
         ex.emit(m.WorkerLost(0, "signal SIGKILL", batch.jobs[0], ()), m.WorkerExit(0, "crashed"))
-
-    def status(self, rel: str) -> ImageStatus:
-        row = self.ledger.get(rel)
-        assert row is not None, rel
-        return row.status
-
-    def attempts(self, rel: str) -> int:
-        row = self.ledger.get(rel)
-        assert row is not None, rel
-        return row.attempts
 
 
 @pytest.fixture
