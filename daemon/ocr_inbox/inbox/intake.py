@@ -209,11 +209,9 @@ class Intake:
             row = known.get(item.rel)
             if row is not None and row.status != ImageStatus.gone:
                 if (row.size, row.mtime_ns, row.ctime_ns, row.ino) == (item.size, item.mtime_ns, item.ctime_ns, item.ino):
-                    # the common case, without building versions (100,000 files a rescan)
-                    if row.status is ImageStatus.done:
-                        repaired += self._check_outputs(row, now, rebuild)
-                    continue
-                change = item.version.against(row.version)
+                    change = Change.same  # the common case, without building versions (100,000 files a rescan)
+                else:
+                    change = item.version.against(row.version)
                 if change is Change.fill:
                     fill.append((item.rel, item.version))  # a row of an older ledger: no OCR
                 if change in (Change.same, Change.fill):
